@@ -1,0 +1,83 @@
+"""The edge agent's configuration (``agent.toml``), loaded and validated once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ftte.config import ConfigError, load_section, read_toml, resolve
+from ftte.ids import validate_id
+from transport.mqtt import BrokerSettings
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    """Who the device is and what it can do."""
+
+    device_id: str
+    fleet: str
+    state_dir: Path
+    memory_budget_bytes: int = 0  # 0: measure at start (a fraction of available memory)
+    compute_class: str = "unknown"
+    # Demo only: stretch each training by this factor to imitate a slower device.
+    slowdown: float = 1.0
+
+    def __post_init__(self) -> None:
+        validate_id(self.device_id, "agent.device_id")
+        validate_id(self.fleet, "agent.fleet")
+        if self.memory_budget_bytes < 0:
+            raise ValueError("memory_budget_bytes must be >= 0 (0 measures it)")
+        if self.slowdown < 1.0:
+            raise ValueError("slowdown is a factor >= 1.0")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where the local training data comes from: exactly one of the three sources.
+
+    - ``path``: an ``.npz`` with arrays ``x`` (float32, samples first) and ``y`` (int labels),
+      or a ``.csv`` whose last column is the label, as a sensor logger writes them;
+    - ``loader``: ``package.module:function`` returning an ``ftte.tasks.base.Dataset``;
+    - ``partition``: this device's share of the built-in ``task`` (demo and tests).
+    The model architecture always comes from ``task``.
+    """
+
+    task: str
+    path: Path | None = None
+    loader: str | None = None
+    partition: int | None = None
+    num_partitions: int = 1
+    seed: int = 0
+    samples_per_device: int = 60
+
+    def __post_init__(self) -> None:
+        sources = [s for s in (self.path, self.loader, self.partition) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("set exactly one of data.path, data.loader or data.partition")
+        if self.partition is not None and not 0 <= self.partition < self.num_partitions:
+            raise ValueError("data.partition must be in [0, data.num_partitions)")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole ``agent.toml``."""
+
+    agent: AgentSection
+    broker: BrokerSettings
+    data: DataSection = field(default_factory=lambda: DataSection(task="digits", partition=0))
+
+
+def load_agent_config(path: Path) -> AgentConfig:
+    """Read and validate an agent config; relative paths are relative to the file."""
+    config = load_section(AgentConfig, read_toml(path), str(path), "")
+    if config.broker.username != config.agent.device_id:
+        raise ConfigError(
+            str(path), "broker.username", "must equal agent.device_id (the broker's ACL keys on it)"
+        )
+    data_path = resolve(path, config.data.path) if config.data.path else None
+    return replace(
+        config,
+        agent=replace(config.agent, state_dir=resolve(path, config.agent.state_dir)),
+        broker=replace(config.broker, ca_file=resolve(path, config.broker.ca_file)),
+        data=replace(config.data, path=data_path),
+    )

@@ -1,0 +1,54 @@
+"""A device's model copy and the step from an assignment to an update.
+
+Shared by the simulator and the MQTT agent: the device keeps the global values it was last
+sent, applies the tensors an assignment carries, trains the slice and builds the update.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from edge_agent.trainer import TrainResult, train_slice
+from ftte.tasks.base import Dataset
+from ftte.wire.messages import Assignment, Update
+
+
+class DeviceModel:
+    """The device's copy of the global model and the version it corresponds to."""
+
+    def __init__(self, make_model: Callable[[], nn.Sequential]) -> None:
+        self.model = make_model()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.params = dict(self.model.named_parameters())
+        self.version = -1
+
+    def apply(self, assignment: Assignment) -> None:
+        """Load the tensors an assignment carries and adopt its version."""
+        unknown = assignment.tensors.keys() - self.params.keys()
+        if unknown:
+            raise ValueError(f"assignment names tensors this model lacks: {sorted(unknown)}")
+        with torch.no_grad():
+            for name, value in assignment.tensors.items():
+                self.params[name].copy_(torch.from_numpy(value))
+        self.version = assignment.version
+
+    def train(self, assignment: Assignment, data: Dataset, seed: int) -> tuple[Update, TrainResult]:
+        """Apply ``assignment``, train its slice on ``data`` and build the update."""
+        self.apply(assignment)
+        result = train_slice(self.model, assignment.trainable, data, assignment.train, seed)
+        update = Update(
+            device_id=assignment.device_id,
+            update_id=uuid.uuid4().hex,
+            assignment_id=assignment.assignment_id,
+            base_version=assignment.version,
+            num_samples=result.num_samples,
+            loss=result.loss,
+            peak_mem_bytes=result.peak_mem_bytes,
+            delta=result.delta,
+        )
+        return update, result

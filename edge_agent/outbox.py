@@ -1,0 +1,40 @@
+"""The agent's durable outbox: finished updates survive broker loss and agent restarts.
+
+paho keeps QoS 1 state only in memory, so an update is written here (atomically) before it
+is published and removed only when the broker has acknowledged it. After a reconnect or a
+restart everything still here is published again; a duplicate is harmless because the
+orchestrator refuses replayed update ids.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class Outbox:
+    """A folder of encoded updates waiting for the broker's acknowledgement."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, update_id: str, payload: bytes) -> Path:
+        """Persist one encoded update (write, fsync, rename) and return its file."""
+        final = self.folder / f"{update_id}.upd"
+        tmp = final.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(final)
+        return final
+
+    def pending(self) -> list[tuple[str, bytes]]:
+        """Every update not yet acknowledged, oldest first."""
+        files = sorted(self.folder.glob("*.upd"), key=lambda p: p.stat().st_mtime_ns)
+        return [(p.stem, p.read_bytes()) for p in files]
+
+    def done(self, update_id: str) -> None:
+        """The broker acknowledged this update: forget it."""
+        (self.folder / f"{update_id}.upd").unlink(missing_ok=True)

@@ -1,0 +1,163 @@
+"""Slice training on the device: train the assigned tensors, keep the rest frozen.
+
+Frozen tensors get ``requires_grad=False`` and no optimizer state, and the frozen prefix of
+the model (every module before the first trainable one) runs under ``torch.no_grad``, in
+chunks of ``FROZEN_PREFIX_CHUNK`` samples, so autograd keeps none of its activations and its
+transient memory does not grow with the batch. The delta of the slice is returned and the device's
+copy of the model is put back to the global values it was assigned, so the next assignment
+only needs to carry what changed on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK, optimizer_slots
+from ftte.tasks.base import Dataset
+from ftte.wire.messages import TensorDict, TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of one local training: slice delta, sample count, loss, measured peak."""
+
+    delta: TensorDict
+    num_samples: int
+    loss: float
+    peak_mem_bytes: int
+    samples_processed: int  # samples seen, epochs included, for compute-time accounting
+
+
+def train_slice(
+    model: nn.Sequential,
+    trainable: Collection[str],
+    data: Dataset,
+    config: TrainConfig,
+    seed: int,
+) -> TrainResult:
+    """Train only ``trainable`` of ``model`` on ``data``; return the delta and measurements."""
+    params = dict(model.named_parameters())
+    unknown = set(trainable) - params.keys()
+    if unknown or not trainable:
+        raise ValueError(f"slice must name parameters of the model; unknown: {sorted(unknown)}")
+    if len(data) == 0:
+        raise ValueError("no local training data")
+    for name, p in params.items():
+        p.requires_grad_(name in trainable)
+    first = min(int(name.split(".", 1)[0]) for name in trainable)
+    frozen_prefix, trained_suffix = model[:first], model[first:]
+    start = {name: params[name].detach().clone() for name in trainable}
+    optimizer = torch.optim.SGD(
+        [params[n] for n in trainable], lr=config.lr, momentum=config.momentum
+    )
+    x_all = torch.from_numpy(data.x)
+    y_all = torch.from_numpy(data.y)
+    generator = torch.Generator().manual_seed(seed)
+    meter = _PeakMeter(model, trainable, config.momentum)
+    epoch_loss = 0.0
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(data), generator=generator)
+        total, count = 0.0, 0
+        for batch in order.split(config.batch_size):
+            x, y = x_all[batch], y_all[batch]
+            with meter.watch(x):
+                h = _frozen_forward(frozen_prefix, x)
+                loss = nn.functional.cross_entropy(trained_suffix(h), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        epoch_loss = total / count
+    delta = {}
+    with torch.no_grad():
+        for name in trainable:
+            delta[name] = (params[name] - start[name]).numpy().astype(np.float32, copy=True)
+            params[name].copy_(start[name])
+    for p in params.values():
+        p.requires_grad_(False)
+    return TrainResult(
+        delta=delta,
+        num_samples=len(data),
+        loss=epoch_loss,
+        peak_mem_bytes=meter.peak,
+        samples_processed=len(data) * config.epochs,
+    )
+
+
+def _frozen_forward(prefix: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the frozen prefix without autograd, a few samples at a time to cap its transient."""
+    if not any(True for _ in prefix.children()):
+        return x
+    with torch.no_grad():
+        return torch.cat([prefix(chunk) for chunk in x.split(FROZEN_PREFIX_CHUNK)])
+
+
+class _PeakMeter:
+    """Accounts the bytes of the real tensors live during training.
+
+    Weights, gradients, optimizer state and the slice's starting values are counted from
+    the tensors themselves. On the
+    largest batch, a forward hook on every module adds what is live while it runs: the input
+    batch, the activations autograd has saved so far (captured with saved-tensor hooks,
+    de-duplicated by storage) and the module's own input and output. Scratch memory inside
+    kernels is not visible here; tests/unit/test_memory_model.py checks the memory model
+    against torch's profiler, which sees it.
+    """
+
+    def __init__(self, model: nn.Sequential, trainable: Collection[str], momentum: float) -> None:
+        params = dict(model.named_parameters())
+        self._model = model
+        self._param_storages = {p.untyped_storage().data_ptr() for p in params.values()}
+        trainable_numel = sum(params[n].numel() for n in trainable)
+        self._static = sum(
+            p.numel() for p in params.values()
+        ) * FLOAT_BYTES + trainable_numel * FLOAT_BYTES * (2 + optimizer_slots(momentum))
+        self._largest_batch = 0
+        self.peak = self._static
+
+    @contextmanager
+    def watch(self, x: torch.Tensor) -> Iterator[None]:
+        """Measure the forward pass of ``x`` if it is the largest batch so far."""
+        if x.shape[0] <= self._largest_batch:
+            yield
+            return
+        self._largest_batch = x.shape[0]
+        saved: dict[int, int] = {}
+        base = self._static + _nbytes(x)
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in self._param_storages:
+                saved[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        def after_module(
+            _m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor
+        ) -> None:
+            live = base + sum(saved.values()) + _nbytes(inputs[0]) + _nbytes(out)
+            self.peak = max(self.peak, live)
+
+        handles = [m.register_forward_hook(after_module) for m in self._model]
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, _identity):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+        self.peak = max(self.peak, base + sum(saved.values()))
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.untyped_storage().nbytes()
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t

@@ -1,0 +1,38 @@
+"""Tasks: model factories with per-device data, loaded offline, chosen by name or import path."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ftte.tasks.base import Dataset, Task, TaskFactory
+from ftte.tasks.digits import digits_task
+from ftte.tasks.vibration import vibration_task
+
+TASKS: dict[str, TaskFactory] = {"digits": digits_task, "vibration": vibration_task}
+
+__all__ = ["TASKS", "Dataset", "Task", "load_task"]
+
+
+def load_task(spec: str, num_devices: int, seed: int, alpha: float = 0.5, **kwargs: Any) -> Task:
+    """A built-in task by name, or a user's factory as ``package.module:factory``."""
+    if spec in TASKS:
+        factory = TASKS[spec]
+    elif ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"task {spec!r}: cannot import the factory ({exc})") from None
+    else:
+        raise ValueError(f"unknown task {spec!r}: use one of {sorted(TASKS)} or module:factory")
+    try:
+        task = factory(num_devices=num_devices, seed=seed, alpha=alpha, **kwargs)
+    except TypeError as exc:
+        raise ValueError(
+            f"task factory {spec!r} must accept num_devices, seed and alpha and "
+            f"return ftte.tasks.base.Task ({exc})"
+        ) from None
+    if not isinstance(task, Task):
+        raise ValueError(f"task factory {spec!r} must return ftte.tasks.base.Task")
+    return task

@@ -1,0 +1,41 @@
+"""What a task is: a model factory, per-device training data and server validation data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Labelled samples: ``x`` float32 with shape (n, *input_shape), ``y`` int64 class ids."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Task:
+    """A federated learning task, loaded entirely offline.
+
+    ``make_model`` returns a fresh ``nn.Sequential`` (the planner orders layers by position);
+    calling it after ``torch.manual_seed(s)`` gives the same initial weights for the same ``s``.
+    """
+
+    name: str
+    make_model: Callable[[], nn.Sequential]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    devices: list[Dataset]
+    validation: Dataset
+    target_accuracy: float
+
+
+TaskFactory = Callable[..., Task]
+"""Signature of a task factory: ``factory(num_devices: int, seed: int, alpha: float) -> Task``."""

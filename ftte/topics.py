@@ -1,0 +1,80 @@
+"""The one topic scheme (MQTT v5). Everything that names a topic calls this module.
+
+ftte/v1/{fleet}/dev/{device}/status   retained birth (capabilities); last will "offline"
+ftte/v1/{fleet}/dev/{device}/assign   orchestrator -> device, QoS 1, message expiry
+ftte/v1/{fleet}/dev/{device}/update   device -> orchestrator, QoS 1
+ftte/v1/{fleet}/model                 retained model version and job state
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ftte.ids import validate_id
+
+ROOT = "ftte/v1"
+Kind = Literal["status", "assign", "update", "model"]
+DEVICE_KINDS = ("status", "assign", "update")
+
+
+@dataclass(frozen=True)
+class TopicRef:
+    """A parsed topic: which fleet, which device (None for the model topic), which kind."""
+
+    fleet: str
+    device: str | None
+    kind: Kind
+
+
+def device_topic(fleet: str, device: str, kind: Kind) -> str:
+    """The topic of ``kind`` for one device."""
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"{kind!r} is not a device topic kind")
+    return f"{ROOT}/{validate_id(fleet, 'fleet')}/dev/{validate_id(device, 'device id')}/{kind}"
+
+
+def status_topic(fleet: str, device: str) -> str:
+    """Where a device announces itself (retained) and its last will lands."""
+    return device_topic(fleet, device, "status")
+
+
+def assign_topic(fleet: str, device: str) -> str:
+    """Where the orchestrator sends a device its slice."""
+    return device_topic(fleet, device, "assign")
+
+
+def update_topic(fleet: str, device: str) -> str:
+    """Where a device sends its delta."""
+    return device_topic(fleet, device, "update")
+
+
+def model_topic(fleet: str) -> str:
+    """The retained model version and job state of a fleet."""
+    return f"{ROOT}/{validate_id(fleet, 'fleet')}/model"
+
+
+def all_status_filter(fleet: str) -> str:
+    """Subscription filter for every device's status."""
+    return f"{ROOT}/{validate_id(fleet, 'fleet')}/dev/+/status"
+
+
+def all_updates_filter(fleet: str, share_group: str | None = None) -> str:
+    """Subscription filter for every device's updates; a shared one splits the load."""
+    base = f"{ROOT}/{validate_id(fleet, 'fleet')}/dev/+/update"
+    if share_group is None:
+        return base
+    return f"$share/{validate_id(share_group, 'share group')}/{base}"
+
+
+def parse(topic: str) -> TopicRef:
+    """Parse a concrete topic of the scheme; anything else is a ValueError."""
+    parts = topic.split("/")
+    if parts[:2] != ROOT.split("/"):
+        raise ValueError(f"not an ftte topic: {topic!r}")
+    if len(parts) == 4 and parts[3] == "model":
+        return TopicRef(validate_id(parts[2], "fleet"), None, "model")
+    if len(parts) == 6 and parts[3] == "dev" and parts[5] in DEVICE_KINDS:
+        kind: Kind = parts[5]  # type: ignore[assignment]
+        return TopicRef(validate_id(parts[2], "fleet"), validate_id(parts[4], "device id"), kind)
+    raise ValueError(f"not an ftte topic: {topic!r}")

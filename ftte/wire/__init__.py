@@ -1,0 +1,19 @@
+"""Wire format: the one codec for assignments and updates, and its size limits."""
+
+from ftte.wire.codec import (
+    WIRE_VERSION,
+    decode_assignment,
+    decode_update,
+    encode_assignment,
+    encode_update,
+)
+from ftte.wire.limits import WireLimits
+
+__all__ = [
+    "WIRE_VERSION",
+    "WireLimits",
+    "decode_assignment",
+    "decode_update",
+    "encode_assignment",
+    "encode_update",
+]

@@ -1,0 +1,300 @@
+"""The one wire codec: msgpack inside zstd, versioned, tensors as dtype/shape/raw bytes.
+
+Layout of the msgpack map (wire format version 1)::
+
+    {"v": 1, "kind": "assign" | "update", ...fields..., "tensors": {name: tensor}}
+    tensor = {"dtype": "float32" | "float16" | "int8", "shape": [int, ...],
+              "data": <raw little-endian bytes>, "scale": float (int8 only)}
+
+Decoding treats the bytes as hostile and is bounded before allocation: the compressed size,
+the zstd frame's declared content size (python-zstandard would otherwise allocate whatever
+a header claims; a frame without a declared size is refused), no trailing data after the
+frame, msgpack container and buffer lengths, the tensor count, the dtype whitelist, byte
+length equal to prod(shape) × itemsize, shapes equal to the assigned slice, finite values.
+Never pickle, never msgpack-numpy. Every refusal raises ``Rejected`` with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+import zstandard
+
+from ftte.errors import Rejected, RejectReason
+from ftte.wire.limits import WireLimits
+from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
+
+WIRE_VERSION = 1
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "int8": np.dtype("i1"),
+}
+_ASSIGN_FIELDS = {"v", "kind", "job", "device_id", "assignment_id", "version", "trainable"}
+_ASSIGN_FIELDS |= {"tensors", "train"}
+_UPDATE_FIELDS = {"v", "kind", "device_id", "update_id", "assignment_id", "base_version"}
+_UPDATE_FIELDS |= {"num_samples", "loss", "peak_mem_bytes", "tensors"}
+_TRAIN_FIELDS = {"epochs", "batch_size", "lr", "momentum", "delta_encoding"}
+
+
+# -- encoding ----------------------------------------------------------------------------
+
+
+def encode_tensor(value: np.ndarray, encoding: DeltaEncoding) -> dict[str, Any]:
+    """One tensor in its wire form; int8 is symmetric with a float32 scale per tensor."""
+    arr = np.asarray(value, dtype=np.float32)
+    shape = list(arr.shape)
+    if encoding is DeltaEncoding.INT8:
+        peak = float(np.max(np.abs(arr))) if arr.size else 0.0
+        scale = peak / 127.0
+        q = np.zeros(arr.shape, np.int8) if scale == 0 else np.rint(arr / scale).astype(np.int8)
+        return {"dtype": "int8", "shape": shape, "data": q.tobytes(), "scale": scale}
+    dtype = _DTYPES[encoding.value]
+    return {"dtype": encoding.value, "shape": shape, "data": arr.astype(dtype).tobytes()}
+
+
+def _compress(doc: dict[str, Any], level: int) -> bytes:
+    raw = msgpack.packb(doc, use_bin_type=True)
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
+
+
+def encode_assignment(a: Assignment, level: int = 3) -> bytes:
+    """Serialise an assignment; model values travel as float32."""
+    t = a.train
+    return _compress(
+        {
+            "v": WIRE_VERSION,
+            "kind": "assign",
+            "job": a.job,
+            "device_id": a.device_id,
+            "assignment_id": a.assignment_id,
+            "version": a.version,
+            "trainable": list(a.trainable),
+            "train": {
+                "epochs": t.epochs,
+                "batch_size": t.batch_size,
+                "lr": t.lr,
+                "momentum": t.momentum,
+                "delta_encoding": t.delta_encoding.value,
+            },
+            "tensors": {n: encode_tensor(v, DeltaEncoding.FLOAT32) for n, v in a.tensors.items()},
+        },
+        level,
+    )
+
+
+def encode_update(
+    u: Update, encoding: DeltaEncoding = DeltaEncoding.FLOAT32, level: int = 3
+) -> bytes:
+    """Serialise an update, quantising its delta as ``encoding`` says."""
+    return _compress(
+        {
+            "v": WIRE_VERSION,
+            "kind": "update",
+            "device_id": u.device_id,
+            "update_id": u.update_id,
+            "assignment_id": u.assignment_id,
+            "base_version": u.base_version,
+            "num_samples": u.num_samples,
+            "loss": float(u.loss),
+            "peak_mem_bytes": u.peak_mem_bytes,
+            "tensors": {n: encode_tensor(v, encoding) for n, v in u.delta.items()},
+        },
+        level,
+    )
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+
+def _decompress(data: bytes, limits: WireLimits) -> bytes:
+    if len(data) > limits.max_compressed_bytes:
+        raise Rejected(
+            RejectReason.OVERSIZED, f"{len(data)} B over {limits.max_compressed_bytes} B"
+        )
+    try:
+        params = zstandard.get_frame_parameters(data)
+    except zstandard.ZstdError as exc:
+        raise Rejected(RejectReason.MALFORMED, f"not a zstd frame: {exc}") from None
+    declared = params.content_size
+    if declared == zstandard.CONTENTSIZE_UNKNOWN:
+        raise Rejected(RejectReason.MALFORMED, "zstd frame does not declare its content size")
+    if declared > limits.max_decompressed_bytes:
+        raise Rejected(
+            RejectReason.OVERSIZED,
+            f"declares {declared} B decompressed, over {limits.max_decompressed_bytes} B",
+        )
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        raw = decompressor.decompress(data)
+    except zstandard.ZstdError as exc:
+        raise Rejected(RejectReason.MALFORMED, f"corrupt zstd frame: {exc}") from None
+    if not decompressor.eof or decompressor.unused_data:
+        raise Rejected(RejectReason.MALFORMED, "truncated frame or trailing data after it")
+    if len(raw) != declared:
+        raise Rejected(RejectReason.MALFORMED, "content size differs from the declared size")
+    return raw
+
+
+def _unpack(data: bytes, limits: WireLimits) -> dict[str, Any]:
+    raw = _decompress(data, limits)
+    # Container limits stop a header declaring 2**31 entries before any allocation.
+    containers = max(limits.max_tensors, 16)
+    try:
+        doc = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=limits.max_string_bytes,
+            max_bin_len=limits.max_decompressed_bytes,
+            max_array_len=max(containers, limits.max_rank),
+            max_map_len=containers,
+            max_ext_len=0,
+        )
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise Rejected(RejectReason.MALFORMED, f"not a valid msgpack message: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Rejected(RejectReason.MALFORMED, "message is not a map")
+    if doc.get("v") != WIRE_VERSION:
+        raise Rejected(RejectReason.BAD_VERSION, f"wire version {doc.get('v')!r}")
+    return doc
+
+
+def _check_fields(doc: dict[str, Any], kind: str, expected: set[str]) -> None:
+    if doc.get("kind") != kind:
+        raise Rejected(RejectReason.MALFORMED, f"expected a {kind!r} message")
+    if set(doc) != expected:
+        missing, extra = sorted(expected - set(doc)), sorted(set(doc) - expected)
+        raise Rejected(RejectReason.MALFORMED, f"fields missing {missing}, unexpected {extra}")
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise Rejected(RejectReason.MALFORMED, f"{name} must be a non-empty string")
+    return value
+
+
+def _int(value: Any, name: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise Rejected(RejectReason.MALFORMED, f"{name} must be an integer >= {minimum}")
+    return value
+
+
+def _float(value: Any, name: str) -> float:
+    if not isinstance(value, float | int) or isinstance(value, bool):
+        raise Rejected(RejectReason.MALFORMED, f"{name} must be a number")
+    if not math.isfinite(value):
+        raise Rejected(RejectReason.NON_FINITE, f"{name} is {value}")
+    return float(value)
+
+
+def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
+    if not isinstance(t, dict) or not {"dtype", "shape", "data"} <= set(t):
+        raise Rejected(RejectReason.MALFORMED, f"tensor {name!r} is not a dtype/shape/data map")
+    dtype = _DTYPES.get(t["dtype"]) if isinstance(t["dtype"], str) else None
+    if dtype is None:
+        raise Rejected(RejectReason.BAD_DTYPE, f"tensor {name!r}: dtype {t['dtype']!r}")
+    fields = {"dtype", "shape", "data"} | ({"scale"} if t["dtype"] == "int8" else set())
+    if set(t) != fields:
+        raise Rejected(RejectReason.MALFORMED, f"tensor {name!r}: fields must be {sorted(fields)}")
+    shape, data = t["shape"], t["data"]
+    if not isinstance(shape, list) or len(shape) > limits.max_rank:
+        raise Rejected(RejectReason.BAD_SHAPE, f"tensor {name!r}: shape {shape!r}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise Rejected(RejectReason.BAD_SHAPE, f"tensor {name!r}: shape {shape!r}")
+    if not isinstance(data, bytes):
+        raise Rejected(RejectReason.MALFORMED, f"tensor {name!r}: data is not bytes")
+    if math.prod(shape) * dtype.itemsize != len(data):
+        raise Rejected(
+            RejectReason.BAD_SHAPE, f"tensor {name!r}: {len(data)} B do not fit shape {shape}"
+        )
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if t["dtype"] == "int8":
+        scale = _float(t["scale"], f"tensor {name!r} scale")
+        out = arr.astype(np.float32) * np.float32(scale)
+    else:
+        out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise Rejected(RejectReason.NON_FINITE, f"tensor {name!r} has NaN or infinity")
+    return out
+
+
+def _decode_tensors(
+    tensors: Any, limits: WireLimits, expected: Mapping[str, tuple[int, ...]] | None
+) -> TensorDict:
+    if not isinstance(tensors, dict):
+        raise Rejected(RejectReason.MALFORMED, "tensors must be a map")
+    if len(tensors) > limits.max_tensors:
+        raise Rejected(RejectReason.TOO_MANY_TENSORS, f"{len(tensors)} > {limits.max_tensors}")
+    if expected is not None and set(tensors) != set(expected):
+        raise Rejected(
+            RejectReason.WRONG_SLICE,
+            f"tensors {sorted(tensors)} differ from the assigned slice {sorted(expected)}",
+        )
+    out = {}
+    for name, t in tensors.items():
+        arr = _decode_tensor(name, t, limits)
+        if expected is not None and tuple(arr.shape) != tuple(expected[name]):
+            raise Rejected(
+                RejectReason.BAD_SHAPE, f"tensor {name!r}: {arr.shape} != {expected[name]}"
+            )
+        out[name] = arr
+    return out
+
+
+def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignment:
+    """Parse and check an assignment from untrusted bytes."""
+    limits = limits or WireLimits()
+    doc = _unpack(data, limits)
+    _check_fields(doc, "assign", _ASSIGN_FIELDS)
+    train = doc["train"]
+    if not isinstance(train, dict) or set(train) != _TRAIN_FIELDS:
+        raise Rejected(RejectReason.MALFORMED, "train must hold " + ", ".join(_TRAIN_FIELDS))
+    try:
+        encoding = DeltaEncoding(train["delta_encoding"])
+    except ValueError:
+        raise Rejected(RejectReason.BAD_DTYPE, "unknown delta encoding") from None
+    trainable = doc["trainable"]
+    if not isinstance(trainable, list) or not trainable:
+        raise Rejected(RejectReason.MALFORMED, "trainable must be a non-empty list")
+    return Assignment(
+        job=_str(doc["job"], "job"),
+        device_id=_str(doc["device_id"], "device_id"),
+        assignment_id=_str(doc["assignment_id"], "assignment_id"),
+        version=_int(doc["version"], "version", 0),
+        trainable=tuple(_str(n, "trainable name") for n in trainable),
+        tensors=_decode_tensors(doc["tensors"], limits, None),
+        train=TrainConfig(
+            epochs=_int(train["epochs"], "epochs", 1),
+            batch_size=_int(train["batch_size"], "batch_size", 1),
+            lr=_float(train["lr"], "lr"),
+            momentum=_float(train["momentum"], "momentum"),
+            delta_encoding=encoding,
+        ),
+    )
+
+
+def decode_update(
+    data: bytes,
+    limits: WireLimits | None = None,
+    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> Update:
+    """Parse and check an update; ``expected_shapes`` is the assigned slice, if known."""
+    limits = limits or WireLimits()
+    doc = _unpack(data, limits)
+    _check_fields(doc, "update", _UPDATE_FIELDS)
+    return Update(
+        device_id=_str(doc["device_id"], "device_id"),
+        update_id=_str(doc["update_id"], "update_id"),
+        assignment_id=_str(doc["assignment_id"], "assignment_id"),
+        base_version=_int(doc["base_version"], "base_version", 0),
+        num_samples=_int(doc["num_samples"], "num_samples", 1),
+        loss=_float(doc["loss"], "loss"),
+        peak_mem_bytes=_int(doc["peak_mem_bytes"], "peak_mem_bytes", 0),
+        delta=_decode_tensors(doc["tensors"], limits, expected_shapes),
+    )

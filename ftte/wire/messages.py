@@ -1,0 +1,61 @@
+"""Message schemas that cross the wire: assignments (server to device) and updates (back)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+TensorDict = dict[str, np.ndarray]
+
+
+class DeltaEncoding(StrEnum):
+    """How an update's delta tensors are quantised on the wire."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    INT8 = "int8"  # symmetric, one float32 scale per tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training hyper-parameters sent with each assignment."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    delta_encoding: DeltaEncoding = DeltaEncoding.FLOAT32
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Server to device: the slice to train and the model values the device lacks.
+
+    ``tensors`` holds the current values of every tensor that changed since the model
+    version the device last received (all tensors when that is unknown); the device keeps
+    its copy of the rest. ``trainable`` names the slice; every other tensor stays frozen.
+    """
+
+    job: str
+    device_id: str
+    assignment_id: str
+    version: int
+    trainable: tuple[str, ...]
+    tensors: TensorDict
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class Update:
+    """Device to server: the delta of exactly the assigned slice, trained from ``base_version``."""
+
+    device_id: str
+    update_id: str
+    assignment_id: str
+    base_version: int
+    num_samples: int
+    loss: float
+    peak_mem_bytes: int
+    delta: TensorDict

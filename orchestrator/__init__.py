@@ -1,0 +1,1 @@
+"""Server side of ftte: slice planner, aggregation strategies, training service and CLI."""

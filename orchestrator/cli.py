@@ -1,0 +1,115 @@
+"""The ``ftte`` command line: simulate, benchmark, run the fleet, manage the broker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.presets import PRESETS
+from sim.fleet import FleetSpec
+from sim.run import SimConfig, simulate
+from sim.simulator import CurvePoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ftte`` console script."""
+    parser = argparse.ArgumentParser(prog="ftte", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_sim(commands)
+    _add_bench(commands)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ftte {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_sim(commands: Any) -> None:
+    p = commands.add_parser("sim", help="simulate one strategy on a virtual fleet")
+    p.add_argument("--task", default="digits", help="built-in task or package.module:factory")
+    p.add_argument("--strategy", default="ftte", choices=sorted(PRESETS))
+    p.add_argument("--devices", type=int, default=20)
+    p.add_argument("--stragglers", type=float, default=0.9, help="fraction slowed down")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID concentration")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-acc", type=float, default=None, help="default: the task's target")
+    p.add_argument("--time-limit", type=float, default=6 * 3600.0, help="virtual seconds")
+    p.add_argument("--max-updates", type=int, default=20_000)
+    p.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    p.set_defaults(run=_run_sim)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    config = SimConfig(
+        task=args.task,
+        strategy=args.strategy,
+        fleet=FleetSpec(devices=args.devices, stragglers=args.stragglers),
+        seed=args.seed,
+        alpha=args.alpha,
+        target_accuracy=args.target_acc,
+        time_limit_s=args.time_limit,
+        max_updates=args.max_updates,
+    )
+    report = simulate(config, progress=_progress_line(args.strategy))
+    print(file=sys.stderr)
+    ttt = report["time_to_target_s"]
+    print(
+        f"{args.strategy}: final accuracy {report['final_acc']:.3f} after "
+        f"{report['versions']} versions; time to {report['target_accuracy']:.2f}: "
+        + (f"{ttt:.0f} s (virtual)" if ttt is not None else "not reached")
+        + f"; {report['bytes_up_per_update']:.0f} B/update up, "
+        f"{report['bytes_down_per_update']:.0f} B/update down; "
+        f"peak memory max {report['peak_mem_bytes_max']} B"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"config": vars_of(config), **report}, indent=1))
+    return 0
+
+
+def _add_bench(commands: Any) -> None:
+    p = commands.add_parser("bench", help="benchmarks: ftte against its baselines")
+    which = p.add_subparsers(dest="bench", required=True)
+    paper = which.add_parser("paper", help="FTTE vs FedBuff vs FedAvg on one simulated fleet")
+    paper.add_argument("--quick", action="store_true", help="small fleet, 2 seeds, < 10 min")
+    paper.add_argument("--task", action="append", default=None, help="repeatable; default both")
+    paper.add_argument("--seeds", type=int, default=None)
+    paper.add_argument("--json", type=Path, default=Path("bench-paper.json"))
+    paper.add_argument("--plots", type=Path, default=None, help="folder for PNG plots")
+    paper.set_defaults(run=_run_bench_paper)
+
+
+def _run_bench_paper(args: argparse.Namespace) -> int:
+    from bench.paper import run_paper_benchmark
+
+    return run_paper_benchmark(args)
+
+
+def _progress_line(label: str) -> Any:
+    interactive = sys.stderr.isatty()
+
+    def show(point: CurvePoint) -> None:
+        line = (
+            f"\r{label}: t={point.time_s:9.0f}s  version {point.version:5d}  "
+            f"updates {point.updates:6d}  accuracy {point.accuracy:.3f}"
+        )
+        if interactive:
+            print(line, end="", file=sys.stderr, flush=True)
+        elif point.version % 50 == 0:
+            print(line.strip(), file=sys.stderr, flush=True)
+
+    return show
+
+
+def vars_of(config: SimConfig) -> dict[str, Any]:
+    """A JSON-friendly view of a config."""
+    from dataclasses import asdict
+
+    return asdict(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

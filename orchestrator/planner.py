@@ -1,0 +1,185 @@
+"""The slice planner: which tensors a device trains, chosen to fit its memory budget.
+
+The objective is the sum of per-tensor contribution scores (see ``orchestrator.scoring``);
+the constraint is the memory model's predicted peak. The activation term is not additive
+in the usual knapsack sense: the earliest trainable layer decides how much of the network
+must keep activations for backward. So the planner enumerates that first layer and the
+tensor that anchors it, and solves an exact 0/1 knapsack over the tensors behind it, in the
+spirit of the sparse-update search of Lin et al., "On-Device Training Under 256KB Memory"
+(NeurIPS 2022), which also keeps nothing below the deepest updated layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from ftte.memory import FLOAT_BYTES, MemoryModel, optimizer_slots
+
+KNAPSACK_CELLS = 2048  # budget resolution; item costs round up, so a plan never exceeds it
+
+
+class PlanMode(StrEnum):
+    """How slices are assigned across the fleet."""
+
+    PER_DEVICE = "per-device"  # ftte: each device's own budget
+    WEAKEST = "weakest"  # the paper: one subset sized for the smallest budget
+    FULL = "full"  # baselines (FedAvg, FedBuff): every tensor, whatever the budget
+
+
+class BudgetTooSmall(ValueError):
+    """Even the cheapest useful slice does not fit the device's budget."""
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """A slice and what the memory model predicts it needs."""
+
+    trainable: tuple[str, ...]
+    predicted_peak_bytes: int
+    score: float
+
+
+class SlicePlanner:
+    """Plans the trainable tensors for a memory budget under the memory model."""
+
+    def __init__(self, memory: MemoryModel, batch_size: int, momentum: float) -> None:
+        self.memory = memory
+        self.batch_size = batch_size
+        self.momentum = momentum
+        self._slots = optimizer_slots(momentum)
+
+    def peak(self, trainable: Sequence[str]) -> int:
+        """Predicted peak bytes of training ``trainable`` with this planner's settings."""
+        return self.memory.peak_bytes(trainable, self.batch_size, self.momentum)
+
+    def minimum_bytes(self) -> int:
+        """The smallest budget any slice fits in (one tensor, the cheapest)."""
+        return min(self.peak([name]) for name in self.memory.order)
+
+    def full(self) -> SlicePlan:
+        """Every tensor trainable, as FedAvg and FedBuff train."""
+        order = tuple(self.memory.order)
+        return SlicePlan(order, self.peak(order), float("nan"))
+
+    def plan(self, budget_bytes: int, scores: Mapping[str, float]) -> SlicePlan:
+        """The slice with the largest total score whose predicted peak fits ``budget_bytes``."""
+        self._check_scores(scores)
+        mem, batch = self.memory, self.batch_size
+        best: tuple[float, int, tuple[str, ...]] | None = None
+        for anchor_name in mem.order:
+            anchor = mem.tensors[anchor_name]
+            # Tensors after the anchor's layer, and its layer-mates that cost no more
+            # activation than the anchor (so the anchor stays the cheapest in its layer).
+            candidates = [
+                t.name
+                for t in mem.tensors.values()
+                if t.name != anchor_name
+                and (
+                    t.layer > anchor.layer
+                    or (
+                        t.layer == anchor.layer
+                        and t.first_act_per_sample >= anchor.first_act_per_sample
+                    )
+                )
+            ]
+            values = [scores[n] for n in candidates]
+            for costs, room in self._knapsack_variants(anchor_name, candidates, budget_bytes):
+                if room < 0:
+                    continue
+                value, chosen = _knapsack(values, costs, room)
+                picked = {anchor_name} | {candidates[i] for i in chosen}
+                names = tuple(n for n in mem.order if n in picked)
+                peak = self.peak(names)
+                if peak > budget_bytes:
+                    continue
+                key = (value + scores[anchor_name], -peak, names)
+                if best is None or key[:2] > best[:2]:
+                    best = key
+        if best is None:
+            raise BudgetTooSmall(
+                f"memory budget {budget_bytes} B cannot hold the smallest slice "
+                f"({self.minimum_bytes()} B at batch size {batch}); raise the device's "
+                "memory_budget_bytes or lower the job's batch_size"
+            )
+        total, neg_peak, names = best
+        return SlicePlan(names, -neg_peak, total)
+
+    def last_layers_that_fit(self, budget_bytes: int) -> SlicePlan:
+        """Heuristic baseline: whole layers from the output backwards while they fit."""
+        layers = sorted({t.layer for t in self.memory.tensors.values()}, reverse=True)
+        chosen: list[str] = []
+        for layer in layers:
+            trial = chosen + [t.name for t in self.memory.tensors.values() if t.layer == layer]
+            if self.peak(trial) > budget_bytes:
+                break
+            chosen = trial
+        if not chosen:
+            raise BudgetTooSmall(f"memory budget {budget_bytes} B cannot hold the last layer")
+        names = tuple(n for n in self.memory.order if n in chosen)
+        return SlicePlan(names, self.peak(names), float("nan"))
+
+    def _knapsack_variants(
+        self, anchor_name: str, candidates: list[str], budget: int
+    ) -> list[tuple[list[int], int]]:
+        """Item costs and room for the knapsacks that approximate one anchor's peak.
+
+        Peak = max(frozen phase, activations + trained transient). The first variant puts
+        the anchor's activations inside the max exactly and counts the other tensors'
+        extra activations on top (additive, and never understating). When the frozen
+        phase dominates, a second variant lets extra activations ride in its slack at no
+        cost; its result is kept only if the memory model confirms it fits.
+        """
+        mem, batch = self.memory, self.batch_size
+        anchor = mem.tensors[anchor_name]
+        base = budget - mem.weight_bytes - mem.input_per_sample * batch
+        base -= self._state_bytes(anchor_name)
+        frozen = mem.frozen_phase(anchor.layer, batch)
+        trained = anchor.first_act_per_sample * batch + mem.trained_transient(anchor.layer, batch)
+        state = [self._state_bytes(n) for n in candidates]
+        with_acts = [
+            s + mem.tensors[n].extra_act_per_sample * batch
+            for s, n in zip(state, candidates, strict=True)
+        ]
+        variants = [(with_acts, base - max(frozen, trained))]
+        if frozen > trained:
+            variants.append((state, base - frozen))
+        return variants
+
+    def _state_bytes(self, name: str) -> int:
+        # gradient + optimizer slots + starting value, per trainable element
+        return self.memory.tensors[name].numel * FLOAT_BYTES * (2 + self._slots)
+
+    def _check_scores(self, scores: Mapping[str, float]) -> None:
+        missing = set(self.memory.order) - scores.keys()
+        if missing:
+            raise ValueError(f"no contribution score for {sorted(missing)}")
+        bad = [n for n in self.memory.order if not np.isfinite(scores[n]) or scores[n] < 0]
+        if bad:
+            raise ValueError(f"contribution scores must be finite and >= 0; bad: {bad}")
+
+
+def _knapsack(values: list[float], costs: list[int], capacity: int) -> tuple[float, set[int]]:
+    """Exact 0/1 knapsack on a grid; returns the best value and the chosen item indices."""
+    if sum(costs) <= capacity:
+        return sum(values), set(range(len(values)))
+    unit = max(1, -(-capacity // KNAPSACK_CELLS))
+    cells = capacity // unit
+    best = np.zeros(cells + 1)
+    picked = np.zeros((cells + 1, len(values)), dtype=bool)  # row c: items of the best set
+    for i, (value, cost) in enumerate(zip(values, costs, strict=True)):
+        width = -(-cost // unit)
+        if width > cells:
+            continue
+        take = best[: cells + 1 - width] + value
+        better = np.flatnonzero(take > best[width:])
+        new_best, new_picked = best.copy(), picked.copy()
+        new_best[better + width] = take[better]
+        new_picked[better + width] = picked[better]
+        new_picked[better + width, i] = True
+        best, picked = new_best, new_picked
+    top = int(np.argmax(best))
+    return float(best[top]), {int(i) for i in np.flatnonzero(picked[top])}

@@ -1,0 +1,92 @@
+"""FedAvg: synchronous rounds over a sample of devices, sample-weighted averaging.
+
+Implementation based on McMahan et al., "Communication-Efficient Learning of Deep Networks
+from Decentralized Data", AISTATS 2017 (arXiv:1602.05629).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ftte.errors import Rejected, RejectReason
+from ftte.wire.messages import TensorDict
+from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
+
+
+class FedAvgStrategy(Strategy):
+    """Each round samples C idle devices and waits for all of them (or their dropout).
+
+    params += server_lr · Σ_i n_i Δ_i / Σ_i n_i over the round's updates.
+
+    Parameters:
+        clients_per_round: C, devices per round (default 10; all idle if fewer).
+        server_lr: server learning rate (default 1.0).
+    """
+
+    name = "fedavg"
+
+    def __init__(self, clients_per_round: int = 10, server_lr: float = 1.0) -> None:
+        if clients_per_round < 1:
+            raise ValueError("clients_per_round must be at least 1")
+        if server_lr <= 0:
+            raise ValueError("server_lr must be positive")
+        self.clients_per_round = clients_per_round
+        self.server_lr = server_lr
+        self._waiting: set[str] = set()
+        self._round_open = False
+        self._buffer: list[ReceivedUpdate] = []
+
+    def select(self, idle: Sequence[str], in_flight: int, rng: np.random.Generator) -> list[str]:
+        """Open a round with C random idle devices, unless one is open."""
+        if self._round_open or not idle:
+            return []
+        count = min(self.clients_per_round, len(idle))
+        chosen = [idle[i] for i in rng.choice(len(idle), size=count, replace=False)]
+        self._waiting = set(chosen)
+        self._round_open = True
+        return chosen
+
+    def on_dropout(self, device_id: str) -> None:
+        """A selected device left: the round stops waiting for it."""
+        self._waiting.discard(device_id)
+
+    def add(self, received: ReceivedUpdate) -> None:
+        """Accept an update from a device of the open round."""
+        device = received.update.device_id
+        if device not in self._waiting:
+            raise Rejected(RejectReason.UNEXPECTED, f"{device} is not in the open round")
+        self._waiting.discard(device)
+        self._buffer.append(received)
+
+    def ready(self) -> bool:
+        """Every selected device has answered or dropped out."""
+        return self._round_open and not self._waiting
+
+    def aggregate(self, params: TensorDict) -> AggregationReport:
+        """Sample-weighted mean of the round's deltas; closes the round."""
+        taken, self._buffer = self._buffer, []
+        self._round_open = False
+        total = sum(r.update.num_samples for r in taken)
+        names = sorted({n for r in taken for n in r.update.delta})
+        for name in names:
+            acc = np.zeros_like(params[name], dtype=np.float64)
+            for r in taken:
+                if name in r.update.delta:
+                    acc += r.update.num_samples * r.update.delta[name]
+            params[name] += (self.server_lr * acc / total).astype(np.float32)
+        return AggregationReport(
+            weights={r.update.update_id: r.update.num_samples / total for r in taken},
+            changed=frozenset(names),
+            ages={r.update.update_id: r.age for r in taken},
+        )
+
+    def buffered(self) -> list[ReceivedUpdate]:
+        """Updates of the open round received so far."""
+        return list(self._buffer)
+
+    def restore(self, buffered: Sequence[ReceivedUpdate]) -> None:
+        """Refill from a checkpoint; the round's remaining members are not known, so the
+        restored updates are applied with the next round."""
+        self._buffer = list(buffered)

@@ -1,0 +1,92 @@
+"""Simulated device profiles: speed, links, memory budget, availability, stragglers.
+
+Choices (documented in docs/benchmarks.md, none taken from the FTTE paper's body, which is
+not public to us):
+- speed: a Raspberry-Pi-class core doing small-model training at 0.5–2 GFLOP/s effective,
+  log-uniform;
+- stragglers: a fraction (default 0.9, the paper's setting) is slowed by a factor drawn
+  log-uniformly from [2, 20], the spread seen between a Pi 4 and a duty-cycled Pi Zero
+  sharing its core with the sensing workload;
+- links: uplink 0.05–2 Mbit/s and downlink 0.2–8 Mbit/s log-uniform (LTE-M to farm Wi-Fi),
+  latency 50–400 ms;
+- memory budgets: log-uniform between ``weakest_fraction`` and 1.0 of full-model training
+  memory, so the weakest class can hold only a small slice;
+- availability: on/off periods exponential with means ``mean_online_s``/``mean_offline_s``,
+  and a per-assignment chance ``dropout`` of vanishing mid-training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One simulated device."""
+
+    device_id: str
+    flops_per_s: float
+    up_bytes_per_s: float
+    down_bytes_per_s: float
+    latency_s: float
+    budget_bytes: int
+    straggler: bool
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """Parameters of a simulated fleet."""
+
+    devices: int = 20
+    stragglers: float = 0.9
+    slowdown_range: tuple[float, float] = (2.0, 20.0)
+    weakest_fraction: float = 0.12
+    mean_online_s: float = 3600.0
+    mean_offline_s: float = 300.0
+    dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ValueError("devices must be at least 1")
+        if not 0.0 <= self.stragglers <= 1.0:
+            raise ValueError("stragglers is a fraction in [0, 1]")
+        if not 0.0 < self.weakest_fraction <= 1.0:
+            raise ValueError("weakest_fraction is a fraction in (0, 1]")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout is a probability in [0, 1)")
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float, n: int) -> np.ndarray:
+    return np.exp(rng.uniform(np.log(low), np.log(high), n))
+
+
+def make_fleet(spec: FleetSpec, full_training_bytes: int, seed: int) -> list[DeviceProfile]:
+    """Draw ``spec.devices`` profiles; budgets are relative to full-model training memory."""
+    rng = np.random.default_rng(seed)
+    n = spec.devices
+    speed = _log_uniform(rng, 0.5e9, 2e9, n)
+    slow = np.zeros(n, dtype=bool)
+    slow[rng.permutation(n)[: round(spec.stragglers * n)]] = True
+    speed[slow] /= _log_uniform(rng, *spec.slowdown_range, int(slow.sum()))
+    up = _log_uniform(rng, 0.05e6, 2e6, n) / 8
+    down = _log_uniform(rng, 0.2e6, 8e6, n) / 8
+    latency = rng.uniform(0.05, 0.4, n)
+    budget = _log_uniform(rng, spec.weakest_fraction, 1.0, n) * full_training_bytes
+    # One device of the weakest class always exists, so "weakest" means the same thing
+    # across seeds and fleet sizes.
+    budget[int(np.argmin(budget))] = spec.weakest_fraction * full_training_bytes
+    width = len(str(n - 1))
+    return [
+        DeviceProfile(
+            device_id=f"dev-{i:0{width}d}",
+            flops_per_s=float(speed[i]),
+            up_bytes_per_s=float(up[i]),
+            down_bytes_per_s=float(down[i]),
+            latency_s=float(latency[i]),
+            budget_bytes=int(budget[i]),
+            straggler=bool(slow[i]),
+        )
+        for i in range(n)
+    ]

@@ -1,0 +1,125 @@
+"""One simulated run: task + preset + fleet → measured curve, memory and payload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ftte.tasks import load_task
+from ftte.tasks.base import Task
+from ftte.wire.messages import TrainConfig
+from orchestrator.presets import preset, strategy_params
+from orchestrator.server import ServerConfig, TrainingServer
+from orchestrator.strategies import make_strategy
+from sim.fleet import FleetSpec, make_fleet
+from sim.simulator import FleetSimulator, ProgressFn, SimResult
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that defines a simulated run; same config and seed, same curve."""
+
+    task: str = "digits"
+    strategy: str = "ftte"
+    fleet: FleetSpec = field(default_factory=FleetSpec)
+    seed: int = 0
+    alpha: float = 0.5
+    samples_per_device: int = 60
+    target_accuracy: float | None = None  # None: the task's own target
+    time_limit_s: float = 6 * 3600.0
+    stop_at_target: bool = True  # False: run to the time limit (benchmarks compare at it)
+    max_updates: int = 20_000
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=0.05))
+    buffer_size: int = 10
+    clients_per_round: int = 10
+    max_staleness: int = 50
+
+
+def build_task(config: SimConfig) -> Task:
+    """The task with one data partition per simulated device."""
+    return load_task(
+        config.task,
+        num_devices=config.fleet.devices,
+        seed=config.seed,
+        alpha=config.alpha,
+        samples_per_device=config.samples_per_device,
+    )
+
+
+def simulate(
+    config: SimConfig, task: Task | None = None, progress: ProgressFn | None = None
+) -> dict[str, Any]:
+    """Run one preset on one fleet and return its measurements as plain data."""
+    task = task if task is not None else build_task(config)
+    chosen = preset(config.strategy)
+    params = (
+        strategy_params(chosen.strategy, config.buffer_size, config.clients_per_round)
+        | chosen.params
+    )
+    train = replace(config.train, delta_encoding=chosen.delta_encoding)
+    server_config = ServerConfig(
+        job=f"sim-{config.strategy}",
+        plan_mode=chosen.plan_mode,
+        train=train,
+        max_staleness=config.max_staleness,
+        model_seed=config.seed,
+    )
+    server = TrainingServer(task, make_strategy(chosen.strategy, **params), server_config)
+    full_peak = server.memory.full_model_peak(train.batch_size, train.momentum)
+    profiles = make_fleet(config.fleet, full_peak, config.seed)
+    simulator = FleetSimulator(server, profiles, config.fleet, config.seed)
+    target = config.target_accuracy if config.target_accuracy is not None else task.target_accuracy
+    result = simulator.run(
+        time_limit_s=config.time_limit_s,
+        max_updates=config.max_updates,
+        target_accuracy=target,
+        stop_at_target=config.stop_at_target,
+        progress=progress,
+    )
+    budgets = {p.device_id: p.budget_bytes for p in profiles}
+    return summarize(result, server, budgets, full_peak, target)
+
+
+def summarize(
+    result: SimResult,
+    server: TrainingServer,
+    budgets: dict[str, int],
+    full_peak: int,
+    target: float,
+) -> dict[str, Any]:
+    """The measurements of one run, in the benchmark's JSON shape."""
+    peaks = result.peak_mem_bytes
+    weakest = min(budgets, key=lambda d: budgets[d])
+    over = sorted(d for d, peak in peaks.items() if peak > budgets[d])
+    sizes_up, sizes_down = result.bytes_up, result.bytes_down
+    return {
+        "target_accuracy": target,
+        "time_to_target_s": result.time_to_target_s,
+        "final_acc": result.final_accuracy,
+        "end_time_s": result.end_time_s,
+        "versions": server.version,
+        "updates_accepted": server.accepted,
+        "rejected": dict(server.rejected),
+        "dropouts": result.dropouts,
+        "peak_mem_bytes_max": max(peaks.values(), default=0),
+        "peak_mem_bytes_mean": float(np.mean(list(peaks.values()))) if peaks else 0.0,
+        "peak_mem_bytes_weakest": peaks.get(weakest, 0),
+        "predicted_full_model_peak_bytes": full_peak,
+        "weakest_budget_bytes": budgets[weakest],
+        "all_within_budget": not over,
+        "devices_over_budget": len(over),
+        "devices_trained": len(peaks),
+        "excluded_devices": sum(1 for d in server.devices.values() if d.excluded),
+        "bytes_up_per_update": float(np.mean(sizes_up)) if sizes_up else 0.0,
+        "bytes_down_per_update": float(np.mean(sizes_down)) if sizes_down else 0.0,
+        "bytes_total": int(sum(sizes_up) + sum(sizes_down)),
+        "median_update_round_trip_s": float(np.median(result.round_times_s))
+        if result.round_times_s
+        else None,
+        "curve": [
+            {"t": p.time_s, "version": p.version, "acc": p.accuracy, "loss": p.loss}
+            for p in result.curve
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Shared pytest configuration: fixtures for real services live in tests/fixtures/."""

@@ -1,0 +1,177 @@
+"""Aggregation arithmetic on hand-computed examples, and the strategy lifecycle."""
+
+import numpy as np
+import pytest
+
+from ftte.errors import Rejected
+from ftte.wire.messages import Update
+from orchestrator.staleness import AgeVarianceStaleness, PolynomialStaleness
+from orchestrator.strategies import make_strategy
+from orchestrator.strategies.base import ReceivedUpdate
+from orchestrator.strategies.fedasync import FedAsyncStrategy
+from orchestrator.strategies.fedavg import FedAvgStrategy
+from orchestrator.strategies.fedbuff import FedBuffStrategy
+from orchestrator.strategies.ftte import FTTEStrategy
+
+
+def upd(uid: str, delta: dict, n: int = 1, age: int = 0, device: str = "d") -> ReceivedUpdate:
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in delta.items()}
+    return ReceivedUpdate(Update(device, uid, f"{device}.1", 0, n, 0.1, 0, arrays), age)
+
+
+def params() -> dict:
+    return {
+        "a": np.zeros(2, np.float32),
+        "b": np.zeros(2, np.float32),
+        "c": np.array([1.5, -2.5], np.float32),
+    }
+
+
+@pytest.mark.parametrize(
+    ("age", "weight"), [(0, 1.0), (1, 0.7071067811865476), (10, 0.30151134457776363)]
+)
+def test_polynomial_staleness_at_ages_0_1_10(age, weight):
+    # (1 + age)^-0.5: 1, 1/sqrt(2), 1/sqrt(11)
+    assert PolynomialStaleness(0.5)(age, 1.0) == pytest.approx(weight)
+
+
+@pytest.mark.parametrize(
+    ("age", "ratio", "weight"),
+    [
+        (0, 1.0, 1.0),  # fresh, ordinary variance
+        (1, 1.0, 0.7071067811865476),  # 2^-0.5
+        (10, 1.0, 0.30151134457776363),  # 11^-0.5
+        (0, 3.0, 0.5),  # 1 / (1 + 0.5 * (3 - 1))
+        (10, 3.0, 0.15075567228888181),  # 11^-0.5 / 2
+        (0, 0.2, 1.0),  # quieter than its peers: no penalty
+    ],
+)
+def test_age_variance_staleness(age, ratio, weight):
+    assert AgeVarianceStaleness(0.5, 0.5)(age, ratio) == pytest.approx(weight)
+
+
+def test_negative_age_is_refused():
+    with pytest.raises(ValueError, match="age"):
+        PolynomialStaleness()(-1, 1.0)
+
+
+def test_ftte_averages_each_tensor_over_the_updates_that_hold_it():
+    s = FTTEStrategy(buffer_size=2, staleness=PolynomialStaleness(0.5))
+    s.add(upd("u1", {"a": [1, 1], "b": [2, 4]}, n=1, age=0))
+    s.add(upd("u2", {"a": [3, 3]}, n=3, age=3))
+    assert s.ready()
+    p = params()
+    c_before = p["c"].copy()
+    report = s.aggregate(p)
+    # a: (1*1*[1,1] + 0.5*3*[3,3]) / (1+3) = [5.5/4] = 1.375 ; s(3) = 0.5
+    np.testing.assert_allclose(p["a"], [1.375, 1.375])
+    # b: only u1 holds it: 1*1*[2,4] / 1
+    np.testing.assert_allclose(p["b"], [2.0, 4.0])
+    assert np.array_equal(p["c"], c_before)
+    assert report.changed == {"a", "b"}
+    assert report.weights == {"u1": 1.0, "u2": 0.5}
+    assert p["a"].dtype == np.float32
+
+
+def test_ftte_gives_the_noisier_update_less_weight():
+    s = FTTEStrategy(buffer_size=2, staleness=AgeVarianceStaleness(0.0, 1.0))
+    s.add(upd("calm", {"a": [1, -1]}))  # variance 1
+    s.add(upd("noisy", {"a": [3, -3]}))  # variance 9; mean 5 -> ratios 0.2 and 1.8
+    p = params()
+    report = s.aggregate(p)
+    # weights: calm 1, noisy 1/(1 + 0.8) = 5/9; a = (1*[1,-1] + 5/9*[3,-3]) / 2
+    assert report.weights["noisy"] == pytest.approx(5 / 9)
+    np.testing.assert_allclose(p["a"], [(1 + 5 / 3) / 2, -(1 + 5 / 3) / 2], rtol=1e-6)
+
+
+def test_ftte_server_learning_rate_scales_the_step():
+    s = FTTEStrategy(buffer_size=1, server_lr=0.5, staleness=PolynomialStaleness(0.5))
+    s.add(upd("u", {"a": [2, 2]}))
+    p = params()
+    s.aggregate(p)
+    np.testing.assert_allclose(p["a"], [1.0, 1.0])
+
+
+def test_fedbuff_divides_staleness_weighted_sum_by_k():
+    s = FedBuffStrategy(buffer_size=2)
+    s.add(upd("u1", {"a": [2, 2], "b": [1, 1]}, age=0))
+    s.add(upd("u2", {"a": [4, 4], "b": [1, 1]}, age=3))
+    p = params()
+    s.aggregate(p)
+    # a: (1*2 + 0.5*4) / 2 = 2 ; b: (1 + 0.5) / 2 = 0.75
+    np.testing.assert_allclose(p["a"], [2.0, 2.0])
+    np.testing.assert_allclose(p["b"], [0.75, 0.75])
+
+
+def test_fedavg_weights_by_samples():
+    s = FedAvgStrategy(clients_per_round=2)
+    rng = np.random.default_rng(0)
+    assert sorted(s.select(["x", "y", "z"], 0, rng)) in (["x", "y"], ["x", "z"], ["y", "z"])
+    chosen = list(s._waiting)
+    s.add(upd("u1", {"a": [1, 1]}, n=1, device=chosen[0]))
+    assert not s.ready()
+    s.add(upd("u2", {"a": [5, 5]}, n=3, device=chosen[1]))
+    assert s.ready()
+    p = params()
+    s.aggregate(p)
+    # (1*1 + 3*5) / 4 = 4
+    np.testing.assert_allclose(p["a"], [4.0, 4.0])
+
+
+def test_fedavg_selects_nobody_while_a_round_is_open():
+    s = FedAvgStrategy(clients_per_round=1)
+    rng = np.random.default_rng(0)
+    assert len(s.select(["x", "y"], 0, rng)) == 1
+    assert s.select(["x", "y"], 1, rng) == []
+
+
+def test_fedavg_round_closes_when_its_devices_drop_out():
+    s = FedAvgStrategy(clients_per_round=2)
+    rng = np.random.default_rng(0)
+    a, b = s.select(["x", "y"], 0, rng)
+    s.add(upd("u1", {"a": [2, 2]}, device=a))
+    s.on_dropout(b)
+    assert s.ready()
+    p = params()
+    s.aggregate(p)
+    np.testing.assert_allclose(p["a"], [2.0, 2.0])
+    assert s.select(["x", "y"], 0, rng) != []
+
+
+def test_fedavg_refuses_updates_from_outside_the_round():
+    s = FedAvgStrategy(clients_per_round=1)
+    s.select(["x"], 0, np.random.default_rng(0))
+    with pytest.raises(Rejected):
+        s.add(upd("u", {"a": [1, 1]}, device="intruder"))
+
+
+def test_fedasync_applies_each_update_at_once():
+    s = FedAsyncStrategy(alpha=0.6)
+    s.add(upd("u1", {"a": [1, 1]}, age=3))
+    assert s.ready()
+    p = params()
+    s.aggregate(p)
+    # 0.6 * (1+3)^-0.5 * 1 = 0.3
+    np.testing.assert_allclose(p["a"], [0.3, 0.3])
+
+
+@pytest.mark.parametrize("name", ["ftte", "fedbuff", "fedavg", "fedasync"])
+def test_buffer_survives_a_checkpoint_round_trip(name):
+    s = make_strategy(name)
+    if name == "fedavg":
+        s.select(["d"], 0, np.random.default_rng(0))
+    s.add(upd("u1", {"a": [1, 1]}, age=2))
+    restored = make_strategy(name)
+    restored.restore(s.buffered())
+    assert [r.update.update_id for r in restored.buffered()] == ["u1"]
+    assert restored.buffered()[0].age == 2
+
+
+def test_unknown_strategy_lists_the_valid_names():
+    with pytest.raises(ValueError, match="fedavg"):
+        make_strategy("fedprox")
+
+
+def test_unknown_parameter_is_named():
+    with pytest.raises(ValueError, match="bogus"):
+        make_strategy("ftte", bogus=1)

@@ -1,0 +1,84 @@
+"""The wire codec round-trips assignments and updates in every delta encoding."""
+
+import numpy as np
+import pytest
+
+from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
+from ftte.wire.messages import Assignment, DeltaEncoding, TrainConfig, Update
+
+
+def make_update(delta: dict[str, np.ndarray]) -> Update:
+    return Update(
+        device_id="dev-01",
+        update_id="u-1",
+        assignment_id="dev-01.1",
+        base_version=3,
+        num_samples=60,
+        loss=0.25,
+        peak_mem_bytes=123456,
+        delta=delta,
+    )
+
+
+@pytest.fixture
+def delta() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "8.weight": rng.normal(0, 0.01, (10, 32)).astype(np.float32),
+        "8.bias": rng.normal(0, 0.01, (10,)).astype(np.float32),
+    }
+
+
+def test_float32_round_trip_is_exact(delta):
+    got = decode_update(encode_update(make_update(delta), DeltaEncoding.FLOAT32))
+    assert got.device_id == "dev-01" and got.base_version == 3 and got.num_samples == 60
+    assert got.loss == 0.25 and got.peak_mem_bytes == 123456
+    for name, value in delta.items():
+        np.testing.assert_array_equal(got.delta[name], value)
+
+
+def test_float16_round_trip_within_half_precision(delta):
+    got = decode_update(encode_update(make_update(delta), DeltaEncoding.FLOAT16))
+    for name, value in delta.items():
+        np.testing.assert_allclose(got.delta[name], value, rtol=1e-3, atol=1e-6)
+
+
+def test_int8_round_trip_within_half_a_step(delta):
+    got = decode_update(encode_update(make_update(delta), DeltaEncoding.INT8))
+    for name, value in delta.items():
+        step = np.abs(value).max() / 127
+        assert np.abs(got.delta[name] - value).max() <= step / 2 + 1e-9
+        assert got.delta[name].dtype == np.float32
+
+
+def test_int8_of_all_zero_tensor_stays_zero():
+    zero = {"0.bias": np.zeros(5, np.float32)}
+    got = decode_update(encode_update(make_update(zero), DeltaEncoding.INT8))
+    np.testing.assert_array_equal(got.delta["0.bias"], zero["0.bias"])
+
+
+def test_smaller_encodings_make_smaller_payloads(delta):
+    sizes = [len(encode_update(make_update(delta), e)) for e in DeltaEncoding]
+    assert sizes[0] > sizes[1] > sizes[2]  # float32 > float16 > int8
+
+
+def test_assignment_round_trip():
+    a = Assignment(
+        job="demo",
+        device_id="dev-02",
+        assignment_id="dev-02.7",
+        version=12,
+        trainable=("8.weight", "8.bias"),
+        tensors={"0.weight": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        train=TrainConfig(
+            epochs=2, batch_size=16, lr=0.1, momentum=0.9, delta_encoding=DeltaEncoding.INT8
+        ),
+    )
+    got = decode_assignment(encode_assignment(a))
+    assert got.trainable == a.trainable and got.version == 12 and got.train == a.train
+    np.testing.assert_array_equal(got.tensors["0.weight"], a.tensors["0.weight"])
+
+
+def test_decoded_arrays_are_writable(delta):
+    got = decode_update(encode_update(make_update(delta)))
+    got.delta["8.bias"] += 1.0

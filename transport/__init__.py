@@ -1,0 +1,1 @@
+"""Transport: the thin MQTT layer shared by the orchestrator service and the edge agent."""

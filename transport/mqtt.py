@@ -1,0 +1,187 @@
+"""The thin MQTT layer: one paho client, MQTT v5 over TLS, persistent session, a message queue.
+
+Known paho pitfalls designed around here:
+- a slow ``on_message`` blocks keep-alive, so the callback only puts the message on a queue
+  and the owner's thread does the work;
+- QoS 1 state lives in memory, so with ``manual_ack`` the owner acknowledges a message only
+  after it has persisted what the message means;
+- in MQTT v5 a session (subscriptions and queued QoS 1 messages) survives a disconnect only
+  with a SessionExpiryInterval > 0, set on every CONNECT;
+- paho never checks the broker's maximum packet size, so ``publish`` refuses payloads over
+  the limit itself instead of having the broker drop the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600  # a sleeping field device keeps its session a week
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where and how to connect: TLS to the fleet's broker with a username and password."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    ca_file: Path
+    keepalive_s: int = 30
+    session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
+    max_packet_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A received message, waiting in the link's inbox for its owner."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+
+
+@dataclass(frozen=True)
+class Will:
+    """Last will: published by the broker if the client vanishes without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+class PayloadTooLarge(ValueError):
+    """A payload over the broker's maximum packet size; it was not sent."""
+
+
+class MqttLink:
+    """A connected client that resubscribes on every (re)connect and queues what arrives."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        client_id: str,
+        subscriptions: list[tuple[str, int]],
+        *,
+        will: Will | None = None,
+        manual_ack: bool = False,
+        on_connect: Callable[[], None] | None = None,
+        on_published: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self.connected = threading.Event()
+        self.connects = 0
+        self._subscriptions = subscriptions
+        self._on_connect_hook = on_connect
+        self._on_published = on_published
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        client.username_pw_set(settings.username, settings.password)
+        client.tls_set(ca_certs=str(settings.ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Unbounded in-flight QoS 1 would let a reconnect storm re-send everything at once.
+        client.max_inflight_messages_set(20)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        self.client = client
+
+    def start(self) -> None:
+        """Connect in the background; paho's loop thread reconnects with backoff."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        self.client.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until connected, up to ``timeout_s``; return whether it is."""
+        return self.connected.wait(timeout_s)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> mqtt.MQTTMessageInfo:
+        """Queue a publish with paho (sent now or after reconnect); refuses oversize payloads."""
+        if len(payload) + len(topic) + 64 > self.settings.max_packet_bytes:
+            raise PayloadTooLarge(
+                f"{len(payload)} B to {topic} exceeds the broker's max packet size "
+                f"{self.settings.max_packet_bytes} B"
+            )
+        props = None
+        if expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = expiry_s
+        return self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+
+    def ack(self, message: Inbound) -> None:
+        """Acknowledge a QoS 1 message once its meaning is safely persisted."""
+        if message.qos > 0:
+            self.client.ack(message.mid, message.qos)
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no last will) and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _handle_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused connection: %s", reason)
+            return
+        if self._subscriptions:
+            client.subscribe(self._subscriptions)
+        self.connects += 1
+        self.connected.set()
+        if self._on_connect_hook is not None:
+            self._on_connect_hook()
+
+    def _handle_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        self.connected.clear()
+        if reason != 0:
+            log.info("disconnected from broker (%s); reconnecting", reason)
+
+    def _handle_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.inbox.put(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain)))
+
+    def _handle_publish(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
+    ) -> None:
+        if self._on_published is not None:
+            self._on_published(mid)
