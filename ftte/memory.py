@@ -24,6 +24,7 @@ touching torch again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -199,10 +200,24 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence the profiler's native start/stop lines, which bypass Python's sys.stderr."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _module_transients(model: nn.Sequential, x: torch.Tensor) -> list[tuple[int, int]]:
     """Per module: peak bytes held while it runs (input + allocations) and input bytes."""
     transients = []
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_native_stderr():
         h = x
         for module in model:
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_sim(commands)
     _add_bench(commands)
+    _add_broker(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
@@ -86,6 +87,40 @@ def _run_bench_paper(args: argparse.Namespace) -> int:
     from bench.paper import run_paper_benchmark
 
     return run_paper_benchmark(args)
+
+
+def _add_broker(commands: Any) -> None:
+    p = commands.add_parser("broker", help="generate the Mosquitto config for a fleet")
+    which = p.add_subparsers(dest="broker", required=True)
+    init = which.add_parser("init", help="config, TLS, passwords, ACL and agent configs")
+    init.add_argument("--fleet", type=Path, required=True, help="fleet inventory (TOML)")
+    init.add_argument("--out", type=Path, required=True, help="output folder")
+    init.set_defaults(run=_run_broker_init)
+    rotate = which.add_parser("rotate", help="new password for one device")
+    rotate.add_argument("--fleet", type=Path, required=True)
+    rotate.add_argument("--out", type=Path, required=True)
+    rotate.add_argument("--device", required=True)
+    rotate.set_defaults(run=_run_broker_rotate)
+
+
+def _run_broker_init(args: argparse.Namespace) -> int:
+    from broker.fleet import load_fleet
+    from broker.generate import init_broker
+
+    files = init_broker(load_fleet(args.fleet), args.out)
+    print(f"broker config: {files.config}")
+    print(f"agent configs: {len(files.device_configs)} in {args.out / 'devices'}")
+    print(f"orchestrator credentials: {files.orchestrator_credentials}")
+    return 0
+
+
+def _run_broker_rotate(args: argparse.Namespace) -> int:
+    from broker.fleet import load_fleet
+    from broker.generate import rotate_device
+
+    path = rotate_device(load_fleet(args.fleet), args.out, args.device)
+    print(f"new credentials for {args.device}: {path} (redeploy the broker and this agent)")
+    return 0
 
 
 def _progress_line(label: str) -> Any:

@@ -1,1 +1,3 @@
 """Shared pytest configuration: fixtures for real services live in tests/fixtures/."""
+
+pytest_plugins = ["tests.fixtures.mosquitto"]

@@ -1,0 +1,64 @@
+"""The fleet inventory (``fleet.toml``): the broker and every device that may connect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftte.config import ConfigError, load_section, read_toml
+from ftte.ids import validate_id
+
+
+@dataclass(frozen=True)
+class FleetSection:
+    """The fleet's name, its broker's address and the task its devices train."""
+
+    name: str
+    broker_host: str = "localhost"  # name in the server certificate; localhost/127.0.0.1 added
+    broker_port: int = 8883
+    bind_address: str = "0.0.0.0"
+    task: str = "vibration"
+    # Where the generated files will live on the gateway (paths inside mosquitto.conf).
+    install_dir: Path = Path("/etc/mosquitto/ftte")
+    persistence_dir: Path = Path("/var/lib/mosquitto")
+    # Where the agent keeps its outbox and state on each device.
+    agent_state_dir: Path = Path("/var/lib/ftte-agent")
+
+    def __post_init__(self) -> None:
+        validate_id(self.name, "fleet.name")
+        if not 0 < self.broker_port < 65536:
+            raise ValueError("fleet.broker_port must be a TCP port (1-65535)")
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    """One device: its id (also its broker username) and its training budget."""
+
+    id: str
+    memory_budget_bytes: int
+    compute_class: str = "unknown"
+    data_path: Path | None = None  # labelled sensor windows (.npz or .csv) on the device
+
+    def __post_init__(self) -> None:
+        validate_id(self.id, "device id")
+        if self.memory_budget_bytes <= 0:
+            raise ValueError(f"memory_budget_bytes of {self.id} must be positive")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The whole inventory."""
+
+    fleet: FleetSection
+    devices: list[DeviceEntry] = field(default_factory=list)
+
+
+def load_fleet(path: Path) -> Fleet:
+    """Read and validate ``fleet.toml``; device ids must be unique."""
+    fleet = load_section(Fleet, read_toml(path), str(path), "")
+    seen: set[str] = set()
+    for i, device in enumerate(fleet.devices):
+        if device.id in seen:
+            raise ConfigError(str(path), f"devices[{i}].id", f"duplicate id {device.id!r}")
+        seen.add(device.id)
+    return fleet

@@ -1,0 +1,359 @@
+"""``ftte broker init``: Mosquitto 2 config, TLS material, passwords and ACL from a fleet.
+
+One source of truth: this module writes every file the broker and the agents need; the
+Ansible role and the dev launcher install or start exactly these files. Re-running keeps
+the CA, keys and existing passwords (new devices get new credentials, removed devices
+lose theirs), so it is safe to run on every deploy.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import ipaddress
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from broker.fleet import DeviceEntry, Fleet
+from ftte import topics
+from ftte.wire.limits import WireLimits
+
+# Not a valid device id (underscore), so no device can ever hold the orchestrator's name.
+ORCHESTRATOR_USER = "ftte_orchestrator"
+PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes for $7$ hashes
+PACKET_HEADROOM = 64 * 1024  # topic, properties and MQTT framing around a payload
+CERT_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """Paths of everything ``init_broker`` wrote."""
+
+    out_dir: Path
+    config: Path
+    password_file: Path
+    acl_file: Path
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    orchestrator_credentials: Path
+    device_configs: dict[str, Path]
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
+    """A password hash in Mosquitto 2's own ``$7$`` format (PBKDF2-SHA512, 101 rounds)."""
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS, 64)
+    salt64, digest64 = base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    return f"$7${PBKDF2_ITERATIONS}${salt64}${digest64}"
+
+
+def _write(path: Path, text: str | bytes, mode: int = 0o644) -> None:
+    """Write atomically with ``mode`` set before the content lands."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    data = text.encode() if isinstance(text, str) else text
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    tmp.replace(path)
+
+
+def _write_if_changed(path: Path, text: str, mode: int = 0o644) -> None:
+    """Leave an identical file untouched, so deploys see no change on a re-run."""
+    if path.exists() and path.read_text() == text:
+        os.chmod(path, mode)
+        return
+    _write(path, text, mode)
+
+
+def _ensure_ca(certs: Path, fleet_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key_path, cert_path = certs / "ca.key", certs / "ca.crt"
+    if key_path.exists() and cert_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"ftte {fleet_name} CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write(key_path, _pem_key(key), 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _ensure_server_cert(
+    certs: Path, host: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+) -> None:
+    key_path, cert_path = certs / "server.key", certs / "server.crt"
+    names = {host, "localhost", "127.0.0.1"}
+    if key_path.exists() and cert_path.exists():
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        have = {str(v) for v in san.get_values_for_type(x509.DNSName)}
+        have |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+        if names <= have:
+            return
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt: list[x509.GeneralName] = []
+    for n in sorted(names):
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            alt.append(x509.DNSName(n))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(key_path, _pem_key(key), 0o600)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _existing_password(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        password = tomllib.load(f).get("broker", {}).get("password")
+    return password if isinstance(password, str) else None
+
+
+def _existing_hashes(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    entries = (line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
+    return {user: digest for user, digest in entries}
+
+
+def _hash_for(user: str, password: str, old: dict[str, str]) -> str:
+    """Reuse the old hash if it still matches, so an unchanged fleet rewrites nothing."""
+    previous = old.get(user)
+    if previous is not None:
+        salt = base64.b64decode(previous.split("$")[3])
+        if mosquitto_hash(password, salt) == previous:
+            return previous
+    return mosquitto_hash(password)
+
+
+def acl_text(fleet: Fleet) -> str:
+    """Per-user ACL blocks: each device only its own topics, the orchestrator all of them."""
+    name = fleet.fleet.name
+    lines = [
+        "# Generated by `ftte broker init`; edit fleet.toml instead.",
+        f"user {ORCHESTRATOR_USER}",
+        f"topic read {topics.all_status_filter(name)}",
+        f"topic read {topics.all_updates_filter(name)}",
+        f"topic write {topics.ROOT}/{name}/dev/+/assign",
+        f"topic readwrite {topics.model_topic(name)}",
+        "",
+    ]
+    for device in fleet.devices:
+        d = device.id
+        lines += [
+            f"user {d}",
+            f"topic readwrite {topics.status_topic(name, d)}",
+            f"topic write {topics.update_topic(name, d)}",
+            f"topic read {topics.assign_topic(name, d)}",
+            f"topic read {topics.model_topic(name)}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def mosquitto_conf(
+    fleet: Fleet,
+    config_dir: Path,
+    *,
+    port: int,
+    bind_address: str,
+    persistence_dir: Path,
+    run_as: str,
+    max_packet_bytes: int,
+) -> str:
+    """The broker config; the field and the dev launcher differ only in these arguments."""
+    return "\n".join(
+        [
+            "# Generated by `ftte broker init`; edit fleet.toml instead.",
+            "per_listener_settings false",
+            f"user {run_as}",
+            f"listener {port} {bind_address}",
+            "protocol mqtt",
+            f"cafile {config_dir / 'certs/ca.crt'}",
+            f"certfile {config_dir / 'certs/server.crt'}",
+            f"keyfile {config_dir / 'certs/server.key'}",
+            "tls_version tlsv1.2",
+            # Devices authenticate with username + password over TLS: per-device client
+            # certificates would make rotating one device's secret a PKI operation.
+            "require_certificate false",
+            "allow_anonymous false",
+            f"password_file {config_dir / 'passwd'}",
+            f"acl_file {config_dir / 'acl'}",
+            f"max_packet_size {max_packet_bytes}",
+            "persistence true",
+            f"persistence_location {persistence_dir}/",
+            "autosave_interval 60",
+            # Sleeping devices keep their session (and queued assignments) for a week.
+            "persistent_client_expiration 7d",
+            "max_queued_messages 1000",
+            "max_inflight_messages 20",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+            "",
+        ]
+    )
+
+
+def max_packet_bytes(limits: WireLimits | None = None) -> int:
+    """The broker's packet limit: the codec's largest message plus MQTT framing."""
+    return (limits or WireLimits()).max_compressed_bytes + PACKET_HEADROOM
+
+
+def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str) -> str:
+    f = fleet.fleet
+    if device.data_path is not None:
+        data = [f'path = "{device.data_path}"']
+    else:
+        data = [f"partition = {index}", f"num_partitions = {len(fleet.devices)}"]
+    return "\n".join(
+        [
+            "# Generated by `ftte broker init` for one device; keep it secret (mode 0600).",
+            "[agent]",
+            f'device_id = "{device.id}"',
+            f'fleet = "{f.name}"',
+            f"memory_budget_bytes = {device.memory_budget_bytes}",
+            f'compute_class = "{device.compute_class}"',
+            f'state_dir = "{f.agent_state_dir / device.id}"',
+            "",
+            "[broker]",
+            f'host = "{f.broker_host}"',
+            f"port = {f.broker_port}",
+            f'username = "{device.id}"',
+            f'password = "{password}"',
+            'ca_file = "ca.crt"',
+            f"max_packet_bytes = {max_packet_bytes()}",
+            "",
+            "[data]",
+            f'task = "{f.task}"',
+            *data,
+            "",
+        ]
+    )
+
+
+def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
+    """Write (or bring up to date) the broker's and the agents' files under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    certs = out_dir / "certs"
+    ca, ca_key = _ensure_ca(certs, fleet.fleet.name)
+    _ensure_server_cert(certs, fleet.fleet.broker_host, ca, ca_key)
+    devices_dir = out_dir / "devices"
+    devices_dir.mkdir(exist_ok=True)
+    # Each device's folder is self-contained: its config and the CA it trusts.
+    _write_if_changed(devices_dir / "ca.crt", (certs / "ca.crt").read_text())
+    old_hashes = _existing_hashes(out_dir / "passwd")
+    orch_path = out_dir / "orchestrator.toml"
+    orch_password = _existing_password(orch_path) or secrets.token_urlsafe(24)
+    hashes_ = [f"{ORCHESTRATOR_USER}:{_hash_for(ORCHESTRATOR_USER, orch_password, old_hashes)}"]
+    device_configs = {}
+    for index, device in enumerate(fleet.devices):
+        path = devices_dir / f"{device.id}.toml"
+        password = _existing_password(path) or secrets.token_urlsafe(24)
+        hashes_.append(f"{device.id}:{_hash_for(device.id, password, old_hashes)}")
+        _write_if_changed(path, _device_config(fleet, index, device, password), 0o600)
+        device_configs[device.id] = path
+    keep = {f"{d.id}.toml" for d in fleet.devices}
+    for stale in devices_dir.glob("*.toml"):
+        if stale.name not in keep:
+            stale.unlink()
+    _write_if_changed(out_dir / "passwd", "\n".join(hashes_) + "\n", 0o640)
+    _write_if_changed(out_dir / "acl", acl_text(fleet), 0o640)
+    f = fleet.fleet
+    _write_if_changed(
+        orch_path,
+        "\n".join(
+            [
+                "# Generated by `ftte broker init`: the orchestrator's broker account.",
+                "[broker]",
+                f'host = "{f.broker_host}"',
+                f"port = {f.broker_port}",
+                f'username = "{ORCHESTRATOR_USER}"',
+                f'password = "{orch_password}"',
+                'ca_file = "certs/ca.crt"',
+                f"max_packet_bytes = {max_packet_bytes()}",
+                "",
+            ]
+        ),
+        0o600,
+    )
+    conf = mosquitto_conf(
+        fleet,
+        f.install_dir,
+        port=f.broker_port,
+        bind_address=f.bind_address,
+        persistence_dir=f.persistence_dir,
+        run_as="mosquitto",
+        max_packet_bytes=max_packet_bytes(),
+    )
+    _write_if_changed(out_dir / "mosquitto.conf", conf)
+    return BrokerFiles(
+        out_dir=out_dir,
+        config=out_dir / "mosquitto.conf",
+        password_file=out_dir / "passwd",
+        acl_file=out_dir / "acl",
+        ca_cert=certs / "ca.crt",
+        server_cert=certs / "server.crt",
+        server_key=certs / "server.key",
+        orchestrator_credentials=orch_path,
+        device_configs=device_configs,
+    )
+
+
+def rotate_device(fleet: Fleet, out_dir: Path, device_id: str) -> Path:
+    """Give one device a new password; everything else stays as it is."""
+    if device_id not in {d.id for d in fleet.devices}:
+        raise ValueError(f"device {device_id!r} is not in fleet {fleet.fleet.name!r}")
+    (out_dir / "devices" / f"{device_id}.toml").unlink(missing_ok=True)
+    return init_broker(fleet, out_dir).device_configs[device_id]

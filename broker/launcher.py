@@ -1,0 +1,146 @@
+"""Dev launcher: run the generated broker config on a free loopback port, for tests and the demo.
+
+The dev config comes from the same generator as the field config; only the listener (port,
+127.0.0.1), the persistence folder and the run-as user differ.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from broker.fleet import Fleet
+from broker.generate import max_packet_bytes, mosquitto_conf
+
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+
+
+def find_mosquitto() -> Path:
+    """The mosquitto binary, or a clear error saying how to install it."""
+    found = shutil.which("mosquitto")
+    if found:
+        return Path(found)
+    for candidate in MOSQUITTO_PATHS:
+        if Path(candidate).exists():
+            return Path(candidate)
+    raise FileNotFoundError(
+        "mosquitto is not installed; on Debian: apt-get install mosquitto (or run `make demo`, "
+        "which installs it)"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningBroker:
+    """A mosquitto process serving a generated config on 127.0.0.1."""
+
+    config_dir: Path
+    port: int
+    conf_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients verify the broker against."""
+        return self.config_dir / "certs" / "ca.crt"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start mosquitto and wait until its TLS listener completes a handshake."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(find_mosquitto()), "-c", str(self.conf_path)], stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"mosquitto exited with {self.process.returncode}; see {self.log_path}:\n"
+                    + self.log_path.read_text()[-2000:]
+                )
+            if _tls_ready(self.port, self.ca_file):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"mosquitto did not accept TLS on port {self.port} in {timeout_s} s")
+
+    def stop(self) -> None:
+        """Terminate the broker (it saves its persistence file on the way out)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same persistence."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> RunningBroker:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _tls_ready(port: int, ca_file: Path) -> bool:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1"),
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def start_dev_broker(fleet: Fleet, config_dir: Path, port: int | None = None) -> RunningBroker:
+    """Start mosquitto on 127.0.0.1 with ``config_dir``'s generated files (from init_broker)."""
+    port = port or free_port()
+    data = config_dir / "dev-data"
+    data.mkdir(exist_ok=True)
+    conf_path = config_dir / "mosquitto.dev.conf"
+    conf_path.write_text(
+        mosquitto_conf(
+            fleet,
+            config_dir.resolve(),
+            port=port,
+            bind_address="127.0.0.1",
+            persistence_dir=data.resolve(),
+            run_as=getpass.getuser(),
+            max_packet_bytes=max_packet_bytes(),
+        )
+    )
+    broker = RunningBroker(config_dir, port, conf_path, config_dir / "mosquitto.log")
+    broker.start()
+    return broker

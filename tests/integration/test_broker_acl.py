@@ -1,0 +1,90 @@
+"""The generated broker config, enforced by a real Mosquitto: TLS, passwords, per-device ACL."""
+
+import socket
+import time
+
+import pytest
+
+from ftte import topics
+from tests.fixtures.mosquitto import FLEET, Client
+
+NOT_AUTHORIZED = 0x87
+
+
+@pytest.fixture
+def clients(fleet_broker):
+    made = []
+
+    def connect(user, password=None):
+        c = Client(fleet_broker, user, password)
+        c.connect()
+        made.append(c)
+        return c
+
+    yield connect
+    for c in made:
+        c.close()
+
+
+def test_device_update_reaches_the_orchestrator(clients):
+    orch = clients("ftte_orchestrator")
+    assert orch.subscribe(topics.all_updates_filter(FLEET)) == 1
+    dev = clients("dev-00")
+    assert dev.publish(topics.update_topic(FLEET, "dev-00"), b"delta") == 0
+    assert [m.payload for m in orch.wait_messages(1)] == [b"delta"]
+
+
+def test_device_cannot_publish_to_another_devices_update_topic(clients):
+    orch = clients("ftte_orchestrator")
+    orch.subscribe(topics.all_updates_filter(FLEET))
+    dev = clients("dev-00")
+    assert dev.publish(topics.update_topic(FLEET, "dev-01"), b"forged") == NOT_AUTHORIZED
+    time.sleep(0.5)
+    assert orch.messages == []
+
+
+def test_device_cannot_read_another_devices_assign_topic(clients):
+    dev = clients("dev-00")
+    reason = dev.subscribe(topics.assign_topic(FLEET, "dev-01"))
+    orch = clients("ftte_orchestrator")
+    orch.publish(topics.assign_topic(FLEET, "dev-01"), b"secret slice")
+    time.sleep(0.5)
+    assert reason == NOT_AUTHORIZED or dev.messages == []
+    assert dev.messages == []
+
+
+def test_device_reads_its_own_assign_topic(clients):
+    dev = clients("dev-00")
+    assert dev.subscribe(topics.assign_topic(FLEET, "dev-00")) == 1
+    clients("ftte_orchestrator").publish(topics.assign_topic(FLEET, "dev-00"), b"slice")
+    assert [m.payload for m in dev.wait_messages(1)] == [b"slice"]
+
+
+def test_unknown_user_cannot_connect(fleet_broker):
+    c = Client(fleet_broker, "intruder", "guess")
+    try:
+        assert not c.connect()
+        assert c.refused is not None
+    finally:
+        c.close()
+
+
+def test_wrong_password_cannot_connect(fleet_broker):
+    c = Client(fleet_broker, "dev-00", "not-the-password")
+    try:
+        assert not c.connect()
+    finally:
+        c.close()
+
+
+def test_plain_tcp_without_tls_is_refused(fleet_broker):
+    # An MQTT CONNECT in clear text: the TLS listener must not answer with a CONNACK.
+    connect = bytes.fromhex("101000044d5154540402003c0004746573740000")
+    with socket.create_connection(("127.0.0.1", fleet_broker.port), timeout=2) as s:
+        s.sendall(connect)
+        s.settimeout(2)
+        try:
+            reply = s.recv(16)
+        except (TimeoutError, ConnectionResetError):
+            reply = b""
+    assert not reply.startswith(b"\x20")  # 0x20 is CONNACK

@@ -1,0 +1,97 @@
+"""`ftte broker init`: config, hashes, ACL and idempotence, without starting the broker."""
+
+import base64
+import hashlib
+import stat
+
+import pytest
+
+from broker.fleet import load_fleet
+from broker.generate import ORCHESTRATOR_USER, init_broker, mosquitto_hash, rotate_device
+from ftte.config import ConfigError
+from tests.fixtures.mosquitto import make_fleet
+
+
+def test_password_hash_is_mosquittos_pbkdf2_sha512_format():
+    digest = mosquitto_hash("secret", salt=b"0123456789ab")
+    _, alg, rounds, salt, value = digest.split("$")
+    assert (alg, rounds) == ("7", "101")
+    expected = hashlib.pbkdf2_hmac("sha512", b"secret", b"0123456789ab", 101, 64)
+    assert base64.b64decode(value) == expected and base64.b64decode(salt) == b"0123456789ab"
+
+
+def test_config_has_tls_auth_acl_limits_and_persistence(tmp_path):
+    files = init_broker(make_fleet(), tmp_path)
+    conf = files.config.read_text()
+    for directive in (
+        "allow_anonymous false",
+        "tls_version tlsv1.2",
+        "password_file",
+        "acl_file",
+        "max_packet_size",
+        "persistence true",
+        "persistent_client_expiration 7d",
+        "certfile",
+        "keyfile",
+    ):
+        assert directive in conf
+    assert conf.count("listener ") == 1
+
+
+def test_acl_confines_each_device_to_its_own_topics(tmp_path):
+    acl = init_broker(make_fleet(), tmp_path).acl_file.read_text()
+    block = acl.split("user dev-03\n")[1].split("\n\n")[0]
+    assert "topic write ftte/v1/test-fleet/dev/dev-03/update" in block
+    assert "topic read ftte/v1/test-fleet/dev/dev-03/assign" in block
+    assert "dev-04" not in block and "+" not in block
+    assert f"user {ORCHESTRATOR_USER}" in acl
+
+
+def test_secrets_are_private(tmp_path):
+    files = init_broker(make_fleet(), tmp_path)
+    for path in (files.server_key, files.orchestrator_credentials, *files.device_configs.values()):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_rerun_keeps_ca_keys_and_passwords(tmp_path):
+    first = init_broker(make_fleet(), tmp_path)
+    before = {
+        p: p.read_bytes()
+        for p in (
+            first.ca_cert,
+            first.server_key,
+            first.password_file,
+            *first.device_configs.values(),
+        )
+    }
+    init_broker(make_fleet(), tmp_path)
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_rotate_changes_only_one_device(tmp_path):
+    fleet = make_fleet()
+    files = init_broker(fleet, tmp_path)
+    before = {d: p.read_text() for d, p in files.device_configs.items()}
+    rotate_device(fleet, tmp_path, "dev-02")
+    after = {d: p.read_text() for d, p in files.device_configs.items()}
+    assert [d for d in before if before[d] != after[d]] == ["dev-02"]
+
+
+def test_rotating_an_unknown_device_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="not in fleet"):
+        rotate_device(make_fleet(), tmp_path, "dev-99")
+
+
+def test_fleet_file_errors_name_the_field(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text('[fleet]\nname = "farm"\n[[devices]]\nid = "Pi_7"\nmemory_budget_bytes = 5\n')
+    with pytest.raises(ConfigError, match=r"devices\[0\].*lowercase"):
+        load_fleet(path)
+
+
+def test_duplicate_device_ids_are_refused(tmp_path):
+    path = tmp_path / "fleet.toml"
+    dev = '[[devices]]\nid = "pi-1"\nmemory_budget_bytes = 5\n'
+    path.write_text('[fleet]\nname = "farm"\n' + dev + dev)
+    with pytest.raises(ConfigError, match="duplicate"):
+        load_fleet(path)
