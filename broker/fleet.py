@@ -38,11 +38,14 @@ class DeviceEntry:
     memory_budget_bytes: int
     compute_class: str = "unknown"
     data_path: Path | None = None  # labelled sensor windows (.npz or .csv) on the device
+    slowdown: float = 1.0  # lab and demo fleets: stretch training to imitate a slower device
 
     def __post_init__(self) -> None:
         validate_id(self.id, "device id")
         if self.memory_budget_bytes <= 0:
             raise ValueError(f"memory_budget_bytes of {self.id} must be positive")
+        if self.slowdown < 1.0:
+            raise ValueError(f"slowdown of {self.id} must be >= 1.0")
 
 
 @dataclass(frozen=True)

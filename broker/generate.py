@@ -266,6 +266,7 @@ def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str)
             f"memory_budget_bytes = {device.memory_budget_bytes}",
             f'compute_class = "{device.compute_class}"',
             f'state_dir = "{f.agent_state_dir / device.id}"',
+            f"slowdown = {device.slowdown}",
             "",
             "[broker]",
             f'host = "{f.broker_host}"',

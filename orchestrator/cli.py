@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_sim(commands)
     _add_bench(commands)
     _add_broker(commands)
+    _add_orchestrator(commands)
+    _add_status(commands)
+    _add_demo(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
@@ -121,6 +124,80 @@ def _run_broker_rotate(args: argparse.Namespace) -> int:
     path = rotate_device(load_fleet(args.fleet), args.out, args.device)
     print(f"new credentials for {args.device}: {path} (redeploy the broker and this agent)")
     return 0
+
+
+def _add_orchestrator(commands: Any) -> None:
+    p = commands.add_parser("orchestrator", help="run a training job against the fleet")
+    p.add_argument("--config", type=Path, required=True, help="job file (TOML)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(run=_run_orchestrator)
+
+
+def _run_orchestrator(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from orchestrator.config import load_job_config
+    from orchestrator.service import OrchestratorService
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    service = OrchestratorService(load_job_config(args.config))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    result = service.run(stop)
+    print(
+        f"job ended at version {result.version}, accuracy {result.accuracy:.3f}, "
+        f"target {'reached' if result.reached_target else 'not reached'}, "
+        f"{result.wall_time_s:.0f} s"
+    )
+    return 0
+
+
+def _add_status(commands: Any) -> None:
+    p = commands.add_parser("status", help="the job's retained state from the broker")
+    p.add_argument("--config", type=Path, required=True, help="job file (TOML)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(run=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_job_config
+    from orchestrator.status import read_status
+
+    state = read_status(load_job_config(args.config), args.timeout)
+    if args.json:
+        print(json.dumps(state, indent=1))
+        return 0
+    print(
+        f"job {state['job']} ({state['state']}): version {state['version']}, "
+        f"accuracy {state['accuracy']:.3f}, buffer {state['buffer_fill']}, "
+        f"devices online {state['devices_online']}, accepted {state['accepted']}"
+    )
+    for reason, count in sorted(state["rejected"].items()):
+        print(f"  rejected {reason}: {count}")
+    return 0
+
+
+def _add_demo(commands: Any) -> None:
+    p = commands.add_parser("demo", help="a local fleet: broker, orchestrator and agents")
+    p.add_argument("--devices", type=int, default=20)
+    p.add_argument("--task", default="digits")
+    p.add_argument("--strategy", default="ftte", choices=sorted(PRESETS))
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo-…)")
+    p.add_argument("--influx-url", default=None, help="InfluxDB v2 URL for telemetry")
+    p.add_argument("--influx-token", default="")
+    p.add_argument("--influx-org", default="ftte")
+    p.add_argument("--influx-bucket", default="ftte")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    return run_demo(args)
 
 
 def _progress_line(label: str) -> Any:

@@ -78,6 +78,8 @@ class OrchestratorService:
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
         self._dispatched_at: dict[str, float] = {}
+        self._started = time.monotonic()
+        self.history: list[tuple[float, int, float]] = []  # (wall s, version, accuracy)
         self.link = MqttLink(
             config.broker,
             client_id=f"{ORCHESTRATOR_CLIENT_PREFIX}-{job.name}",
@@ -91,7 +93,7 @@ class OrchestratorService:
 
     def run(self, stop: threading.Event) -> JobResult:
         """Serve the fleet until the target, a limit, or ``stop``; publish the final state."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self.link.start()
         job = self.config.job
         reached = self.accuracy >= self.target
@@ -224,6 +226,7 @@ class OrchestratorService:
     def _after_aggregation(self, num_updates: int) -> None:
         started = time.monotonic()
         self.accuracy, loss = self.server.evaluate()
+        self.history.append((time.monotonic() - self._started, self.server.version, self.accuracy))
         if self.server.version % self.config.job.checkpoint_every == 0:
             save_checkpoint(self.server, self.run_dir)
             self.journal.truncate()

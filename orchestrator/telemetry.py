@@ -132,9 +132,7 @@ class PointTelemetry(ABC):
     def _emit(self, point: Point) -> None: ...
 
     def _point(self, measurement: str) -> Point:
-        return (
-            Point(measurement).tag("fleet", self.fleet).tag("job", self.job).time(self.now_ns())
-        )
+        return Point(measurement).tag("fleet", self.fleet).tag("job", self.job).time(self.now_ns())
 
     def _send(self, point: Point) -> None:
         with self._lock:

@@ -80,10 +80,12 @@ class MqttLink:
         *,
         will: Will | None = None,
         manual_ack: bool = False,
+        persistent: bool = True,
         on_connect: Callable[[], None] | None = None,
         on_published: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.persistent = persistent
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.connected = threading.Event()
         self.connects = 0
@@ -112,12 +114,12 @@ class MqttLink:
     def start(self) -> None:
         """Connect in the background; paho's loop thread reconnects with backoff."""
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.SessionExpiryInterval = self.settings.session_expiry_s if self.persistent else 0
         self.client.connect_async(
             self.settings.host,
             self.settings.port,
             keepalive=self.settings.keepalive_s,
-            clean_start=False,
+            clean_start=not self.persistent,
             properties=props,
         )
         self.client.loop_start()

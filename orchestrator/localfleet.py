@@ -1,0 +1,216 @@
+"""A whole fleet on this machine: generated broker, job file and agent processes.
+
+The demo and the integration tests use it; everything it starts is the real thing (the
+Mosquitto binary with the generated TLS/ACL config, ``ftte-agent`` processes, the
+orchestrator service), only on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from broker.fleet import DeviceEntry, Fleet, FleetSection
+from broker.generate import BrokerFiles, init_broker
+from broker.launcher import RunningBroker, free_port, start_dev_broker
+from ftte.memory import MemoryModel
+from ftte.tasks import load_task
+from ftte.wire.messages import TrainConfig
+from orchestrator.config import JobConfig, JobSection
+from orchestrator.telemetry import InfluxConfig
+from transport.mqtt import BrokerSettings
+
+
+@dataclass(frozen=True)
+class LocalFleetSpec:
+    """What to run locally: task, fleet size, strategy and the spread of device kinds."""
+
+    run_dir: Path
+    task: str = "digits"
+    devices: int = 20
+    strategy: str = "ftte"
+    seed: int = 0
+    weakest_fraction: float = 0.15  # smallest budget, as a fraction of full-model training
+    slow_fraction: float = 0.3  # devices slowed down to imitate weaker hardware
+    max_slowdown: float = 4.0
+    target_accuracy: float = 0.0  # 0: the task's own
+    max_versions: int = 2000
+    max_wall_s: float = 540.0
+    buffer_size: int = 5
+    clients_per_round: int = 5
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=0.05))
+    influx: InfluxConfig | None = None
+
+
+def device_budgets(task_name: str, count: int, weakest_fraction: float, seed: int) -> list[int]:
+    """Budgets spread log-uniformly from ``weakest_fraction`` of full training to full."""
+    task = load_task(task_name, num_devices=1, seed=seed)
+    torch.manual_seed(seed)
+    full = MemoryModel.profile(task.make_model(), task.input_shape).full_model_peak(32, 0.0)
+    fractions = np.geomspace(weakest_fraction, 1.0, count)
+    return [int(f * full) for f in np.random.default_rng(seed).permutation(fractions)]
+
+
+class LocalFleet:
+    """Generates the fleet's files, runs the broker and spawns the agents."""
+
+    def __init__(self, spec: LocalFleetSpec) -> None:
+        self.spec = spec
+        self.run_dir = spec.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(spec.seed)
+        budgets = device_budgets(spec.task, spec.devices, spec.weakest_fraction, spec.seed)
+        slow = rng.random(spec.devices) < spec.slow_fraction
+        slowdowns = np.where(slow, rng.uniform(2.0, spec.max_slowdown, spec.devices), 1.0)
+        width = len(str(spec.devices - 1))
+        self.fleet = Fleet(
+            FleetSection(
+                name="local",
+                broker_host="127.0.0.1",
+                broker_port=free_port(),
+                bind_address="127.0.0.1",
+                task=spec.task,
+                agent_state_dir=self.run_dir / "agents",
+            ),
+            [
+                DeviceEntry(f"dev-{i:0{width}d}", budgets[i], "demo", None, round(s, 2))
+                for i, s in enumerate(slowdowns)
+            ],
+        )
+        self.files: BrokerFiles = init_broker(self.fleet, self.run_dir / "broker")
+        self.broker: RunningBroker | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    def job_config(self) -> JobConfig:
+        """The orchestrator's job, wired to this fleet's broker and credentials."""
+        s = self.spec
+        creds = self.files.orchestrator_credentials.read_text().split("\n")
+        password = next(line for line in creds if line.startswith("password"))
+        return JobConfig(
+            job=JobSection(
+                name="demo",
+                fleet=self.fleet.fleet.name,
+                run_dir=self.run_dir / "orchestrator",
+                task=s.task,
+                strategy=s.strategy,
+                seed=s.seed,
+                num_partitions=s.devices,
+                target_accuracy=s.target_accuracy,
+                max_versions=s.max_versions,
+                max_wall_s=s.max_wall_s,
+                buffer_size=s.buffer_size,
+                clients_per_round=s.clients_per_round,
+                assignment_timeout_s=120,
+            ),
+            broker=BrokerSettings(
+                host="127.0.0.1",
+                port=self.fleet.fleet.broker_port,
+                username="ftte_orchestrator",
+                password=password.split("=", 1)[1].strip().strip('"'),
+                ca_file=self.files.ca_cert,
+            ),
+            train=s.train,
+            influx=s.influx,
+        )
+
+    def write_job_file(self) -> Path:
+        """The job as a TOML file, for ``ftte orchestrator --config``."""
+        job = self.job_config()
+        j, b, t = job.job, job.broker, job.train
+        lines = [
+            "[job]",
+            f'name = "{j.name}"',
+            f'fleet = "{j.fleet}"',
+            f'run_dir = "{j.run_dir}"',
+            f'task = "{j.task}"',
+            f'strategy = "{j.strategy}"',
+            f"seed = {j.seed}",
+            f"num_partitions = {j.num_partitions}",
+            f"target_accuracy = {j.target_accuracy}",
+            f"max_versions = {j.max_versions}",
+            f"max_wall_s = {j.max_wall_s}",
+            f"buffer_size = {j.buffer_size}",
+            f"clients_per_round = {j.clients_per_round}",
+            f"assignment_timeout_s = {j.assignment_timeout_s}",
+            "",
+            "[broker]",
+            f'host = "{b.host}"',
+            f"port = {b.port}",
+            f'username = "{b.username}"',
+            f'password = "{b.password}"',
+            f'ca_file = "{b.ca_file}"',
+            "",
+            "[train]",
+            f"epochs = {t.epochs}",
+            f"batch_size = {t.batch_size}",
+            f"lr = {t.lr}",
+            f"momentum = {t.momentum}",
+            "",
+        ]
+        if job.influx is not None:
+            i = job.influx
+            lines += [
+                "[influx]",
+                f'url = "{i.url}"',
+                f'token = "{i.token}"',
+                f'org = "{i.org}"',
+                f'bucket = "{i.bucket}"',
+                "",
+            ]
+        path = self.run_dir / "job.toml"
+        path.write_text("\n".join(lines))
+        path.chmod(0o600)
+        return path
+
+    def start_broker(self) -> RunningBroker:
+        """Mosquitto with the generated config on this fleet's loopback port."""
+        self.broker = start_dev_broker(
+            self.fleet, self.files.out_dir, port=self.fleet.fleet.broker_port
+        )
+        return self.broker
+
+    def start_agents(self, device_ids: list[str] | None = None) -> None:
+        """One ``ftte-agent`` process per device (one torch thread each: 2 cores are shared)."""
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        for device_id in device_ids or list(self.files.device_configs):
+            log = (self.run_dir / f"agent-{device_id}.log").open("ab")
+            self.agents[device_id] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edge_agent",
+                    "--config",
+                    str(self.files.device_configs[device_id]),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def stop_agents(self, timeout_s: float = 20.0) -> dict[str, int]:
+        """SIGTERM every agent and wait; return their exit codes."""
+        for process in self.agents.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = {}
+        for device_id, process in self.agents.items():
+            try:
+                codes[device_id] = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[device_id] = process.wait()
+        self.agents.clear()
+        return codes
+
+    def stop(self) -> None:
+        """Stop agents, then the broker."""
+        self.stop_agents()
+        if self.broker is not None:
+            self.broker.stop()
