@@ -176,6 +176,10 @@ class OrchestratorService:
                 raise Rejected(RejectReason.UNKNOWN_DEVICE, "payload names another device")
         except Rejected as exc:
             server.reject(exc.reason)
+            # The device answered, badly: free it for a fresh assignment rather than
+            # leaving it idle until the assignment times out.
+            server.expire(device_id)
+            self._dispatched_at.pop(device_id, None)
             self._update_point(device_id, "", 0, None, len(payload), float("nan"), exc.reason, 0)
             return False
         if journal:

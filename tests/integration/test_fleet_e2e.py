@@ -1,0 +1,36 @@
+"""End to end over TLS: orchestrator + 8 agent processes train past the target."""
+
+from orchestrator.localfleet import LocalFleet
+from orchestrator.telemetry import InfluxConfig
+from tests.integration.fleet_helpers import ServiceThread, spec
+
+
+def test_fleet_trains_past_target_within_budgets_with_telemetry(tmp_path, victoria):
+    influx = InfluxConfig(
+        url=victoria.url, token="t", org="ftte", bucket="ftte", flush_interval_ms=200
+    )
+    fleet = LocalFleet(spec(tmp_path, influx=influx))
+    fleet.start_broker()
+    try:
+        job = ServiceThread(fleet)
+        fleet.start_agents()
+        result = job.wait(timeout=300)
+    finally:
+        codes = fleet.stop_agents()
+        fleet.broker.stop()
+    assert result.reached_target and result.accuracy >= job.service.target
+    assert set(codes.values()) == {0}  # every agent exited cleanly on SIGTERM
+    server = job.service.server
+    budgets = {d.device_id: d.budget_bytes for d in server.devices.values()}
+    assert len(budgets) == 8 and len(set(budgets.values())) == 8
+    for record in server.devices.values():
+        assert record.plan is not None
+        assert record.plan.predicted_peak_bytes <= record.budget_bytes
+    peaks = victoria.export(
+        '{__name__="ftte_update_peak_mem_bytes",reason="accepted"}', min_series=8
+    )
+    assert {s["metric"]["device"] for s in peaks} == set(budgets)
+    for series in peaks:
+        assert max(series["values"]) <= budgets[series["metric"]["device"]]
+    accuracy = victoria.export('{__name__="ftte_aggregation_val_accuracy",job="demo"}')
+    assert max(accuracy[0]["values"]) >= job.service.target
