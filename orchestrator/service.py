@@ -73,11 +73,23 @@ class OrchestratorService:
         self.run_dir = job.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resumed = load_checkpoint(self.server, self.run_dir)
+        if self.resumed:
+            log.info(
+                "resumed from checkpoint at version %d with %d accepted updates",
+                self.server.version,
+                self.server.accepted,
+            )
         self.journal = Journal(self.run_dir)
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
-        self._dispatched_at: dict[str, float] = {}
+        # Restored open assignments get a fresh timeout: their devices may have lost them.
+        self._dispatched_at: dict[str, float] = {
+            d.device_id: time.monotonic()
+            for d in self.server.devices.values()
+            if d.open_assignment is not None
+        }
+        self._replaying = False
         self._started = time.monotonic()
         self.history: list[tuple[float, int, float]] = []  # (wall s, version, accuracy)
         self.link = MqttLink(
@@ -231,7 +243,8 @@ class OrchestratorService:
         started = time.monotonic()
         self.accuracy, loss = self.server.evaluate()
         self.history.append((time.monotonic() - self._started, self.server.version, self.accuracy))
-        if self.server.version % self.config.job.checkpoint_every == 0:
+        due = self.server.version % self.config.job.checkpoint_every == 0
+        if due and not self._replaying:
             save_checkpoint(self.server, self.run_dir)
             self.journal.truncate()
         self.telemetry.aggregation(
@@ -247,15 +260,24 @@ class OrchestratorService:
     def _replay_journal(self) -> None:
         """After a crash: re-apply updates acknowledged since the last checkpoint."""
         replayed = 0
+        # No checkpoint until every entry is re-applied: truncating the journal halfway
+        # would lose the rest if we crashed again.
+        self._replaying = True
         for topic, payload in list(self.journal.entries()):
             ref = topics.parse(topic)
             if ref.device is not None:
                 self._receive(ref.device, topic, payload, journal=False)
                 replayed += 1
+        self._replaying = False
         if replayed:
             save_checkpoint(self.server, self.run_dir)
             self.journal.truncate()
-            log.info("replayed %d journaled updates; at version %d", replayed, self.server.version)
+            log.info(
+                "replayed %d journaled updates: now at version %d with %d accepted updates",
+                replayed,
+                self.server.version,
+                self.server.accepted,
+            )
 
     # -- dispatch ----------------------------------------------------------------------
 

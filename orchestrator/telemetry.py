@@ -168,6 +168,8 @@ class InfluxTelemetry(PointTelemetry):
     def __init__(self, fleet: str, job: str, config: InfluxConfig, **kw: Any) -> None:
         super().__init__(fleet, job, **kw)
         self.config = config
+        # The library logs every failed batch at error level; we count them instead.
+        logging.getLogger("influxdb_client.client.write_api").setLevel(logging.CRITICAL)
         self._client = InfluxDBClient(
             url=config.url, token=config.token, org=config.org, timeout=config.timeout_ms
         )
@@ -202,7 +204,9 @@ class InfluxTelemetry(PointTelemetry):
         self._count(written=_lines(data))
 
     def _on_error(self, _conf: Any, data: str | bytes, exc: Exception) -> None:
-        log.warning("telemetry batch lost: %s", exc)
+        # Counted, and said once per outage rather than once per batch.
+        if self.counters().failed == 0:
+            log.warning("telemetry points are being lost (InfluxDB unreachable?): %s", exc)
         self._count(failed=_lines(data))
 
     def _on_retry(self, _conf: Any, data: str | bytes, _exc: Exception) -> None:
