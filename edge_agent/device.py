@@ -37,13 +37,19 @@ class DeviceModel:
                 self.params[name].copy_(torch.from_numpy(value))
         self.version = assignment.version
 
-    def train(self, assignment: Assignment, data: Dataset, seed: int) -> tuple[Update, TrainResult]:
-        """Apply ``assignment``, train its slice on ``data`` and build the update."""
+    def train(
+        self, assignment: Assignment, data: Dataset, seed: int, update_id: str | None = None
+    ) -> tuple[Update, TrainResult]:
+        """Apply ``assignment``, train its slice on ``data`` and build the update.
+
+        ``update_id`` defaults to a random UUID; the simulator passes its own so that runs
+        (and so payload sizes and virtual times) repeat exactly for a seed.
+        """
         self.apply(assignment)
         result = train_slice(self.model, assignment.trainable, data, assignment.train, seed)
         update = Update(
             device_id=assignment.device_id,
-            update_id=uuid.uuid4().hex,
+            update_id=update_id or uuid.uuid4().hex,
             assignment_id=assignment.assignment_id,
             base_version=assignment.version,
             num_samples=result.num_samples,

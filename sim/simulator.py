@@ -44,7 +44,7 @@ class SimResult:
     bytes_up: list[int] = field(default_factory=list)  # per update that reached the server
     bytes_down: list[int] = field(default_factory=list)  # per assignment sent
     peak_mem_bytes: dict[str, int] = field(default_factory=dict)  # device -> largest measured
-    round_times_s: list[float] = field(default_factory=list)  # dispatch to arrival, per update
+    arrivals: list[tuple[float, float]] = field(default_factory=list)  # (dispatched, arrived)
     dropouts: int = 0
     end_time_s: float = 0.0
 
@@ -101,10 +101,11 @@ class FleetSimulator:
         time_limit_s: float,
         max_updates: int,
         target_accuracy: float | None = None,
-        stop_at_target: bool = True,
+        min_time_s: float = 0.0,
         progress: ProgressFn | None = None,
     ) -> SimResult:
-        """Advance the clock until the target, the time limit or the update limit."""
+        """Advance the clock until the target (but at least ``min_time_s``), the time limit
+        or the update limit."""
         for device_id, profile in self.profiles.items():
             self.server.register(device_id, profile.budget_bytes)
             self._go_offline_later(device_id, self.rng.exponential(self.spec.mean_online_s))
@@ -122,8 +123,8 @@ class FleetSimulator:
                 reached = target_accuracy is not None and point.accuracy >= target_accuracy
                 if reached and self.result.time_to_target_s is None:
                     self.result.time_to_target_s = self.now
-                    if stop_at_target:
-                        break
+            if self.result.time_to_target_s is not None and self.now >= min_time_s:
+                break
             self._dispatch()
         self.result.end_time_s = self.now
         return self.result
@@ -154,7 +155,7 @@ class FleetSimulator:
         elif event.kind == "arrive" and self._pending.get(event.device_id) == event.token:
             del self._pending[event.device_id]
             self.result.bytes_up.append(len(event.payload))
-            self.result.round_times_s.append(self.now - event.started)
+            self.result.arrivals.append((event.started, self.now))
             return self._arrive(event)
         return None
 
@@ -180,7 +181,9 @@ class FleetSimulator:
             down = encode_assignment(assignment)
             received = decode_assignment(down)
             seed = int(self.rng.integers(2**31))
-            update, trained = self.models[device_id].train(received, self.data[device_id], seed)
+            update, trained = self.models[device_id].train(
+                received, self.data[device_id], seed, update_id=f"{received.assignment_id}.u"
+            )
             up = encode_update(update, received.train.delta_encoding)
             self.result.bytes_down.append(len(down))
             peaks = self.result.peak_mem_bytes
