@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import torch
+
 from edge_agent.config import AgentConfig, load_agent_config
 from edge_agent.data import load_local_data
 from edge_agent.device import DeviceModel
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # small models; leave the other core to the sensing workload
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     try:
         agent = EdgeAgent(load_agent_config(args.config))

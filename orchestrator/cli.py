@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from orchestrator.presets import PRESETS
 from sim.fleet import FleetSpec
 from sim.run import SimConfig, simulate
@@ -25,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_status(commands)
     _add_demo(commands)
     args = parser.parse_args(argv)
+    # Tiny models gain nothing from intra-op threads, and OpenMP workers spinning in several
+    # processes on a 2-core gateway (orchestrator, agents, simulator) slow everyone 10x.
+    torch.set_num_threads(1)
     try:
         return int(args.run(args))
     except (ValueError, FileNotFoundError) as exc:

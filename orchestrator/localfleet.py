@@ -45,7 +45,7 @@ class LocalFleetSpec:
     max_wall_s: float = 540.0
     buffer_size: int = 5
     clients_per_round: int = 5
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=0.05))
+    train: TrainConfig = field(default_factory=TrainConfig)
     influx: InfluxConfig | None = None
 
 

@@ -31,7 +31,7 @@ class SimConfig:
     time_limit_s: float = 6 * 3600.0
     min_time_s: float = 0.0  # keep going after the target until then (benchmarks compare at it)
     max_updates: int = 20_000
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=0.05))
+    train: TrainConfig = field(default_factory=TrainConfig)
     buffer_size: int = 10
     clients_per_round: int = 10
     max_staleness: int = 50

@@ -109,23 +109,24 @@ def test_counted_bytes_are_the_encoded_sizes(monkeypatch):
         produced.remove(size)
 
 
-def test_without_stragglers_fedbuff_and_fedavg_converge_comparably():
-    def ratio(stragglers: float) -> float:
-        base = replace(
-            SMALL,
-            max_updates=2000,
-            target_accuracy=0.7,
-            clients_per_round=6,
-            buffer_size=6,
-            fleet=FleetSpec(devices=6, stragglers=stragglers, dropout=0.0, mean_online_s=1e9),
-        )
-        fedavg = simulate(replace(base, strategy="fedavg"))["time_to_target_s"]
-        fedbuff = simulate(replace(base, strategy="fedbuff"))["time_to_target_s"]
-        assert fedavg is not None and fedbuff is not None
-        return fedbuff / fedavg
+def accuracy_at(strategy: str, stragglers: float, time_s: float) -> float:
+    config = replace(
+        SMALL,
+        strategy=strategy,
+        max_updates=10_000,
+        time_limit_s=time_s,
+        clients_per_round=6,
+        buffer_size=6,
+        fleet=FleetSpec(devices=6, stragglers=stragglers, dropout=0.0, mean_online_s=1e9),
+    )
+    return simulate(config)["final_acc"]
 
-    calm = ratio(0.0)
-    # Links still differ 40x between devices, so "comparable" means within 3x either way;
-    # stragglers must then tilt it towards the strategy that does not wait for them.
-    assert 1 / 3 <= calm <= 3
-    assert ratio(0.9) < calm
+
+def test_without_stragglers_fedbuff_and_fedavg_converge_comparably():
+    fedavg, fedbuff = accuracy_at("fedavg", 0.0, 400), accuracy_at("fedbuff", 0.0, 400)
+    assert fedavg > 0.3 and fedbuff > 0.3  # both learned something in the same virtual time
+    assert abs(fedavg - fedbuff) <= 0.15
+
+
+def test_with_stragglers_fedbuff_gets_further_than_fedavg_in_the_same_time():
+    assert accuracy_at("fedbuff", 0.9, 400) > accuracy_at("fedavg", 0.9, 400)
