@@ -43,7 +43,7 @@ class BenchSize:
 
 
 QUICK = BenchSize(
-    devices=50, seeds=2, time_budget_s=1800.0, time_limit_s=48 * 3600.0, max_updates=8000
+    devices=50, seeds=1, time_budget_s=1800.0, time_limit_s=48 * 3600.0, max_updates=8000
 )
 FULL = BenchSize(
     devices=500, seeds=3, time_budget_s=1800.0, time_limit_s=48 * 3600.0, max_updates=40000

@@ -83,7 +83,7 @@ def _add_bench(commands: Any) -> None:
     p = commands.add_parser("bench", help="benchmarks: ftte against its baselines")
     which = p.add_subparsers(dest="bench", required=True)
     paper = which.add_parser("paper", help="FTTE vs FedBuff vs FedAvg on one simulated fleet")
-    paper.add_argument("--quick", action="store_true", help="small fleet, 2 seeds, < 10 min")
+    paper.add_argument("--quick", action="store_true", help="50 devices, 1 seed, < 10 min")
     paper.add_argument("--task", action="append", default=None, help="repeatable; default both")
     paper.add_argument("--seeds", type=int, default=None)
     paper.add_argument("--json", type=Path, default=Path("bench-paper.json"))
