@@ -239,7 +239,8 @@ class TrainingServer:
         except Rejected as exc:
             self.rejected[exc.reason.value] += 1
             self._close_if_answered(update)
-            return Outcome(accepted=False, reason=exc.reason)
+            # Freeing the device may complete a synchronous round.
+            return Outcome(accepted=False, reason=exc.reason, aggregation=self.aggregate_if_ready())
         self.strategy.add(received)
         self.seen_update_ids.add(update.update_id)
         self.devices[update.device_id].open_assignment = None

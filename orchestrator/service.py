@@ -162,6 +162,7 @@ class OrchestratorService:
             return
         if status is None:
             self.server.set_offline(device_id)
+            self._aggregate_if_ready()
             self.telemetry.device_status(device=device_id, online=False, budget_bytes=None)
             return
         if status.device_id != device_id:
@@ -192,6 +193,7 @@ class OrchestratorService:
             # leaving it idle until the assignment times out.
             server.expire(device_id)
             self._dispatched_at.pop(device_id, None)
+            self._aggregate_if_ready()
             self._update_point(device_id, "", 0, None, len(payload), float("nan"), exc.reason, 0)
             return False
         if journal:
@@ -257,6 +259,12 @@ class OrchestratorService:
         )
         log.info("version %d: accuracy %.3f", self.server.version, self.accuracy)
 
+    def _aggregate_if_ready(self) -> None:
+        """A device leaving can complete a synchronous round: apply it now if so."""
+        report = self.server.aggregate_if_ready()
+        if report is not None:
+            self._after_aggregation(len(report.weights))
+
     def _replay_journal(self) -> None:
         """After a crash: re-apply updates acknowledged since the last checkpoint."""
         replayed = 0
@@ -306,6 +314,7 @@ class OrchestratorService:
                 log.warning("assignment to %s timed out after %d s", device_id, timeout)
                 self.server.expire(device_id)
                 del self._dispatched_at[device_id]
+                self._aggregate_if_ready()
 
     # -- state -------------------------------------------------------------------------
 

@@ -148,6 +148,9 @@ class FleetSimulator:
             self.server.set_offline(device_id)
             delay = self.rng.exponential(self.spec.mean_offline_s)
             self._schedule(delay, "online", device_id, token=event.token)
+            # A synchronous round may have been waiting only for this device.
+            if self.server.aggregate_if_ready() is not None:
+                return self._curve_point()
         elif event.kind == "online" and live_chain:
             profile = self.profiles[device_id]
             self.server.register(device_id, profile.budget_bytes, self.models[device_id].version)
@@ -171,8 +174,11 @@ class FleetSimulator:
         outcome = server.receive(update)
         if outcome.aggregation is None:
             return None
-        accuracy, loss = server.evaluate()
-        return CurvePoint(self.now, server.version, accuracy, loss, server.accepted)
+        return self._curve_point()
+
+    def _curve_point(self) -> CurvePoint:
+        accuracy, loss = self.server.evaluate()
+        return CurvePoint(self.now, self.server.version, accuracy, loss, self.server.accepted)
 
     def _dispatch(self) -> None:
         for assignment in self.server.dispatch(self.rng):

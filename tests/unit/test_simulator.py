@@ -130,3 +130,16 @@ def test_without_stragglers_fedbuff_and_fedavg_converge_comparably():
 
 def test_with_stragglers_fedbuff_gets_further_than_fedavg_in_the_same_time():
     assert accuracy_at("fedbuff", 0.9, 400) > accuracy_at("fedavg", 0.9, 400)
+
+
+def test_fedavg_round_closes_when_its_last_device_drops_out():
+    config = replace(
+        SMALL,
+        strategy="fedavg",
+        clients_per_round=3,
+        max_updates=60,
+        fleet=FleetSpec(devices=6, dropout=0.5, mean_offline_s=30.0),
+    )
+    _, result = run_simulator(config)
+    assert result.dropouts >= 5
+    assert len(result.curve) >= 10
