@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +92,8 @@ class LocalFleet:
     def job_config(self) -> JobConfig:
         """The orchestrator's job, wired to this fleet's broker and credentials."""
         s = self.spec
-        creds = self.files.orchestrator_credentials.read_text().split("\n")
-        password = next(line for line in creds if line.startswith("password"))
+        with self.files.orchestrator_credentials.open("rb") as f:
+            password = str(tomllib.load(f)["broker"]["password"])
         return JobConfig(
             job=JobSection(
                 name="demo",
@@ -113,7 +114,7 @@ class LocalFleet:
                 host="127.0.0.1",
                 port=self.fleet.fleet.broker_port,
                 username="ftte_orchestrator",
-                password=password.split("=", 1)[1].strip().strip('"'),
+                password=password,
                 ca_file=self.files.ca_cert,
             ),
             train=s.train,

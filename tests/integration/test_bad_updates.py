@@ -1,6 +1,7 @@
 """Bad updates over the wire, with a device's own credentials: counted, and the model untouched."""
 
 import os
+import tomllib
 
 import numpy as np
 
@@ -21,9 +22,8 @@ class FakeBroker:
         self.port = fleet.fleet.fleet.broker_port
 
     def password(self, user: str) -> str:
-        text = self.files.device_configs[user].read_text()
-        line = next(x for x in text.splitlines() if x.startswith("password"))
-        return line.split('"')[1]
+        with self.files.device_configs[user].open("rb") as f:
+            return str(tomllib.load(f)["broker"]["password"])
 
 
 def test_bad_updates_are_rejected_with_reasons_and_change_nothing(tmp_path):
