@@ -184,7 +184,7 @@ class FleetSimulator:
         for assignment in self.server.dispatch(self.rng):
             device_id = assignment.device_id
             profile = self.profiles[device_id]
-            down = encode_assignment(assignment)
+            down = encode_assignment(assignment, self.server.config.model_encoding)
             received = decode_assignment(down)
             seed = int(self.rng.integers(2**31))
             update, trained = self.models[device_id].train(
@@ -203,6 +203,9 @@ class FleetSimulator:
             )
             token = next(self._tokens)
             self._pending[device_id] = token
-            if self.rng.random() < self.spec.dropout:
-                self._go_offline_later(device_id, self.rng.uniform(0, duration))
+            mean_to_dropout = self.spec.mean_work_s_to_dropout
+            if mean_to_dropout is not None:
+                failure = self.rng.exponential(mean_to_dropout)
+                if failure < duration:
+                    self._go_offline_later(device_id, failure)
             self._schedule(duration, "arrive", device_id, payload=up, token=token, started=self.now)

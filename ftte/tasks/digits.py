@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from ftte.tasks.base import Dataset, Task
+from ftte.tasks.base import Dataset, Task, he_init
 from ftte.tasks.partition import dirichlet_partition
 
 # Reached by FedAvg and FTTE in a short simulated run (see docs/benchmarks.md); a small CNN
@@ -27,19 +27,21 @@ def make_digits_model() -> nn.Sequential:
     Sized so that activations, not weights, dominate training memory at batch 32: the
     memory story of on-device training.
     """
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 2 * 2, 32),
-        nn.ReLU(),
-        nn.Linear(32, 10),
+    return he_init(
+        nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 2 * 2, 32),
+            nn.ReLU(),
+            nn.Linear(32, 10),
+        )
     )
 
 

