@@ -16,7 +16,7 @@ import torch
 from ftte.errors import Rejected, RejectReason
 from ftte.memory import MemoryModel
 from ftte.tasks.base import Task
-from ftte.wire.messages import Assignment, TensorDict, TrainConfig, Update
+from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
 from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner
 from orchestrator.scoring import gradient_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
@@ -29,6 +29,7 @@ class ServerConfig:
     job: str = "job"
     plan_mode: PlanMode = PlanMode.PER_DEVICE
     train: TrainConfig = field(default_factory=TrainConfig)
+    model_encoding: DeltaEncoding = DeltaEncoding.FLOAT32  # model values sent to devices
     max_staleness: int = 50  # updates older than this many versions are refused
     rescore_every: int = 10  # versions between contribution-score refreshes
     model_seed: int = 0

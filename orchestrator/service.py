@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from paho.mqtt.client import MQTTMessageInfo
@@ -26,9 +26,7 @@ from ftte.wire.control import JobState, decode_status
 from ftte.wire.limits import WireLimits
 from orchestrator.checkpoint import Journal, load_checkpoint, save_checkpoint
 from orchestrator.config import JobConfig
-from orchestrator.presets import preset, strategy_params
-from orchestrator.server import ServerConfig, TrainingServer
-from orchestrator.strategies import make_strategy
+from orchestrator.presets import JobKnobs, make_server
 from orchestrator.telemetry import open_telemetry
 from transport.mqtt import Inbound, MqttLink, PayloadTooLarge
 
@@ -53,22 +51,17 @@ class OrchestratorService:
     def __init__(self, config: JobConfig) -> None:
         self.config = config
         job = config.job
-        chosen = preset(job.strategy)
         task = load_task(job.task, num_devices=job.num_partitions, seed=job.seed)
         self.target = job.target_accuracy or task.target_accuracy
-        train = replace(config.train, delta_encoding=chosen.delta_encoding)
-        params = strategy_params(chosen.strategy, job.buffer_size, job.clients_per_round)
-        self.server = TrainingServer(
-            task,
-            make_strategy(chosen.strategy, **(params | chosen.params)),
-            ServerConfig(
-                job=job.name,
-                plan_mode=chosen.plan_mode,
-                train=train,
-                max_staleness=job.max_staleness,
-                model_seed=job.seed,
-            ),
+        knobs = JobKnobs(
+            job=job.name,
+            train=config.train,
+            buffer_size=job.buffer_size,
+            clients_per_round=job.clients_per_round,
+            max_staleness=job.max_staleness,
+            model_seed=job.seed,
         )
+        self.server = make_server(job.strategy, task, knobs)
         self.limits = WireLimits()
         self.run_dir = job.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +285,7 @@ class OrchestratorService:
     def _dispatch(self) -> None:
         fleet = self.config.job.fleet
         for assignment in self.server.dispatch(self.rng):
-            payload = encode_assignment(assignment)
+            payload = encode_assignment(assignment, self.server.config.model_encoding)
             try:
                 self.link.publish(
                     topics.assign_topic(fleet, assignment.device_id),

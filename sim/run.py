@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -10,9 +10,8 @@ import numpy as np
 from ftte.tasks import load_task
 from ftte.tasks.base import Task
 from ftte.wire.messages import TrainConfig
-from orchestrator.presets import preset, strategy_params
-from orchestrator.server import ServerConfig, TrainingServer
-from orchestrator.strategies import make_strategy
+from orchestrator.presets import JobKnobs, make_server
+from orchestrator.server import TrainingServer
 from sim.fleet import FleetSpec, make_fleet
 from sim.simulator import FleetSimulator, ProgressFn, SimResult
 
@@ -53,20 +52,16 @@ def simulate(
 ) -> dict[str, Any]:
     """Run one preset on one fleet and return its measurements as plain data."""
     task = task if task is not None else build_task(config)
-    chosen = preset(config.strategy)
-    params = (
-        strategy_params(chosen.strategy, config.buffer_size, config.clients_per_round)
-        | chosen.params
-    )
-    train = replace(config.train, delta_encoding=chosen.delta_encoding)
-    server_config = ServerConfig(
+    knobs = JobKnobs(
         job=f"sim-{config.strategy}",
-        plan_mode=chosen.plan_mode,
-        train=train,
+        train=config.train,
+        buffer_size=config.buffer_size,
+        clients_per_round=config.clients_per_round,
         max_staleness=config.max_staleness,
         model_seed=config.seed,
     )
-    server = TrainingServer(task, make_strategy(chosen.strategy, **params), server_config)
+    server = make_server(config.strategy, task, knobs)
+    train = server.config.train
     full_peak = server.memory.full_model_peak(train.batch_size, train.momentum)
     profiles = make_fleet(config.fleet, full_peak, config.seed)
     simulator = FleetSimulator(server, profiles, config.fleet, config.seed)

@@ -62,8 +62,17 @@ def _compress(doc: dict[str, Any], level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
 
 
-def encode_assignment(a: Assignment, level: int = 3) -> bytes:
-    """Serialise an assignment; model values travel as float32."""
+def encode_assignment(
+    a: Assignment, values: DeltaEncoding = DeltaEncoding.FLOAT32, level: int = 3
+) -> bytes:
+    """Serialise an assignment with model values as float32 or float16.
+
+    float16 halves the download; the device trains from the rounded values and its delta is
+    taken against them, so rounding never accumulates (each assignment carries absolute
+    values). int8 would, and is refused.
+    """
+    if values is DeltaEncoding.INT8:
+        raise ValueError("model values travel as float32 or float16, not int8")
     t = a.train
     return _compress(
         {
@@ -81,7 +90,7 @@ def encode_assignment(a: Assignment, level: int = 3) -> bytes:
                 "momentum": t.momentum,
                 "delta_encoding": t.delta_encoding.value,
             },
-            "tensors": {n: encode_tensor(v, DeltaEncoding.FLOAT32) for n, v in a.tensors.items()},
+            "tensors": {n: encode_tensor(v, values) for n, v in a.tensors.items()},
         },
         level,
     )

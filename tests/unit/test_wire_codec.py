@@ -79,6 +79,20 @@ def test_assignment_round_trip():
     np.testing.assert_array_equal(got.tensors["0.weight"], a.tensors["0.weight"])
 
 
+def test_float16_model_values_halve_the_download_and_round_once():
+    rng = np.random.default_rng(0)
+    values = {"0.weight": rng.normal(size=(64, 64)).astype(np.float32)}
+    a = Assignment("demo", "dev-02", "dev-02.8", 3, ("0.weight",), values)
+    full = encode_assignment(a)
+    half = encode_assignment(a, DeltaEncoding.FLOAT16)
+    assert len(half) < 0.6 * len(full)
+    got = decode_assignment(half).tensors["0.weight"]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, values["0.weight"], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="int8"):
+        encode_assignment(a, DeltaEncoding.INT8)
+
+
 def test_decoded_arrays_are_writable(delta):
     got = decode_update(encode_update(make_update(delta)))
     got.delta["8.bias"] += 1.0
