@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned, so pip takes the CPU wheel and never resolves a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[server,dev]'
 	touch $(STAMP)
 
 install: system-deps $(STAMP)
@@ -27,6 +27,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cd ansible && ansible-playbook --syntax-check -i inventories/example site.yml >/dev/null
+	cd ansible && ansible-lint -q
 
 test: install lint
 	$(BIN)/pytest -q

@@ -47,6 +47,7 @@ class BrokerFiles:
     server_key: Path
     orchestrator_credentials: Path
     device_configs: dict[str, Path]
+    changed: tuple[Path, ...] = ()  # files written, re-moded or removed by this run
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
@@ -284,9 +285,18 @@ def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str)
     )
 
 
+def _snapshot(out_dir: Path) -> dict[Path, tuple[bytes, int]]:
+    """Content and mode of every file under ``out_dir``."""
+    return {p: (p.read_bytes(), p.stat().st_mode) for p in out_dir.rglob("*") if p.is_file()}
+
+
 def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
-    """Write (or bring up to date) the broker's and the agents' files under ``out_dir``."""
+    """Write (or bring up to date) the broker's and the agents' files under ``out_dir``.
+
+    ``changed`` lists what this run altered, so a deploy tool can report "no change".
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    before = _snapshot(out_dir)
     certs = out_dir / "certs"
     ca, ca_key = _ensure_ca(certs, fleet.fleet.name)
     _ensure_server_cert(certs, fleet.fleet.broker_host, ca, ca_key)
@@ -339,6 +349,8 @@ def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
         max_packet_bytes=max_packet_bytes(),
     )
     _write_if_changed(out_dir / "mosquitto.conf", conf)
+    after = _snapshot(out_dir)
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     return BrokerFiles(
         out_dir=out_dir,
         config=out_dir / "mosquitto.conf",
@@ -349,6 +361,7 @@ def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
         server_key=certs / "server.key",
         orchestrator_credentials=orch_path,
         device_configs=device_configs,
+        changed=tuple(changed),
     )
 
 

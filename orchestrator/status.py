@@ -1,15 +1,19 @@
-"""``ftte status``: read the job's retained state from the model topic."""
+"""Retained state on the broker: the job's (``ftte status``) and one device's (deploy checks)."""
 
 from __future__ import annotations
 
 import dataclasses
 import queue
+import time
+from pathlib import Path
 from typing import Any
 
 from ftte import topics
-from ftte.wire.control import decode_job_state
+from ftte.config import load_section, read_toml, resolve
+from ftte.errors import Rejected
+from ftte.wire.control import DeviceStatus, decode_job_state, decode_status
 from orchestrator.config import JobConfig
-from transport.mqtt import MqttLink
+from transport.mqtt import BrokerSettings, MqttLink
 
 
 def read_status(config: JobConfig, timeout_s: float) -> dict[str, Any]:
@@ -31,3 +35,56 @@ def read_status(config: JobConfig, timeout_s: float) -> dict[str, Any]:
     finally:
         link.stop()
     return dataclasses.asdict(decode_job_state(message.payload))
+
+
+def load_broker_account(path: Path) -> BrokerSettings:
+    """The ``[broker]`` table of a credentials file such as ``broker-files/orchestrator.toml``."""
+    settings = load_section(BrokerSettings, read_toml(path).get("broker"), str(path), "broker")
+    return dataclasses.replace(settings, ca_file=resolve(path, settings.ca_file))
+
+
+def wait_online(
+    settings: BrokerSettings,
+    fleet: str,
+    device: str,
+    timeout_s: float,
+    software_version: str | None = None,
+) -> DeviceStatus:
+    """Block until ``device``'s retained status says online (with ``software_version`` if
+    given); a TimeoutError says what was last seen.
+
+    A rolling deploy calls this after restarting an agent: the retained birth is only
+    published once the new process has connected with its credentials, so it proves
+    config, TLS, password and ACL on the device together.
+    """
+    topic = topics.status_topic(fleet, device)
+    link = MqttLink(
+        settings,
+        client_id=f"ftte-wait-{device}",
+        subscriptions=[(topic, 1)],
+        persistent=False,
+    )
+    deadline = time.monotonic() + timeout_s
+    last_seen = "nothing"
+    link.start()
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = link.inbox.get(timeout=left)
+            except queue.Empty:
+                break
+            try:
+                status = decode_status(message.payload)
+            except Rejected as exc:
+                last_seen = f"an unreadable status ({exc})"
+                continue
+            if status is None:
+                last_seen = "offline"
+            elif software_version is not None and status.software_version != software_version:
+                last_seen = f"online with version {status.software_version}"
+            else:
+                return status
+    finally:
+        link.stop()
+    wanted = "online" if software_version is None else f"online with version {software_version}"
+    raise TimeoutError(f"{device} not {wanted} on {topic} within {timeout_s} s (saw {last_seen})")

@@ -64,8 +64,9 @@ def test_rerun_keeps_ca_keys_and_passwords(tmp_path):
             *first.device_configs.values(),
         )
     }
-    init_broker(make_fleet(), tmp_path)
+    again = init_broker(make_fleet(), tmp_path)
     assert all(p.read_bytes() == data for p, data in before.items())
+    assert first.changed and again.changed == ()
 
 
 def test_rotate_changes_only_one_device(tmp_path):
@@ -75,6 +76,15 @@ def test_rotate_changes_only_one_device(tmp_path):
     rotate_device(fleet, tmp_path, "dev-02")
     after = {d: p.read_text() for d, p in files.device_configs.items()}
     assert [d for d in before if before[d] != after[d]] == ["dev-02"]
+
+
+def test_init_reports_what_a_rotation_changed(tmp_path):
+    fleet = make_fleet()
+    init_broker(fleet, tmp_path)
+    (tmp_path / "devices" / "dev-01.toml").unlink()  # what `rotate` does before re-running
+    changed = init_broker(fleet, tmp_path).changed
+    # What a deploy must push again: that device's config and the broker's password file.
+    assert {p.name for p in changed} == {"dev-01.toml", "passwd"}
 
 
 def test_rotating_an_unknown_device_is_an_error(tmp_path):

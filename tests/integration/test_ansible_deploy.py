@@ -1,0 +1,246 @@
+"""The Ansible roles, run for real on this machine into a throw-away root.
+
+Every host is reached with the local connection and installs under its own prefix with
+``ftte_manage_system: false`` (no packages, users or services touched on this machine). The
+edge agent's virtualenv is really built (torch and ftte from the wheel built here), so the
+test also proves the agent runs from the agent-only dependencies.
+"""
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE = REPO / "ansible"
+BIN = Path(sys.executable).parent
+DEVICE = "pi-001"
+BUDGET = 400_000
+OVERHEAD = 419_430_400  # edge_agent_memory_overhead_bytes default
+BROKER_FILES = ("mosquitto.conf", "passwd", "acl", "certs/ca.crt", "certs/server.crt")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("ansible-playbook") is None, reason="ansible-core is installed by make test"
+)
+
+
+def _playbook(inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {
+        "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+    }
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), str(ANSIBLE / "site.yml"), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+
+
+def _recap(run: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counters per host."""
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    recap = run.stdout.split("PLAY RECAP", 1)[1]
+    hosts = {}
+    for line in recap.splitlines():
+        if "ok=" not in line:
+            continue
+        host, _, counters = line.partition(":")
+        hosts[host.strip()] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
+    return hosts
+
+
+class Deployment:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files = root / "broker-files"
+        self.inventory = root / "inventory.yml"
+
+    def prefix(self, host: str) -> Path:
+        return self.root / "hosts" / host
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProcess[str]]:
+    d = Deployment(tmp_path_factory.mktemp("ansible"))
+    subprocess.run(
+        [BIN / "pip", "wheel", "-q", "--no-deps", "-w", d.root / "dist", REPO],
+        check=True,
+        timeout=300,
+    )
+    # The example inventory's fleet-wide settings, with this machine's overrides.
+    example = yaml.safe_load((ANSIBLE / "inventories/example/group_vars/all.yml").read_text())
+    inventory = {
+        "all": {
+            "vars": example
+            | {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ftte_become": False,
+                "ftte_manage_system": False,
+                "ftte_prefix": str(d.root / "hosts") + "/{{ inventory_hostname }}",
+                "ftte_wheel_dir": str(d.root / "dist"),
+                "ftte_fleet_name": "test-fleet",
+                "ftte_task": "digits",
+                "fleet_files_ftte_cli": str(BIN / "ftte"),
+                # This machine has no ftte-agent account; nobody proves ownership is applied.
+                "edge_agent_user": "nobody",
+                "edge_agent_group": "nogroup",
+                "mosquitto_broker_group": "nogroup",
+                # pip finds the CPU wheel through this machine's own pip configuration.
+                "edge_agent_torch_index": "",
+            },
+            "children": {
+                "broker": {"hosts": {"gateway": None}},
+                "edge_agents": {
+                    "hosts": {
+                        DEVICE: {
+                            "ftte_memory_budget_bytes": BUDGET,
+                            "ftte_compute_class": "pi-zero-2",
+                            "ftte_data_path": "/var/lib/ftte-agent/windows.npz",
+                        }
+                    }
+                },
+            },
+        }
+    }
+    d.inventory.write_text(yaml.safe_dump(inventory))
+    return d, _playbook(d.inventory)
+
+
+def test_first_run_deploys_every_host(deployment):
+    _, run = deployment
+    recap = _recap(run)
+    assert set(recap) == {"gateway", DEVICE}
+    assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in recap.values())
+    assert recap[DEVICE]["changed"] > 0
+
+
+def test_fleet_file_comes_from_the_inventory(deployment):
+    d, _ = deployment
+    fleet = (d.files / "fleet.toml").read_text()
+    assert 'name = "test-fleet"' in fleet and 'broker_host = "gateway"' in fleet
+    assert f'id = "{DEVICE}"' in fleet and f"memory_budget_bytes = {BUDGET}" in fleet
+
+
+def test_broker_files_are_byte_identical_to_broker_init(deployment):
+    d, _ = deployment
+    installed = d.prefix("gateway") / "etc/mosquitto/ftte"
+    for name in (*BROKER_FILES, "certs/server.key"):
+        assert (installed / name).read_bytes() == (d.files / name).read_bytes(), name
+    for secret in ("passwd", "acl", "certs/server.key"):
+        assert stat.S_IMODE((installed / secret).stat().st_mode) == 0o640, secret
+    assert not (installed / "certs/ca.key").exists()  # the CA key never leaves the controller
+    drop_in = d.prefix("gateway") / "etc/systemd/system/mosquitto.service.d/ftte.conf"
+    assert "ExecStart=/usr/sbin/mosquitto -c /etc/mosquitto/ftte/mosquitto.conf" in (
+        drop_in.read_text()
+    )
+
+
+def test_agent_config_is_the_devices_own_and_private(deployment):
+    d, _ = deployment
+    config = d.prefix(DEVICE) / "etc/ftte-agent/agent.toml"
+    assert config.read_bytes() == (d.files / "devices" / f"{DEVICE}.toml").read_bytes()
+    info = config.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert info.st_uid == _uid("nobody")
+    ca = d.prefix(DEVICE) / "etc/ftte-agent/ca.crt"
+    assert ca.read_bytes() == (d.files / "certs/ca.crt").read_bytes()
+
+
+def test_unit_starts_the_agent_with_its_config_and_memory_limit(deployment):
+    d, _ = deployment
+    unit = (d.prefix(DEVICE) / "etc/systemd/system/ftte-agent.service").read_text()
+    assert (
+        "ExecStart=/opt/ftte-agent/venv/bin/ftte-agent --config /etc/ftte-agent/agent.toml" in unit
+    )
+    assert f"MemoryMax={BUDGET + OVERHEAD}\n" in unit
+    assert "Restart=on-failure" in unit and "User=nobody" in unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_rendered_unit_passes_systemd_analyze_verify(deployment, tmp_path):
+    d, _ = deployment
+    unit = d.prefix(DEVICE) / "etc/systemd/system/ftte-agent.service"
+    # verify checks that ExecStart exists: point it at the venv the role really built; and
+    # it refuses "nobody", which stands in here for the account a real deploy creates.
+    text = (
+        unit.read_text()
+        .replace("ExecStart=/opt/ftte-agent", f"ExecStart={d.prefix(DEVICE)}/opt/ftte-agent")
+        .replace("User=nobody", "User=root")
+        .replace("Group=nogroup", "Group=root")
+    )
+    copy = tmp_path / "ftte-agent.service"
+    copy.write_text(text)
+    run = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    problems = [line for line in run.stderr.splitlines() if "ftte-agent.service" in line]
+    assert run.returncode == 0 and not problems, run.stderr
+
+
+def test_installed_agent_runs_from_agent_only_dependencies(deployment):
+    d, _ = deployment
+    venv = d.prefix(DEVICE) / "opt/ftte-agent/venv/bin"
+    run = subprocess.run(
+        [venv / "ftte-agent", "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0 and "--config" in run.stdout, run.stderr
+    server_only = subprocess.run([venv / "python", "-c", "import influxdb_client"], check=False)
+    assert server_only.returncode != 0
+
+
+def test_second_run_changes_nothing(deployment):
+    d, _ = deployment
+    recap = _recap(_playbook(d.inventory))
+    assert {host: c["changed"] for host, c in recap.items()} == dict.fromkeys(recap, 0)
+
+
+def test_check_diff_run_reports_no_change(deployment):
+    d, _ = deployment
+    run = _playbook(d.inventory, "--check", "--diff")
+    recap = _recap(run)
+    assert all(c["changed"] == 0 and c["failed"] == 0 for c in recap.values())
+
+
+def test_rotating_a_device_redeploys_only_its_secret(deployment):
+    d, _ = deployment
+    subprocess.run(
+        [
+            BIN / "ftte",
+            "broker",
+            "rotate",
+            "--fleet",
+            d.files / "fleet.toml",
+            "--out",
+            d.files,
+            "--device",
+            DEVICE,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    run = _playbook(d.inventory, "--diff")
+    recap = _recap(run)
+    # The password file on the gateway and the agent's config change; nothing else does.
+    assert recap["gateway"]["changed"] == 1 and recap[DEVICE]["changed"] == 1
+    installed = d.prefix(DEVICE) / "etc/ftte-agent/agent.toml"
+    assert installed.read_bytes() == (d.files / "devices" / f"{DEVICE}.toml").read_bytes()
+    password = tomllib.loads(installed.read_text())["broker"]["password"]
+    assert password not in run.stdout  # secrets never appear in --diff output
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid
