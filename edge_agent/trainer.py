@@ -1,5 +1,8 @@
 """Slice training on the device: train the assigned tensors, keep the rest frozen.
 
+With ``micro_batch`` set, each batch's gradient is accumulated over chunks of that size,
+which divides activation memory by the chunking and leaves the update unchanged.
+
 Frozen tensors get ``requires_grad=False`` and no optimizer state, and the frozen prefix of
 the model (every module before the first trainable one) runs under ``torch.no_grad``, in
 chunks of ``FROZEN_PREFIX_CHUNK`` samples, so autograd keeps none of its activations and its
@@ -66,14 +69,17 @@ def train_slice(
         order = torch.randperm(len(data), generator=generator)
         total, count = 0.0, 0
         for batch in order.split(config.batch_size):
-            x, y = x_all[batch], y_all[batch]
-            with meter.watch(x):
-                h = _frozen_forward(frozen_prefix, x)
-                loss = nn.functional.cross_entropy(trained_suffix(h), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Summed chunk losses over the batch size: the accumulated gradient is the
+            # batch's mean gradient, whatever the chunking.
+            for chunk in batch.split(config.micro_batch or len(batch)):
+                x, y = x_all[chunk], y_all[chunk]
+                with meter.watch(x):
+                    h = _frozen_forward(frozen_prefix, x)
+                    loss = nn.functional.cross_entropy(trained_suffix(h), y, reduction="sum")
+                (loss / len(batch)).backward()
+                total += float(loss.detach())
             optimizer.step()
-            total += float(loss.detach()) * len(batch)
             count += len(batch)
         epoch_loss = total / count
     delta = {}

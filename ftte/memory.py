@@ -145,9 +145,17 @@ class MemoryModel:
         return min(self.tensors[name].layer for name in trainable)
 
     def breakdown(
-        self, trainable: Collection[str], batch_size: int, momentum: float
+        self,
+        trainable: Collection[str],
+        batch_size: int,
+        momentum: float,
+        micro_batch: int = 0,
     ) -> MemoryBreakdown:
-        """Predicted peak of training ``trainable`` at ``batch_size``, term by term."""
+        """Predicted peak of training ``trainable`` at ``batch_size``, term by term.
+
+        With ``micro_batch`` (gradient accumulation), the batch's input is held whole while
+        activations and transients are those of one chunk.
+        """
         unknown = set(trainable) - self.tensors.keys()
         if unknown:
             raise KeyError(f"not parameters of this model: {sorted(unknown)}")
@@ -155,20 +163,23 @@ class MemoryModel:
             raise ValueError("a slice needs at least one trainable tensor")
         trainable_numel = sum(self.tensors[n].numel for n in trainable)
         first = self.first_layer(trainable)
+        chunk = min(micro_batch or batch_size, batch_size)
         return MemoryBreakdown(
             weights=self.weight_bytes,
             gradients=trainable_numel * FLOAT_BYTES,
             optimizer=trainable_numel * FLOAT_BYTES * optimizer_slots(momentum),
             snapshot=trainable_numel * FLOAT_BYTES,
-            activations=self.activation_per_sample(trainable) * batch_size,
+            activations=self.activation_per_sample(trainable) * chunk,
             inputs=self.input_per_sample * batch_size,
-            frozen_phase=self.frozen_phase(first, batch_size),
-            workspace=self.trained_transient(first, batch_size),
+            frozen_phase=self.frozen_phase(first, chunk),
+            workspace=self.trained_transient(first, chunk),
         )
 
-    def peak_bytes(self, trainable: Collection[str], batch_size: int, momentum: float) -> int:
-        """Predicted peak training memory in bytes."""
-        return self.breakdown(trainable, batch_size, momentum).total
+    def peak_bytes(
+        self, trainable: Collection[str], batch_size: int, momentum: float, micro_batch: int = 0
+    ) -> int:
+        """Predicted peak training memory in bytes (``micro_batch``: see ``breakdown``)."""
+        return self.breakdown(trainable, batch_size, momentum, micro_batch).total
 
     def frozen_phase(self, first_layer: int, batch_size: int) -> int:
         """Peak transient of the frozen prefix: one chunk's largest module transient plus

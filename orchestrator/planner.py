@@ -7,6 +7,11 @@ must keep activations for backward. So the planner enumerates that first layer a
 tensor that anchors it, and solves an exact 0/1 knapsack over the tensors behind it, in the
 spirit of the sparse-update search of Lin et al., "On-Device Training Under 256KB Memory"
 (NeurIPS 2022), which also keeps nothing below the deepest updated layer.
+
+The search also chooses the micro-batch: gradient accumulation over chunks of the batch
+divides what activations cost, so a device that cannot train the early layers at the full
+batch often can at a quarter of it, with the same update. Among equally scored slices the
+largest micro-batch wins (fewer, larger kernels are faster on the device).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 from ftte.memory import FLOAT_BYTES, MemoryModel, optimizer_slots
 
 KNAPSACK_CELLS = 2048  # budget resolution; item costs round up, so a plan never exceeds it
+MICRO_BATCH_DIVISORS = (1, 2, 4, 8)  # micro-batches tried: the batch, its half, ...
 
 
 class PlanMode(StrEnum):
@@ -41,6 +47,7 @@ class SlicePlan:
     trainable: tuple[str, ...]
     predicted_peak_bytes: int
     score: float
+    micro_batch: int = 0  # gradient accumulation chunk; 0: the whole batch at once
 
 
 class SlicePlanner:
@@ -52,13 +59,19 @@ class SlicePlanner:
         self.momentum = momentum
         self._slots = optimizer_slots(momentum)
 
-    def peak(self, trainable: Sequence[str]) -> int:
+    def peak(self, trainable: Sequence[str], micro_batch: int = 0) -> int:
         """Predicted peak bytes of training ``trainable`` with this planner's settings."""
-        return self.memory.peak_bytes(trainable, self.batch_size, self.momentum)
+        return self.memory.peak_bytes(trainable, self.batch_size, self.momentum, micro_batch)
+
+    def micro_batches(self) -> list[int]:
+        """Micro-batch sizes the search tries, largest first (0 stands for the whole batch)."""
+        sizes = sorted({max(1, self.batch_size // d) for d in MICRO_BATCH_DIVISORS}, reverse=True)
+        return [0 if m == self.batch_size else m for m in sizes]
 
     def minimum_bytes(self) -> int:
-        """The smallest budget any slice fits in (one tensor, the cheapest)."""
-        return min(self.peak([name]) for name in self.memory.order)
+        """The smallest budget any slice fits in (one tensor, the cheapest, smallest chunk)."""
+        smallest = self.micro_batches()[-1]
+        return min(self.peak([name], smallest) for name in self.memory.order)
 
     def full(self) -> SlicePlan:
         """Every tensor trainable, as FedAvg and FedBuff train."""
@@ -66,9 +79,32 @@ class SlicePlanner:
         return SlicePlan(order, self.peak(order), float("nan"))
 
     def plan(self, budget_bytes: int, scores: Mapping[str, float]) -> SlicePlan:
-        """The slice with the largest total score whose predicted peak fits ``budget_bytes``."""
+        """The slice with the largest total score whose predicted peak fits ``budget_bytes``,
+        at the largest micro-batch that reaches that score."""
         self._check_scores(scores)
-        mem, batch = self.memory, self.batch_size
+        best: tuple[float, int, int, tuple[str, ...]] | None = None
+        for micro in self.micro_batches():
+            found = self._best_slice(budget_bytes, scores, micro)
+            if found is None:
+                continue
+            value, peak, names = found
+            # Larger micro-batches come first, so only a strictly better score replaces one.
+            if best is None or value > best[0]:
+                best = (value, micro, peak, names)
+        if best is None:
+            raise BudgetTooSmall(
+                f"memory budget {budget_bytes} B cannot hold the smallest slice "
+                f"({self.minimum_bytes()} B at micro-batch {self.micro_batches()[-1]}); raise "
+                "the device's memory_budget_bytes or lower the job's batch_size"
+            )
+        value, micro, peak, names = best
+        return SlicePlan(names, peak, value, micro)
+
+    def _best_slice(
+        self, budget_bytes: int, scores: Mapping[str, float], micro: int
+    ) -> tuple[float, int, tuple[str, ...]] | None:
+        """Best (score, peak, names) at one micro-batch, or None if nothing fits."""
+        mem = self.memory
         best: tuple[float, int, tuple[str, ...]] | None = None
         for anchor_name in mem.order:
             anchor = mem.tensors[anchor_name]
@@ -87,26 +123,23 @@ class SlicePlanner:
                 )
             ]
             values = [scores[n] for n in candidates]
-            for costs, room in self._knapsack_variants(anchor_name, candidates, budget_bytes):
+            variants = self._knapsack_variants(anchor_name, candidates, budget_bytes, micro)
+            for costs, room in variants:
                 if room < 0:
                     continue
                 value, chosen = _knapsack(values, costs, room)
                 picked = {anchor_name} | {candidates[i] for i in chosen}
                 names = tuple(n for n in mem.order if n in picked)
-                peak = self.peak(names)
+                peak = self.peak(names, micro)
                 if peak > budget_bytes:
                     continue
                 key = (value + scores[anchor_name], -peak, names)
                 if best is None or key[:2] > best[:2]:
                     best = key
         if best is None:
-            raise BudgetTooSmall(
-                f"memory budget {budget_bytes} B cannot hold the smallest slice "
-                f"({self.minimum_bytes()} B at batch size {batch}); raise the device's "
-                "memory_budget_bytes or lower the job's batch_size"
-            )
+            return None
         total, neg_peak, names = best
-        return SlicePlan(names, -neg_peak, total)
+        return total, -neg_peak, names
 
     def last_layers_that_fit(self, budget_bytes: int) -> SlicePlan:
         """Heuristic baseline: whole layers from the output backwards while they fit."""
@@ -123,7 +156,7 @@ class SlicePlanner:
         return SlicePlan(names, self.peak(names), float("nan"))
 
     def _knapsack_variants(
-        self, anchor_name: str, candidates: list[str], budget: int
+        self, anchor_name: str, candidates: list[str], budget: int, micro: int
     ) -> list[tuple[list[int], int]]:
         """Item costs and room for the knapsacks that approximate one anchor's peak.
 
@@ -133,9 +166,10 @@ class SlicePlanner:
         phase dominates, a second variant lets extra activations ride in its slack at no
         cost; its result is kept only if the memory model confirms it fits.
         """
-        mem, batch = self.memory, self.batch_size
+        mem, full_batch = self.memory, self.batch_size
+        batch = micro or full_batch  # activations and transients are one chunk's
         anchor = mem.tensors[anchor_name]
-        base = budget - mem.weight_bytes - mem.input_per_sample * batch
+        base = budget - mem.weight_bytes - mem.input_per_sample * full_batch
         base -= self._state_bytes(anchor_name)
         frozen = mem.frozen_phase(anchor.layer, batch)
         trained = anchor.first_act_per_sample * batch + mem.trained_transient(anchor.layer, batch)

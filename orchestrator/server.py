@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -179,7 +179,7 @@ class TrainingServer:
             version=self.version,
             trainable=plan.trainable,
             tensors=tensors,
-            train=self.config.train,
+            train=replace(self.config.train, micro_batch=plan.micro_batch),
         )
         self._next_assignment += 1
         record.open_assignment = assignment

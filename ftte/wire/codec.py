@@ -38,7 +38,7 @@ _ASSIGN_FIELDS = {"v", "kind", "job", "device_id", "assignment_id", "version", "
 _ASSIGN_FIELDS |= {"tensors", "train"}
 _UPDATE_FIELDS = {"v", "kind", "device_id", "update_id", "assignment_id", "base_version"}
 _UPDATE_FIELDS |= {"num_samples", "loss", "peak_mem_bytes", "tensors"}
-_TRAIN_FIELDS = {"epochs", "batch_size", "lr", "momentum", "delta_encoding"}
+_TRAIN_FIELDS = {"epochs", "batch_size", "lr", "momentum", "delta_encoding", "micro_batch"}
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -89,6 +89,7 @@ def encode_assignment(
                 "lr": t.lr,
                 "momentum": t.momentum,
                 "delta_encoding": t.delta_encoding.value,
+                "micro_batch": t.micro_batch,
             },
             "tensors": {n: encode_tensor(v, values) for n, v in a.tensors.items()},
         },
@@ -284,6 +285,7 @@ def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignme
             lr=_float(train["lr"], "lr"),
             momentum=_float(train["momentum"], "momentum"),
             delta_encoding=encoding,
+            micro_batch=_int(train["micro_batch"], "micro_batch", 0),
         ),
     )
 

@@ -24,6 +24,7 @@ BIN = Path(sys.executable).parent
 DEVICE = "pi-001"
 BUDGET = 400_000
 OVERHEAD = 419_430_400  # edge_agent_memory_overhead_bytes default
+UNBUILT = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "docs", "tests")
 BROKER_FILES = ("mosquitto.conf", "passwd", "acl", "certs/ca.crt", "certs/server.crt")
 
 pytestmark = pytest.mark.skipif(
@@ -73,8 +74,11 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProcess[str]]:
     d = Deployment(tmp_path_factory.mktemp("ansible"))
+    # Build from a copy: pip builds in the source tree and would leave build/ in the checkout.
+    source = d.root / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*UNBUILT))
     subprocess.run(
-        [BIN / "pip", "wheel", "-q", "--no-deps", "-w", d.root / "dist", REPO],
+        [BIN / "pip", "wheel", "-q", "--no-deps", "-w", d.root / "dist", source],
         check=True,
         timeout=300,
     )

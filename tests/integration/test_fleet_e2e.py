@@ -25,8 +25,12 @@ def test_fleet_trains_past_target_within_budgets_with_telemetry(tmp_path, victor
     assert len(budgets) == 8 and len(set(budgets.values())) == 8
     for record in server.devices.values():
         # Plans are redrawn when scores refresh; the last slice sent is the open assignment's.
-        sent = record.plan.trainable if record.plan else record.open_assignment.trainable
-        assert server.planner.peak(sent) <= record.budget_bytes
+        if record.plan is not None:
+            sent, micro = record.plan.trainable, record.plan.micro_batch
+        else:
+            sent = record.open_assignment.trainable
+            micro = record.open_assignment.train.micro_batch
+        assert server.planner.peak(sent, micro) <= record.budget_bytes
     # Slow devices may not have delivered before the target: every series must be in budget.
     peaks = victoria.export(
         '{__name__="ftte_update_peak_mem_bytes",reason="accepted"}', min_series=4

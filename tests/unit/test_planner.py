@@ -42,7 +42,7 @@ def test_plan_fits_budget_for_100_random_budgets(planner):
         budget = int(rng.uniform(low, high * 1.1))
         plan = planner.plan(budget, random_scores(planner, rng))
         assert plan.predicted_peak_bytes <= budget
-        assert planner.peak(plan.trainable) == plan.predicted_peak_bytes
+        assert planner.peak(plan.trainable, plan.micro_batch) == plan.predicted_peak_bytes
 
 
 def test_plan_is_optimal_against_brute_force(planner):
@@ -54,7 +54,7 @@ def test_plan_is_optimal_against_brute_force(planner):
         best = 0.0
         for r in range(1, len(names) + 1):
             for subset in itertools.combinations(names, r):
-                if planner.peak(subset) <= budget:
+                if min(planner.peak(subset, m) for m in planner.micro_batches()) <= budget:
                     best = max(best, sum(scores[n] for n in subset))
         plan = planner.plan(budget, scores)
         # The knapsack grid rounds costs up, so it may give up a sliver of optimality.
@@ -87,3 +87,15 @@ def test_scores_must_cover_every_tensor(planner):
 def test_last_layers_heuristic_takes_whole_layers_from_the_output(planner):
     plan = planner.last_layers_that_fit(planner.peak(["6.weight", "6.bias", "8.weight", "8.bias"]))
     assert plan.trainable == ("6.weight", "6.bias", "8.weight", "8.bias")
+
+
+def test_micro_batches_let_a_mid_budget_train_every_tensor(planner):
+    scores = dict.fromkeys(planner.memory.order, 1.0)
+    everything = planner.memory.order
+    at_quarter = planner.peak(everything, planner.batch_size // 4)
+    assert at_quarter < planner.full().predicted_peak_bytes
+    plan = planner.plan(at_quarter, scores)
+    assert set(plan.trainable) == set(everything)
+    assert 0 < plan.micro_batch <= planner.batch_size // 4
+    # With room for the whole batch, no accumulation.
+    assert planner.plan(planner.full().predicted_peak_bytes, scores).micro_batch == 0

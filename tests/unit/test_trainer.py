@@ -79,6 +79,19 @@ def test_measured_peak_stays_under_the_memory_model(data):
         assert mem.weight_bytes < result.peak_mem_bytes <= predicted
 
 
+def test_micro_batches_give_the_same_update_with_less_memory(data):
+    everything = tuple(n for n, _ in model().named_parameters())
+    whole = train_slice(model(), everything, data, CONFIG, seed=0)
+    chunked_config = TrainConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.9, micro_batch=4)
+    chunked = train_slice(model(), everything, data, chunked_config, seed=0)
+    for n in everything:
+        np.testing.assert_allclose(chunked.delta[n], whole.delta[n], rtol=1e-4, atol=1e-6)
+    assert chunked.loss == pytest.approx(whole.loss, rel=1e-5)
+    assert chunked.peak_mem_bytes < whole.peak_mem_bytes
+    mem = MemoryModel.profile(model(), (1, 32))
+    assert chunked.peak_mem_bytes <= mem.peak_bytes(everything, 16, 0.9, micro_batch=4)
+
+
 def test_unknown_tensor_in_slice_is_refused(data):
     with pytest.raises(ValueError, match="unknown"):
         train_slice(model(), ("9.weight",), data, CONFIG, seed=0)

@@ -71,7 +71,12 @@ def test_assignment_round_trip():
         trainable=("8.weight", "8.bias"),
         tensors={"0.weight": np.arange(6, dtype=np.float32).reshape(2, 3)},
         train=TrainConfig(
-            epochs=2, batch_size=16, lr=0.1, momentum=0.9, delta_encoding=DeltaEncoding.INT8
+            epochs=2,
+            batch_size=16,
+            lr=0.1,
+            momentum=0.9,
+            delta_encoding=DeltaEncoding.INT8,
+            micro_batch=4,
         ),
     )
     got = decode_assignment(encode_assignment(a))

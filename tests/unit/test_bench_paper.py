@@ -1,0 +1,34 @@
+"""The paper benchmark's report: every strategy on one fleet, the JSON keys the issue names."""
+
+import json
+
+from bench.paper import STRATEGIES, BenchSize, format_table, paper_benchmark
+
+TINY = BenchSize(devices=6, seeds=2, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
+PER_STRATEGY = (
+    "time_to_target_s",
+    "final_acc",
+    "peak_mem_bytes_max",
+    "peak_mem_bytes_weakest",
+    "all_within_budget",
+    "bytes_up_per_update",
+    "bytes_down_per_update",
+    "bytes_total",
+)
+
+
+def test_report_has_every_strategy_metric_and_ratio():
+    results = paper_benchmark("digits", TINY)
+    assert set(results["strategies"]) == set(STRATEGIES)
+    for name in STRATEGIES:
+        s = results["strategies"][name]
+        assert all(key in s for key in PER_STRATEGY), name
+        assert len(results["runs"][name]) == TINY.seeds
+        assert s["bytes_up_per_update"] > 0 and s["bytes_total"] > 0
+    ratios = results["ratios_vs_fedavg"]
+    assert ratios["fedavg"]["bytes_up_per_update"] == 1.0
+    # ftte sends int8 slices against FedAvg's float32 full model.
+    assert ratios["ftte"]["bytes_up_per_update"] < 0.5
+    assert results["strategies"]["ftte"]["all_within_budget"]
+    json.dumps(results)  # plain data, ready for --json
+    assert "ftte-weakest" in format_table(results)
