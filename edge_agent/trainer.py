@@ -56,9 +56,8 @@ def train_slice(
     first = min(int(name.split(".", 1)[0]) for name in trainable)
     frozen_prefix, trained_suffix = model[:first], model[first:]
     start = {name: params[name].detach().clone() for name in trainable}
-    optimizer = torch.optim.SGD(
-        [params[n] for n in trainable], lr=config.lr, momentum=config.momentum
-    )
+    slice_params = [params[n] for n in trainable]
+    optimizer = torch.optim.SGD(slice_params, lr=config.lr, momentum=config.momentum)
     x_all = torch.from_numpy(data.x)
     y_all = torch.from_numpy(data.y)
     generator = torch.Generator().manual_seed(seed)
@@ -79,6 +78,8 @@ def train_slice(
                     loss = nn.functional.cross_entropy(trained_suffix(h), y, reduction="sum")
                 (loss / len(batch)).backward()
                 total += float(loss.detach())
+            if config.clip_norm > 0:
+                nn.utils.clip_grad_norm_(slice_params, config.clip_norm)
             optimizer.step()
             count += len(batch)
         epoch_loss = total / count

@@ -9,6 +9,10 @@ command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v ansible-playbook >/dev/null 2>&1 || need+=(ansible-core)
 command -v ansible-lint >/dev/null 2>&1 || need+=(ansible-lint)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
+# The Ansible deploy test builds the agent's venv with Debian's own Python, and Ansible's
+# pip module needs setuptools there.
+/usr/bin/python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
+/usr/bin/python3 -c "import pkg_resources" >/dev/null 2>&1 || need+=(python3-setuptools)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "ftte needs these Debian packages: ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2

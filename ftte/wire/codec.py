@@ -39,6 +39,7 @@ _ASSIGN_FIELDS |= {"tensors", "train"}
 _UPDATE_FIELDS = {"v", "kind", "device_id", "update_id", "assignment_id", "base_version"}
 _UPDATE_FIELDS |= {"num_samples", "loss", "peak_mem_bytes", "tensors"}
 _TRAIN_FIELDS = {"epochs", "batch_size", "lr", "momentum", "delta_encoding", "micro_batch"}
+_TRAIN_FIELDS |= {"clip_norm"}
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -69,7 +70,8 @@ def encode_assignment(
 
     float16 halves the download; the device trains from the rounded values and its delta is
     taken against them, so rounding never accumulates (each assignment carries absolute
-    values). int8 would, and is refused.
+    values). int8 would, and is refused. A tensor with values beyond float16's range is
+    sent as float32.
     """
     if values is DeltaEncoding.INT8:
         raise ValueError("model values travel as float32 or float16, not int8")
@@ -90,11 +92,24 @@ def encode_assignment(
                 "momentum": t.momentum,
                 "delta_encoding": t.delta_encoding.value,
                 "micro_batch": t.micro_batch,
+                "clip_norm": t.clip_norm,
             },
-            "tensors": {n: encode_tensor(v, values) for n, v in a.tensors.items()},
+            "tensors": {
+                n: encode_tensor(v, _value_encoding(v, values)) for n, v in a.tensors.items()
+            },
         },
         level,
     )
+
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _value_encoding(value: np.ndarray, wanted: DeltaEncoding) -> DeltaEncoding:
+    """float16 unless a value would overflow it (then that tensor travels as float32)."""
+    if wanted is DeltaEncoding.FLOAT16 and value.size and np.abs(value).max() > _FLOAT16_MAX:
+        return DeltaEncoding.FLOAT32
+    return wanted
 
 
 def encode_update(
@@ -286,6 +301,7 @@ def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignme
             momentum=_float(train["momentum"], "momentum"),
             delta_encoding=encoding,
             micro_batch=_int(train["micro_batch"], "micro_batch", 0),
+            clip_norm=_float(train["clip_norm"], "clip_norm"),
         ),
     )
 

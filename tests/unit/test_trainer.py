@@ -92,6 +92,19 @@ def test_micro_batches_give_the_same_update_with_less_memory(data):
     assert chunked.peak_mem_bytes <= mem.peak_bytes(everything, 16, 0.9, micro_batch=4)
 
 
+def test_clipping_bounds_every_step(data):
+    plain = TrainConfig(epochs=1, batch_size=16, lr=0.1, clip_norm=0.0)
+    clipped = TrainConfig(epochs=1, batch_size=16, lr=0.1, clip_norm=1e-3)
+    steps = len(data) // 16
+
+    def norm(result):
+        return float(np.sqrt(sum(np.sum(d**2) for d in result.delta.values())))
+
+    bound = steps * 0.1 * 1e-3
+    assert norm(train_slice(model(), SLICE, data, clipped, seed=0)) <= bound * 1.0001
+    assert norm(train_slice(model(), SLICE, data, plain, seed=0)) > 10 * bound
+
+
 def test_unknown_tensor_in_slice_is_refused(data):
     with pytest.raises(ValueError, match="unknown"):
         train_slice(model(), ("9.weight",), data, CONFIG, seed=0)

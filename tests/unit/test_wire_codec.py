@@ -98,6 +98,14 @@ def test_float16_model_values_halve_the_download_and_round_once():
         encode_assignment(a, DeltaEncoding.INT8)
 
 
+def test_values_beyond_float16_range_travel_as_float32():
+    big = {"0.weight": np.array([1e5, -3.0], dtype=np.float32), "0.bias": np.ones(2, np.float32)}
+    a = Assignment("demo", "dev-02", "dev-02.9", 3, ("0.weight",), big)
+    got = decode_assignment(encode_assignment(a, DeltaEncoding.FLOAT16)).tensors
+    np.testing.assert_array_equal(got["0.weight"], big["0.weight"])
+    np.testing.assert_array_equal(got["0.bias"], big["0.bias"])
+
+
 def test_decoded_arrays_are_writable(delta):
     got = decode_update(encode_update(make_update(delta)))
     got.delta["8.bias"] += 1.0
