@@ -19,12 +19,13 @@ def plot_paper(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (name, runs) in enumerate(results["runs"].items()):
         for j, run in enumerate(runs):
-            t = [p["t"] / 3600 for p in run["curve"]]
+            t = [p["t"] for p in run["curve"]]
             acc = [p["acc"] for p in run["curve"]]
             ax.plot(t, acc, color=f"C{i}", alpha=0.8, lw=1, label=name if j == 0 else None)
     target = next(iter(results["strategies"].values()))["target_accuracy"]
     ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:.2f}")
-    ax.set_xlabel("virtual time (h)")
+    ax.axvline(results["time_budget_s"], color="grey", ls=":", lw=0.8, label="time budget")
+    ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{task}: {results['devices']} devices, {results['seeds']} seeds")
     ax.legend(loc="lower right")
