@@ -18,7 +18,7 @@ PER_STRATEGY = (
 
 
 def test_report_has_every_strategy_metric_and_ratio():
-    results = paper_benchmark("digits", TINY)
+    results = paper_benchmark("digits", TINY, workers=2)
     assert set(results["strategies"]) == set(STRATEGIES)
     for name in STRATEGIES:
         s = results["strategies"][name]
