@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ftte.tasks import TASKS
 from orchestrator.presets import PRESETS
 from sim.fleet import FleetSpec
 from sim.run import SimConfig, simulate
@@ -84,17 +85,29 @@ def _add_bench(commands: Any) -> None:
     which = p.add_subparsers(dest="bench", required=True)
     paper = which.add_parser("paper", help="FTTE vs FedBuff vs FedAvg on one simulated fleet")
     paper.add_argument("--quick", action="store_true", help="50 devices, 1 seed, < 10 min")
-    paper.add_argument("--task", action="append", default=None, help="repeatable; default both")
+    paper.add_argument("--task", choices=sorted(TASKS), default="digits")
     paper.add_argument("--seeds", type=int, default=None)
     paper.add_argument("--json", type=Path, default=Path("bench-paper.json"))
     paper.add_argument("--plots", type=Path, default=None, help="folder for PNG plots")
     paper.set_defaults(run=_run_bench_paper)
+    agg = which.add_parser("aggregator", help="ingest throughput vs a raw decode+axpy loop")
+    agg.add_argument("--task", choices=sorted(TASKS), default="digits")
+    agg.add_argument("--devices", type=int, default=300, help="updates per timed run")
+    agg.add_argument("--repeats", type=int, default=7)
+    agg.add_argument("--json", type=Path, default=Path("bench-aggregator.json"))
+    agg.set_defaults(run=_run_bench_aggregator)
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
     from bench.paper import run_paper_benchmark
 
     return run_paper_benchmark(args)
+
+
+def _run_bench_aggregator(args: argparse.Namespace) -> int:
+    from bench.aggregator import run_aggregator_benchmark
+
+    return run_aggregator_benchmark(args)
 
 
 def _add_broker(commands: Any) -> None:

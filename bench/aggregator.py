@@ -1,0 +1,173 @@
+"""``ftte bench aggregator``: how many updates per second the server's ingest path takes.
+
+The path measured is the service's own, minus MQTT: ``decode_update`` (bounded decoding,
+shape and finiteness checks) then ``TrainingServer.receive`` (validation, replay and
+staleness checks, buffering, and the strategy's aggregation every K updates), and, in a
+second timing, the journal's fsync'd append that the service makes before acknowledging.
+The floor it is compared with is a raw loop over the same bytes: zstd decompress, msgpack
+unpack, ``np.frombuffer``, dequantise, and ``param += w * delta`` into the model. Every
+timing is repeated; medians and the ratio to the raw loop are reported.
+
+Deltas are random normal values of each device's planned slice: the timing depends on
+their sizes, which are real (the planner's slices for a fleet drawn as the simulator draws
+it), not on what they would teach the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import torch
+import zstandard
+
+from ftte.tasks import Task, load_task
+from ftte.wire import decode_update, encode_update
+from ftte.wire.messages import Update
+from orchestrator.checkpoint import Journal
+from orchestrator.presets import JobKnobs, make_server, preset
+from orchestrator.server import TrainingServer
+from sim.fleet import FleetSpec, make_fleet
+
+PRESETS = ("ftte", "fedbuff")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One dispatch round's updates, encoded, with the server they were made for."""
+
+    server: TrainingServer
+    payloads: list[tuple[str, bytes]]  # (device id, encoded update)
+
+
+def make_batch(preset_name: str, task: Task, devices: int, seed: int) -> Batch:
+    """A fresh server with ``devices`` registered, each with an open assignment answered."""
+    server = make_server(preset_name, task, JobKnobs())
+    train = server.config.train
+    full = server.memory.full_model_peak(train.batch_size, train.momentum)
+    for profile in make_fleet(FleetSpec(devices=devices), full, seed):
+        server.register(profile.device_id, profile.budget_bytes)
+    rng = np.random.default_rng(seed)
+    payloads = []
+    for a in server.dispatch(rng):
+        delta = {
+            n: (rng.standard_normal(server.shapes[n]) * 1e-2).astype(np.float32)
+            for n in a.trainable
+        }
+        update = Update(
+            device_id=a.device_id,
+            update_id=f"{a.assignment_id}.u",
+            assignment_id=a.assignment_id,
+            base_version=a.version,
+            num_samples=60,
+            loss=1.0,
+            peak_mem_bytes=0,
+            delta=delta,
+        )
+        payloads.append((a.device_id, encode_update(update, a.train.delta_encoding)))
+    return Batch(server, payloads)
+
+
+def ingest(batch: Batch, journal: Journal | None) -> None:
+    """The service's path for each payload: (journal,) decode, validate, buffer, aggregate."""
+    server = batch.server
+    for device_id, payload in batch.payloads:
+        update = decode_update(payload, expected_shapes=server.expected_shapes(device_id))
+        if journal is not None:
+            journal.append(device_id, payload)
+        if not server.receive(update).accepted:
+            raise RuntimeError(f"benchmark update refused: {server.rejected}")
+
+
+def raw_loop(batch: Batch) -> None:
+    """The floor: decompress, unpack, dequantise and add each tensor into the model."""
+    params = batch.server.params
+    weight = np.float32(1.0 / len(batch.payloads))
+    for _, payload in batch.payloads:
+        doc = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(payload), raw=False)
+        for name, t in doc["tensors"].items():
+            values = np.frombuffer(t["data"], dtype=t["dtype"]).astype(np.float32)
+            if "scale" in t:
+                values *= np.float32(t["scale"])
+            params[name] += weight * values.reshape(t["shape"])
+
+
+def _time(
+    preset_name: str, task: Task, seed: int, run: Callable[[Batch], None], repeats: int
+) -> list[float]:
+    """Seconds per run, each on a fresh batch (a server takes an assignment's answer once)."""
+    times = []
+    for _ in range(repeats):
+        batch = make_batch(preset_name, task, len(task.devices), seed)
+        started = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def aggregator_benchmark(
+    task_name: str, devices: int, repeats: int, seed: int = 0
+) -> dict[str, Any]:
+    """Updates per second of the ingest path and of the raw loop, per preset; medians."""
+    task = load_task(task_name, num_devices=devices, seed=seed)
+    results: dict[str, Any] = {}
+    for name in PRESETS:
+        sample = make_batch(name, task, devices, seed)
+        sizes = [len(p) for _, p in sample.payloads]
+        with tempfile.TemporaryDirectory() as tmp:
+            journal = Journal(Path(tmp))
+            paths: dict[str, Callable[[Batch], None]] = {
+                "raw_decode_axpy": raw_loop,
+                "aggregator": partial(ingest, journal=None),
+                "aggregator_with_journal": partial(ingest, journal=journal),
+            }
+            timings = {path: _time(name, task, seed, run, repeats) for path, run in paths.items()}
+            journal.close()
+        n = len(sample.payloads)
+        rates = {path: n / statistics.median(t) for path, t in timings.items()}
+        results[name] = {
+            "updates_per_round": n,
+            "delta_encoding": preset(name).delta_encoding.value,
+            "bytes_per_update_mean": float(np.mean(sizes)),
+            "updates_per_s": rates,
+            "updates_per_s_spread": {path: [n / max(t), n / min(t)] for path, t in timings.items()},
+            "ratio_to_raw": {path: rate / rates["raw_decode_axpy"] for path, rate in rates.items()},
+        }
+    return {"task": task_name, "devices": devices, "repeats": repeats, "presets": results}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Medians per preset and path, with the ratio to the raw loop."""
+    lines = [
+        f"task {results['task']}: {results['devices']} devices, one update each, "
+        f"median of {results['repeats']} runs",
+        f"{'preset':8s} {'path':24s} {'updates/s':>10s} {'ratio to raw':>12s} {'B/update':>9s}",
+    ]
+    for name, r in results["presets"].items():
+        for path, rate in r["updates_per_s"].items():
+            lines.append(
+                f"{name:8s} {path:24s} {rate:10.0f} {r['ratio_to_raw'][path]:12.3f} "
+                f"{r['bytes_per_update_mean']:9.0f}"
+            )
+    return "\n".join(lines)
+
+
+def run_aggregator_benchmark(args: argparse.Namespace) -> int:
+    """Run the benchmark for the CLI's arguments, print the table and write JSON."""
+    torch.set_num_threads(1)
+    results = aggregator_benchmark(args.task, args.devices, args.repeats)
+    results["command"] = " ".join(["ftte", *sys.argv[1:]])
+    print(format_table(results))
+    args.json.write_text(json.dumps(results, indent=1))
+    return 0
