@@ -11,10 +11,13 @@ import argparse
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from broker.launcher import find_mosquitto
 from orchestrator.localfleet import LocalFleet, LocalFleetSpec
+from orchestrator.planner import BudgetTooSmall
+from orchestrator.server import TrainingServer
 from orchestrator.service import JobResult, OrchestratorService
 from orchestrator.telemetry import InfluxConfig
 
@@ -74,11 +77,25 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"updates accepted {server.accepted}, rejected {dict(server.rejected) or 0}")
     budgets = sorted(d.budget_bytes for d in server.devices.values())
-    slices = sorted({len(d.plan.trainable) for d in server.devices.values() if d.plan})
-    print(f"device budgets {budgets[0]}..{budgets[-1]} B; slice sizes (tensors) {slices}")
+    print(f"device budgets {budgets[0]}..{budgets[-1]} B; devices per slice: {_slices(server)}")
     print(f"telemetry points written {counters.written}, lost {counters.failed}")
     print(f"accuracy plot: {plot}")
     return 0 if result.reached_target else 1
+
+
+def _slices(server: TrainingServer) -> str:
+    """How many devices train how many tensors under the current plans."""
+    # Plans are redrawn as scores refresh: ask for each device's current plan rather than
+    # read whichever it was last sent (the strongest devices are re-planned first).
+    sizes: Counter[int] = Counter()
+    excluded = 0
+    for device_id in server.devices:
+        try:
+            sizes[len(server.plan_for(device_id).trainable)] += 1
+        except BudgetTooSmall:
+            excluded += 1
+    parts = [f"{count} × {n} tensors" for n, count in sorted(sizes.items())]
+    return ", ".join(parts + ([f"{excluded} excluded"] if excluded else []))
 
 
 def _show_progress(service: OrchestratorService, worker: threading.Thread, limit: float) -> None:
