@@ -36,7 +36,7 @@ class FedAsyncStrategy(BufferedStrategy):
     ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError("alpha must be in (0, 1]")
-        super().__init__(buffer_size=1, server_lr=alpha, max_concurrency=max_concurrency)
+        super().__init__(1, alpha, max_concurrency, buffer_fraction=0.0)  # K = 1: no buffer
         self.staleness = staleness if staleness is not None else PolynomialStaleness()
 
     def aggregate(self, params: TensorDict) -> AggregationReport:

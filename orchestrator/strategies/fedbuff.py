@@ -20,7 +20,8 @@ class FedBuffStrategy(BufferedStrategy):
     An update lacking a tensor contributes zero to it (FedBuff assumes full-model updates).
 
     Parameters:
-        buffer_size: K, updates per aggregation (default 10).
+        buffer_size: the smallest K, updates per aggregation (default 10).
+        buffer_fraction: K grows to this fraction of the devices training (default 0.1).
         server_lr: server learning rate (default 1.0).
         staleness: weight function (default PolynomialStaleness(0.5)).
         max_concurrency: devices training at once; None dispatches every idle device.
@@ -34,8 +35,9 @@ class FedBuffStrategy(BufferedStrategy):
         server_lr: float = 1.0,
         staleness: StalenessWeight | None = None,
         max_concurrency: int | None = None,
+        buffer_fraction: float = 0.1,
     ) -> None:
-        super().__init__(buffer_size, server_lr, max_concurrency)
+        super().__init__(buffer_size, server_lr, max_concurrency, buffer_fraction)
         self.staleness = staleness if staleness is not None else PolynomialStaleness()
 
     def aggregate(self, params: TensorDict) -> AggregationReport:

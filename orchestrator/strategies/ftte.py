@@ -30,7 +30,8 @@ class FTTEStrategy(BufferedStrategy):
     update touched are left bit-for-bit as they were.
 
     Parameters:
-        buffer_size: K, updates per aggregation (default 10).
+        buffer_size: the smallest K, updates per aggregation (default 10).
+        buffer_fraction: K grows to this fraction of the devices training (default 0.1).
         server_lr: server learning rate (default 1.0).
         staleness: weight function (default AgeVarianceStaleness(0.5, 0.5)).
         max_concurrency: devices training at once; None dispatches every idle device.
@@ -44,8 +45,9 @@ class FTTEStrategy(BufferedStrategy):
         server_lr: float = 1.0,
         staleness: StalenessWeight | None = None,
         max_concurrency: int | None = None,
+        buffer_fraction: float = 0.1,
     ) -> None:
-        super().__init__(buffer_size, server_lr, max_concurrency)
+        super().__init__(buffer_size, server_lr, max_concurrency, buffer_fraction)
         self.staleness = staleness if staleness is not None else AgeVarianceStaleness()
 
     def aggregate(self, params: TensorDict) -> AggregationReport:

@@ -175,3 +175,15 @@ def test_unknown_strategy_lists_the_valid_names():
 def test_unknown_parameter_is_named():
     with pytest.raises(ValueError, match="bogus"):
         make_strategy("ftte", bogus=1)
+
+
+@pytest.mark.parametrize("make", [FedBuffStrategy, FTTEStrategy])
+def test_k_grows_with_the_devices_training(make):
+    rng = np.random.default_rng(0)
+    s = make(buffer_size=10)
+    s.select([f"d{i}" for i in range(50)], 0, rng)
+    assert s.k == 10  # a tenth of 50 is below the floor
+    s.select([f"d{i}" for i in range(300)], 200, rng)
+    assert s.k == 50  # a tenth of the 500 now training
+    s.select([], 120, rng)
+    assert s.k == 12
