@@ -189,8 +189,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table of medians and ratios for the terminal and the docs."""
     lines = [
-        f"task {results['task']}: {results['devices']} devices, {results['seeds']} seeds, "
-        f"time budget {results['time_budget_s']:.0f} s (virtual)",
+        f"task {setting(results)}, time budget {results['time_budget_s']:.0f} s (virtual)",
         f"{'strategy':14s} {'t->target s':>12s} {'acc@budget':>9s} {'peak B max':>11s} "
         f"{'peak B weak':>11s} {'B up/upd':>9s} {'B down/upd':>10s} {'ratio t':>8s} "
         f"{'mem weak':>8s} {'ratio up':>8s} {'acc-FedBuff':>11s} {'over budget':>11s}",
@@ -207,6 +206,13 @@ def format_table(results: dict[str, Any]) -> str:
             f"{r['acc_at_budget_minus_fedbuff_points']:+11.1f} {s['devices_over_budget']:11.0f}"
         )
     return "\n".join(lines)
+
+
+def setting(results: dict[str, Any]) -> str:
+    """The run's task and size, e.g. ``digits: 500 devices, 1 seed`` (tables, plot titles)."""
+    seeds = results["seeds"]
+    plural = "" if seeds == 1 else "s"
+    return f"{results['task']}: {results['devices']} devices, {seeds} seed{plural}"
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: gateways and CI have no display
 import matplotlib.pyplot as plt
 
+from bench.paper import setting
+
 
 def plot_paper(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write accuracy-vs-time and memory/payload bar charts; return their paths."""
@@ -27,7 +29,7 @@ def plot_paper(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.axvline(results["time_budget_s"], color="grey", ls=":", lw=0.8, label="time budget")
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{task}: {results['devices']} devices, {results['seeds']} seeds")
+    ax.set_title(setting(results))
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(curve_path, dpi=110)
