@@ -54,9 +54,7 @@ class Batch:
 def make_batch(preset_name: str, task: Task, devices: int, seed: int) -> Batch:
     """A fresh server with ``devices`` registered, each with an open assignment answered."""
     server = make_server(preset_name, task, JobKnobs())
-    train = server.config.train
-    full = server.memory.full_model_peak(train.batch_size, train.momentum)
-    for profile in make_fleet(FleetSpec(devices=devices), full, seed):
+    for profile in make_fleet(FleetSpec(devices=devices), server.full_model_peak(), seed):
         server.register(profile.device_id, profile.budget_bytes)
     rng = np.random.default_rng(seed)
     payloads = []
@@ -103,13 +101,11 @@ def raw_loop(batch: Batch) -> None:
             params[name] += weight * values.reshape(t["shape"])
 
 
-def _time(
-    preset_name: str, task: Task, seed: int, run: Callable[[Batch], None], repeats: int
-) -> list[float]:
+def _time(make: Callable[[], Batch], run: Callable[[Batch], None], repeats: int) -> list[float]:
     """Seconds per run, each on a fresh batch (a server takes an assignment's answer once)."""
     times = []
     for _ in range(repeats):
-        batch = make_batch(preset_name, task, len(task.devices), seed)
+        batch = make()
         started = time.perf_counter()
         run(batch)
         times.append(time.perf_counter() - started)
@@ -132,7 +128,8 @@ def aggregator_benchmark(
                 "aggregator": partial(ingest, journal=None),
                 "aggregator_with_journal": partial(ingest, journal=journal),
             }
-            timings = {path: _time(name, task, seed, run, repeats) for path, run in paths.items()}
+            make = partial(make_batch, name, task, devices, seed)
+            timings = {path: _time(make, run, repeats) for path, run in paths.items()}
             journal.close()
         n = len(sample.payloads)
         rates = {path: n / statistics.median(t) for path, t in timings.items()}

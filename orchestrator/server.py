@@ -130,6 +130,11 @@ class TrainingServer:
             record.open_assignment = None
             self.strategy.on_dropout(device_id)
 
+    def full_model_peak(self) -> int:
+        """Predicted training peak of the whole model under this job's training settings."""
+        train = self.config.train
+        return self.memory.full_model_peak(train.batch_size, train.momentum)
+
     def idle_devices(self) -> list[str]:
         """Online devices with no open assignment that can take part."""
         return [

@@ -61,8 +61,7 @@ def simulate(
         model_seed=config.seed,
     )
     server = make_server(config.strategy, task, knobs)
-    train = server.config.train
-    full_peak = server.memory.full_model_peak(train.batch_size, train.momentum)
+    full_peak = server.full_model_peak()
     profiles = make_fleet(config.fleet, full_peak, config.seed)
     simulator = FleetSimulator(server, profiles, config.fleet, config.seed)
     target = config.target_accuracy if config.target_accuracy is not None else task.target_accuracy

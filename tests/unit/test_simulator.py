@@ -24,10 +24,8 @@ def run_simulator(config: SimConfig):
         clients_per_round=config.clients_per_round,
     )
     server = make_server(config.strategy, task, knobs)
-    full = server.memory.full_model_peak(32, 0.0)
-    sim = FleetSimulator(
-        server, make_fleet(config.fleet, full, config.seed), config.fleet, config.seed
-    )
+    profiles = make_fleet(config.fleet, server.full_model_peak(), config.seed)
+    sim = FleetSimulator(server, profiles, config.fleet, config.seed)
     result = sim.run(time_limit_s=config.time_limit_s, max_updates=config.max_updates)
     return sim, result
 
