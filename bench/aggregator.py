@@ -33,12 +33,15 @@ import torch
 import zstandard
 
 from ftte.tasks import Task, load_task
+from ftte.topics import update_topic
 from ftte.wire import decode_update, encode_update
 from ftte.wire.messages import Update
 from orchestrator.checkpoint import Journal
 from orchestrator.presets import JobKnobs, make_server, preset
 from orchestrator.server import TrainingServer
 from sim.fleet import FleetSpec, make_fleet
+
+FLEET = "bench"  # fleet name in the journal's topics, as the service writes them
 
 PRESETS = ("ftte", "fedbuff")
 
@@ -83,7 +86,7 @@ def ingest(batch: Batch, journal: Journal | None) -> None:
     for device_id, payload in batch.payloads:
         update = decode_update(payload, expected_shapes=server.expected_shapes(device_id))
         if journal is not None:
-            journal.append(device_id, payload)
+            journal.append(update_topic(FLEET, device_id), payload)
         if not server.receive(update).accepted:
             raise RuntimeError(f"benchmark update refused: {server.rejected}")
 

@@ -85,7 +85,7 @@ def load_checkpoint(server: TrainingServer, run_dir: Path) -> bool:
     server.seen_update_ids = set(meta["seen_update_ids"])
     server.devices = {d["device_id"]: _device_from_json(d) for d in meta["devices"]}
     server.restore_assignment_number(meta["next_assignment"])
-    server.strategy.restore(buffered)
+    server.strategy.restore(buffered, server.in_flight())
     return True
 
 

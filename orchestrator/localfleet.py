@@ -50,13 +50,18 @@ class LocalFleetSpec:
     influx: InfluxConfig | None = None
 
 
-def device_budgets(task_name: str, count: int, weakest_fraction: float, seed: int) -> list[int]:
-    """Budgets spread log-uniformly from ``weakest_fraction`` of full training to full."""
-    task = load_task(task_name, num_devices=1, seed=seed)
-    torch.manual_seed(seed)
-    full = MemoryModel.profile(task.make_model(), task.input_shape).full_model_peak(32, 0.0)
-    fractions = np.geomspace(weakest_fraction, 1.0, count)
-    return [int(f * full) for f in np.random.default_rng(seed).permutation(fractions)]
+def device_budgets(spec: LocalFleetSpec) -> list[int]:
+    """Budgets spread log-uniformly from ``weakest_fraction`` of full training to full.
+
+    Full training is the memory model's peak under the fleet's own training settings, the
+    peak the server's planner will compare slices against.
+    """
+    task = load_task(spec.task, num_devices=1, seed=spec.seed)
+    torch.manual_seed(spec.seed)
+    memory = MemoryModel.profile(task.make_model(), task.input_shape)
+    full = memory.full_model_peak(spec.train.batch_size, spec.train.momentum)
+    fractions = np.geomspace(spec.weakest_fraction, 1.0, spec.devices)
+    return [int(f * full) for f in np.random.default_rng(spec.seed).permutation(fractions)]
 
 
 class LocalFleet:
@@ -67,7 +72,7 @@ class LocalFleet:
         self.run_dir = spec.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(spec.seed)
-        budgets = device_budgets(spec.task, spec.devices, spec.weakest_fraction, spec.seed)
+        budgets = device_budgets(spec)
         slow = rng.random(spec.devices) < spec.slow_fraction
         slowdowns = np.where(slow, rng.uniform(2.0, spec.max_slowdown, spec.devices), 1.0)
         width = len(str(spec.devices - 1))

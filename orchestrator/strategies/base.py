@@ -64,5 +64,5 @@ class Strategy(ABC):
         """The updates waiting in the buffer, oldest first (checkpointed by the service)."""
 
     @abstractmethod
-    def restore(self, buffered: Sequence[ReceivedUpdate]) -> None:
-        """Refill the buffer from a checkpoint."""
+    def restore(self, buffered: Sequence[ReceivedUpdate], in_flight: int) -> None:
+        """Refill the buffer from a checkpoint; ``in_flight`` devices still hold assignments."""

@@ -65,9 +65,11 @@ class BufferedStrategy(Strategy):
         """The waiting updates, oldest first."""
         return list(self._buffer)
 
-    def restore(self, buffered: Sequence[ReceivedUpdate]) -> None:
-        """Refill the buffer from a checkpoint."""
+    def restore(self, buffered: Sequence[ReceivedUpdate], in_flight: int) -> None:
+        """Refill the buffer from a checkpoint; K follows the devices still training, so a
+        restored buffer is not applied earlier than it would have been."""
         self._buffer = list(buffered)
+        self._concurrency = in_flight
 
     def _take(self) -> list[ReceivedUpdate]:
         taken, self._buffer = self._buffer, []

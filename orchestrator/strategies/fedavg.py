@@ -86,7 +86,7 @@ class FedAvgStrategy(Strategy):
         """Updates of the open round received so far."""
         return list(self._buffer)
 
-    def restore(self, buffered: Sequence[ReceivedUpdate]) -> None:
+    def restore(self, buffered: Sequence[ReceivedUpdate], in_flight: int) -> None:
         """Refill from a checkpoint; the round's remaining members are not known, so the
         restored updates are applied with the next round."""
         self._buffer = list(buffered)

@@ -162,7 +162,7 @@ def test_buffer_survives_a_checkpoint_round_trip(name):
         s.select(["d"], 0, np.random.default_rng(0))
     s.add(upd("u1", {"a": [1, 1]}, age=2))
     restored = make_strategy(name)
-    restored.restore(s.buffered())
+    restored.restore(s.buffered(), in_flight=0)
     assert [r.update.update_id for r in restored.buffered()] == ["u1"]
     assert restored.buffered()[0].age == 2
 
@@ -187,3 +187,6 @@ def test_k_grows_with_the_devices_training(make):
     assert s.k == 50  # a tenth of the 500 now training
     s.select([], 120, rng)
     assert s.k == 12
+    restored = make(buffer_size=10)
+    restored.restore(s.buffered(), in_flight=300)
+    assert restored.k == 30  # a checkpoint restores K with the open assignments
