@@ -64,8 +64,12 @@ def run_paper_benchmark(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         size = replace(size, seeds=args.seeds)
     task_name = args.task
+    previous = None
+    if args.resume is not None:
+        previous = json.loads(args.resume.read_text())
+        check_resumable(previous, task_name, size)
     started = time.perf_counter()
-    results = paper_benchmark(task_name, size, workers=os.cpu_count() or 1)
+    results = paper_benchmark(task_name, size, workers=os.cpu_count() or 1, previous=previous)
     results["wall_time_s"] = time.perf_counter() - started
     results["command"] = " ".join(["ftte", *sys.argv[1:]])
     print(format_table(results))
@@ -77,25 +81,39 @@ def run_paper_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def paper_benchmark(task_name: str, size: BenchSize, workers: int = 1) -> dict[str, Any]:
+def paper_benchmark(
+    task_name: str, size: BenchSize, workers: int = 1, previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run every strategy on every seed; return medians, spreads, runs and ratios.
 
     Runs are independent (each builds its task from the seed), so ``workers`` processes
-    share them; the result does not depend on how many.
+    share them; the result does not depend on how many. Runs found in ``previous`` (an
+    earlier result of the same setting, see ``check_resumable``) are reused, not rerun: a
+    500-device seed costs about 40 minutes of two cores, so seeds are added a few at a time.
     """
+    done: dict[tuple[int, str], dict[str, Any]] = {}
+    for strategy, old_runs in (previous or {}).get("runs", {}).items():
+        for position, run in enumerate(old_runs):
+            # Runs are stored in seed order; older results did not record the seed.
+            done[run.get("seed", position), strategy] = run
     # Costliest first (ftte-weakest makes the most, smallest updates), so no core idles
     # at the end waiting for it.
     order = list(reversed(STRATEGIES))
-    jobs = [(task_name, size, seed, s) for seed in range(size.seeds) for s in order]
-    if workers > 1:
+    jobs = [
+        (task_name, size, seed, s)
+        for seed in range(size.seeds)
+        for s in order
+        if (seed, s) not in done
+    ]
+    if workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a torch-loaded parent
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            done = list(pool.map(_run_one, jobs))
+            new = list(pool.map(_run_one, jobs))
     else:
-        done = [_run_one(job) for job in jobs]
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
-    for (_, _, _, strategy), result in zip(jobs, done, strict=True):
-        runs[strategy].append(result)
+        new = [_run_one(job) for job in jobs]
+    for (_, _, seed, strategy), result in zip(jobs, new, strict=True):
+        done[seed, strategy] = result
+    runs = {s: [done[seed, s] for seed in range(size.seeds)] for s in STRATEGIES}
     strategies = {name: aggregate_runs(r) for name, r in runs.items()}
     return {
         "task": task_name,
@@ -108,6 +126,17 @@ def paper_benchmark(task_name: str, size: BenchSize, workers: int = 1) -> dict[s
         "targets": TARGETS,
         "runs": runs,
     }
+
+
+def check_resumable(previous: dict[str, Any], task_name: str, size: BenchSize) -> None:
+    """Refuse to mix runs of another setting into this one, naming what differs."""
+    wanted = {"task": task_name, "devices": size.devices, "time_budget_s": size.time_budget_s}
+    for key, value in wanted.items():
+        if previous.get(key) != value:
+            raise ValueError(
+                f"--resume: the earlier result has {key} = {previous.get(key)!r}, this run "
+                f"{value!r}; resume only a result of the same --task and --quick setting"
+            )
 
 
 def _run_one(job: tuple[str, BenchSize, int, str]) -> dict[str, Any]:
@@ -124,7 +153,7 @@ def _run_one(job: tuple[str, BenchSize, int, str]) -> dict[str, Any]:
         min_time_s=size.time_budget_s,
         max_updates=size.max_updates,
     )
-    return simulate(config)
+    return {"seed": seed, **simulate(config)}
 
 
 METRICS = (

@@ -86,7 +86,13 @@ def _add_bench(commands: Any) -> None:
     paper = which.add_parser("paper", help="FTTE vs FedBuff vs FedAvg on one simulated fleet")
     paper.add_argument("--quick", action="store_true", help="50 devices, 1 seed, < 10 min")
     paper.add_argument("--task", choices=sorted(TASKS), default="digits")
-    paper.add_argument("--seeds", type=int, default=None)
+    paper.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
+    paper.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="earlier --json of the same setting: its runs are reused, only missing seeds run",
+    )
     paper.add_argument("--json", type=Path, default=Path("bench-paper.json"))
     paper.add_argument("--plots", type=Path, default=None, help="folder for PNG plots")
     paper.set_defaults(run=_run_bench_paper)

@@ -2,7 +2,9 @@
 
 import json
 
-from bench.paper import STRATEGIES, BenchSize, format_table, paper_benchmark
+import pytest
+
+from bench.paper import STRATEGIES, BenchSize, check_resumable, format_table, paper_benchmark
 
 TINY = BenchSize(devices=6, seeds=2, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
 PER_STRATEGY = (
@@ -32,3 +34,22 @@ def test_report_has_every_strategy_metric_and_ratio():
     assert results["strategies"]["ftte"]["all_within_budget"]
     json.dumps(results)  # plain data, ready for --json
     assert "ftte-weakest" in format_table(results)
+
+
+def test_resume_reuses_earlier_runs_and_runs_only_the_missing_seeds(tmp_path):
+    one = BenchSize(devices=6, seeds=1, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
+    first = json.loads(json.dumps(paper_benchmark("digits", one)))  # as --json stores it
+    for runs in first["runs"].values():
+        runs[0]["marker"] = "kept"  # a rerun would not carry this
+    resumed = paper_benchmark("digits", TINY, workers=2, previous=first)
+    for name in STRATEGIES:
+        seed0, seed1 = resumed["runs"][name]
+        assert seed0["marker"] == "kept"
+        assert (seed1["seed"], "marker" in seed1) == (1, False)
+    assert resumed["seeds"] == 2
+
+
+def test_resume_refuses_another_setting():
+    earlier = {"task": "digits", "devices": 50, "time_budget_s": 120.0, "runs": {}}
+    with pytest.raises(ValueError, match="devices = 50"):
+        check_resumable(earlier, "digits", TINY)
