@@ -89,7 +89,7 @@ def paper_benchmark(
     Runs are independent (each builds its task from the seed), so ``workers`` processes
     share them; the result does not depend on how many. Runs found in ``previous`` (an
     earlier result of the same setting, see ``check_resumable``) are reused, not rerun: a
-    500-device seed costs about 40 minutes of two cores, so seeds are added a few at a time.
+    500-device seed costs 35–50 minutes of two cores, so seeds are added a few at a time.
     """
     done: dict[tuple[int, str], dict[str, Any]] = {}
     for strategy, old_runs in (previous or {}).get("runs", {}).items():
