@@ -24,9 +24,9 @@ from edge_agent.outbox import Outbox
 from ftte import __version__, topics
 from ftte.errors import Rejected
 from ftte.tasks import load_task
+from ftte.transport.mqtt import MqttLink, Will
 from ftte.wire import decode_assignment, encode_update
 from ftte.wire.control import OFFLINE, DeviceStatus
-from transport.mqtt import MqttLink, Will
 
 log = logging.getLogger("ftte.agent")
 

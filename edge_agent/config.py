@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ftte.config import ConfigError, load_section, read_toml, resolve
 from ftte.ids import validate_id
-from transport.mqtt import BrokerSettings
+from ftte.transport.mqtt import BrokerSettings
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ftte.config import load_section, read_toml, resolve
 from ftte.ids import validate_id
+from ftte.transport.mqtt import BrokerSettings
 from ftte.wire.messages import TrainConfig
 from orchestrator.presets import PRESETS
 from orchestrator.telemetry import InfluxConfig
-from transport.mqtt import BrokerSettings
 
 
 @dataclass(frozen=True)

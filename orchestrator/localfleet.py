@@ -23,10 +23,10 @@ from broker.generate import BrokerFiles, init_broker
 from broker.launcher import RunningBroker, free_port, start_dev_broker
 from ftte.memory import MemoryModel
 from ftte.tasks import load_task
+from ftte.transport.mqtt import BrokerSettings
 from ftte.wire.messages import TrainConfig
 from orchestrator.config import JobConfig, JobSection
 from orchestrator.telemetry import InfluxConfig
-from transport.mqtt import BrokerSettings
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from paho.mqtt.client import MQTTMessageInfo
 from ftte import topics
 from ftte.errors import Rejected, RejectReason
 from ftte.tasks import load_task
+from ftte.transport.mqtt import Inbound, MqttLink, PayloadTooLarge
 from ftte.wire import decode_update, encode_assignment
 from ftte.wire.control import JobState, decode_status
 from ftte.wire.limits import WireLimits
@@ -28,7 +29,6 @@ from orchestrator.checkpoint import Journal, load_checkpoint, save_checkpoint
 from orchestrator.config import JobConfig
 from orchestrator.presets import JobKnobs, make_server
 from orchestrator.telemetry import open_telemetry
-from transport.mqtt import Inbound, MqttLink, PayloadTooLarge
 
 log = logging.getLogger("ftte.orchestrator")
 

@@ -11,9 +11,9 @@ from typing import Any
 from ftte import topics
 from ftte.config import load_section, read_toml, resolve
 from ftte.errors import Rejected
+from ftte.transport.mqtt import BrokerSettings, MqttLink
 from ftte.wire.control import DeviceStatus, decode_job_state, decode_status
 from orchestrator.config import JobConfig
-from transport.mqtt import BrokerSettings, MqttLink
 
 
 def read_status(config: JobConfig, timeout_s: float) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def spec(tmp_path: Path, **overrides) -> LocalFleetSpec:
 
 def start_orchestrator_process(job_file: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "orchestrator", "--config", str(job_file)],
+        [sys.executable, "-m", "ftte.cli", "orchestrator", "--config", str(job_file)],
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )

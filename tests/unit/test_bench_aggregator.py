@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from bench.aggregator import aggregator_benchmark, format_table, ingest, make_batch, raw_loop
+from ftte.bench.aggregator import aggregator_benchmark, format_table, ingest, make_batch, raw_loop
 from ftte.tasks import load_task
 
 

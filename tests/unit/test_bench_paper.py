@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench.paper import STRATEGIES, BenchSize, check_resumable, format_table, paper_benchmark
+from ftte.bench.paper import STRATEGIES, BenchSize, check_resumable, format_table, paper_benchmark
 
 TINY = BenchSize(devices=6, seeds=2, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
 PER_STRATEGY = (

@@ -5,11 +5,11 @@ from dataclasses import replace
 
 import pytest
 
-import sim.simulator as simulator_module
+import ftte.sim.simulator as simulator_module
+from ftte.sim.fleet import FleetSpec, make_fleet
+from ftte.sim.run import SimConfig, build_task, simulate
+from ftte.sim.simulator import FleetSimulator
 from orchestrator.presets import JobKnobs, make_server
-from sim.fleet import FleetSpec, make_fleet
-from sim.run import SimConfig, build_task, simulate
-from sim.simulator import FleetSimulator
 
 SMALL = SimConfig(
     fleet=FleetSpec(devices=6), max_updates=60, samples_per_device=40, target_accuracy=1.01

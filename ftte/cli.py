@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
+from ftte.sim.fleet import FleetSpec
+from ftte.sim.run import SimConfig, simulate
+from ftte.sim.simulator import CurvePoint
 from ftte.tasks import TASKS
 from orchestrator.presets import PRESETS
-from sim.fleet import FleetSpec
-from sim.run import SimConfig, simulate
-from sim.simulator import CurvePoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,13 +105,13 @@ def _add_bench(commands: Any) -> None:
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
-    from bench.paper import run_paper_benchmark
+    from ftte.bench.paper import run_paper_benchmark
 
     return run_paper_benchmark(args)
 
 
 def _run_bench_aggregator(args: argparse.Namespace) -> int:
-    from bench.aggregator import run_aggregator_benchmark
+    from ftte.bench.aggregator import run_aggregator_benchmark
 
     return run_aggregator_benchmark(args)
 

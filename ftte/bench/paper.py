@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from sim.fleet import FleetSpec
-from sim.run import SimConfig, simulate
+from ftte.sim.fleet import FleetSpec
+from ftte.sim.run import SimConfig, simulate
 
 STRATEGIES = ("fedavg", "fedbuff", "ftte", "ftte-weakest")
 # What the paper reports against synchronous FedAvg (abstract of arXiv 2510.03165).
@@ -75,7 +75,7 @@ def run_paper_benchmark(args: argparse.Namespace) -> int:
     print(format_table(results))
     args.json.write_text(json.dumps(results, indent=1))
     if args.plots is not None:
-        from bench.plots import plot_paper
+        from ftte.bench.plots import plot_paper
 
         plot_paper(results, args.plots)
     return 0

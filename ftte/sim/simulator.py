@@ -19,9 +19,9 @@ import numpy as np
 from edge_agent.device import DeviceModel
 from ftte.compute import ComputeModel
 from ftte.errors import Rejected
+from ftte.sim.fleet import DeviceProfile, FleetSpec
 from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
 from orchestrator.server import TrainingServer
-from sim.fleet import DeviceProfile, FleetSpec
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import zstandard
 
+from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.tasks import Task, load_task
 from ftte.topics import update_topic
 from ftte.wire import decode_update, encode_update
@@ -39,7 +40,6 @@ from ftte.wire.messages import Update
 from orchestrator.checkpoint import Journal
 from orchestrator.presets import JobKnobs, make_server, preset
 from orchestrator.server import TrainingServer
-from sim.fleet import FleetSpec, make_fleet
 
 FLEET = "bench"  # fleet name in the journal's topics, as the service writes them
 

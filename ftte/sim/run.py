@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from ftte.sim.fleet import FleetSpec, make_fleet
+from ftte.sim.simulator import FleetSimulator, ProgressFn, SimResult
 from ftte.tasks import load_task
 from ftte.tasks.base import Task
 from ftte.wire.messages import TrainConfig
 from orchestrator.presets import JobKnobs, make_server
 from orchestrator.server import TrainingServer
-from sim.fleet import FleetSpec, make_fleet
-from sim.simulator import FleetSimulator, ProgressFn, SimResult
 
 
 @dataclass(frozen=True)

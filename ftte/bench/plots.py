@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: gateways and CI have no display
 import matplotlib.pyplot as plt
 
-from bench.paper import setting
+from ftte.bench.paper import setting
 
 
 def plot_paper(results: dict[str, Any], out_dir: Path) -> list[Path]:
