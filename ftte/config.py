@@ -1,8 +1,10 @@
-"""The one config loader: TOML into typed, validated dataclasses, with errors that name the field.
+"""The one config loader and writer: TOML to and from typed, validated dataclasses.
 
 Every job, agent and fleet file goes through ``load_section``: unknown keys, missing
 required keys and wrong types are refused with the dotted path of the field and what to
-write instead, before anything starts.
+write instead, before anything starts. Every generated config is written by
+``write_toml(path, dump_section(config))`` (tomli-w escapes what it must), so that
+``load_section(cls, dump_section(config)) == config``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import typing
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomli_w
+
+from ftte.fileio import atomic_write
 
 T = TypeVar("T")
 
@@ -77,6 +83,11 @@ def _convert(kind: Any, value: Any, source: str, path: str) -> Any:
         return _convert(options[0], value, source, path)
     if dataclasses.is_dataclass(kind) and isinstance(kind, type):
         return load_section(kind, value, source, path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(source, path, f"expected a table [{path}], got {value!r}")
+        _, item = typing.get_args(kind)
+        return {k: _convert(item, v, source, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(source, path, f"expected a list, got {value!r}")
@@ -106,3 +117,38 @@ def _convert(kind: Any, value: Any, source: str, path: str) -> Any:
     if kind is Any:
         return value
     raise ConfigError(source, path, f"unsupported config type {kind!r}")
+
+
+def dump_section(config: Any) -> dict[str, Any]:
+    """A config dataclass as a TOML table: the inverse of ``load_section``.
+
+    Paths and enums become strings, nested dataclasses tables, and ``None`` fields are
+    left out (TOML has no null; loading gives them their default, which is ``None``).
+    """
+    if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
+        raise TypeError(f"expected a config dataclass, got {type(config).__name__}")
+    table = {}
+    for f in dataclasses.fields(config):
+        value = _dump_value(getattr(config, f.name))
+        if value is not None:
+            table[f.name] = value
+    return table
+
+
+def _dump_value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dump_section(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_dump_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump_value(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def write_toml(path: Path, table: dict[str, Any], mode: int = 0o644) -> None:
+    """Write a TOML file atomically with ``mode`` (0o600 for files holding secrets)."""
+    atomic_write(path, tomli_w.dumps(table).encode(), mode)
