@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_orchestrator(commands)
     _add_status(commands)
     _add_demo(commands)
+    _add_strategies(commands)
     args = parser.parse_args(argv)
     # Tiny models gain nothing from intra-op threads, and OpenMP workers spinning in several
     # processes on a 2-core gateway (orchestrator, agents, simulator) slow everyone 10x.
@@ -200,6 +201,24 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
         f"target {'reached' if result.reached_target else 'not reached'}, "
         f"{result.wall_time_s:.0f} s"
     )
+    return 0
+
+
+def _add_strategies(commands: Any) -> None:
+    p = commands.add_parser("strategies", help="the presets and the [strategy] keys each takes")
+    p.set_defaults(run=_run_strategies)
+
+
+def _run_strategies(_args: argparse.Namespace) -> int:
+    from orchestrator.strategies import strategy_parameters
+
+    for name, chosen in sorted(PRESETS.items()):
+        print(
+            f"{name}: strategy {chosen.strategy}, slices {chosen.plan_mode.value}, "
+            f"deltas up {chosen.delta_encoding.value}, model down {chosen.model_encoding.value}"
+        )
+        for key, default in strategy_parameters(chosen.strategy).items():
+            print(f"  {key} = {default!r}")
     return 0
 
 

@@ -25,9 +25,23 @@ class RejectReason(StrEnum):
 
 
 class Rejected(Exception):
-    """Input refused before it touched any state; ``reason`` says why in one word."""
+    """Input refused before it touched any state; ``reason`` says why in one word.
 
-    def __init__(self, reason: RejectReason, detail: str) -> None:
+    An update refused for its tensors still names, from its decoded header, the device and
+    assignment it claims to answer, so the server can tell a device's own failed answer
+    (which frees it for a new assignment) from a stray or forged payload (which must not).
+    """
+
+    def __init__(
+        self,
+        reason: RejectReason,
+        detail: str,
+        *,
+        device_id: str | None = None,
+        assignment_id: str | None = None,
+    ) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.device_id = device_id
+        self.assignment_id = assignment_id

@@ -1,127 +1,65 @@
-"""Atomic checkpoints and the update journal: nothing acknowledged to the broker is lost.
+"""Checkpoint files and the update journal: file I/O only; the state's schema is the server's.
 
 The orchestrator acknowledges an update to the broker only after appending its raw bytes
-to the journal (fsync'd). A checkpoint (model, version, tensor stamps, buffered updates,
-registry with open assignments, seen update ids, counters) is written to a temporary file,
-fsync'd and renamed over the old one; then the journal is emptied. After a crash the
+to the journal (fsync'd). A checkpoint is ``TrainingServer.state_dict()`` written
+atomically (``ftte.fileio.atomic_write``); then the journal is emptied. After a crash the
 service loads the checkpoint and replays the journal through the same validation and
 aggregation, so it resumes at the version it had reached, with every acknowledged update.
+
+The file is msgpack (never pickle): numpy arrays become ``{"__ndarray__": [dtype, shape,
+bytes]}``, everything else is already msgpack.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 
-from ftte.wire import decode_update, encode_update
-from ftte.wire.messages import Assignment, DeltaEncoding
-from orchestrator.server import DeviceRecord, TrainingServer
-from orchestrator.strategies.base import ReceivedUpdate
+from ftte.fileio import atomic_write
 
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT = "checkpoint.msgpack"
 JOURNAL = "journal.bin"
+_ND = "__ndarray__"
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _pack_default(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value)
+        return {_ND: [arr.dtype.str, list(arr.shape), arr.tobytes()]}
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    raise TypeError(f"cannot checkpoint a {type(value).__name__}")
 
 
-def save_checkpoint(server: TrainingServer, run_dir: Path) -> Path:
-    """Write the server's whole state atomically; return the checkpoint path."""
-    meta: dict[str, Any] = {
-        "version": server.version,
-        "stamps": server.stamps,
-        "accepted": server.accepted,
-        "rejected": dict(server.rejected),
-        "seen_update_ids": sorted(server.seen_update_ids),
-        "devices": [_device_to_json(d) for d in server.devices.values()],
-        "buffer_ages": [r.age for r in server.strategy.buffered()],
-        "next_assignment": server.next_assignment_number(),
-    }
-    arrays: dict[str, np.ndarray] = {f"param/{n}": a for n, a in server.params.items()}
-    for i, received in enumerate(server.strategy.buffered()):
-        blob = encode_update(received.update, DeltaEncoding.FLOAT32)
-        arrays[f"buffer/{i}"] = np.frombuffer(blob, dtype=np.uint8)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+def _unpack_hook(obj: dict[str, Any]) -> object:
+    if _ND in obj and len(obj) == 1:
+        dtype, shape, data = obj[_ND]
+        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+    return obj
+
+
+def save_state(run_dir: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` as the run's checkpoint, atomically; return its path."""
     path = run_dir / CHECKPOINT
-    _atomic_savez(path, arrays)
+    atomic_write(path, msgpack.packb(state, default=_pack_default, use_bin_type=True))
     return path
 
 
-def load_checkpoint(server: TrainingServer, run_dir: Path) -> bool:
-    """Restore the server from ``run_dir``'s checkpoint if there is one; say whether."""
+def load_state(run_dir: Path) -> dict[str, Any] | None:
+    """The run's checkpointed state, or ``None`` if it has none yet."""
     path = run_dir / CHECKPOINT
     if not path.exists():
-        return False
-    with np.load(path, allow_pickle=False) as f:
-        meta = json.loads(f["meta"].tobytes())
-        for name in server.params:
-            server.params[name][...] = f[f"param/{name}"]
-        buffered = [
-            ReceivedUpdate(decode_update(f[f"buffer/{i}"].tobytes()), age)
-            for i, age in enumerate(meta["buffer_ages"])
-        ]
-    server.version = meta["version"]
-    server.stamps.update(meta["stamps"])
-    server.accepted = meta["accepted"]
-    server.rejected.clear()
-    server.rejected.update(meta["rejected"])
-    server.seen_update_ids = set(meta["seen_update_ids"])
-    server.devices = {d["device_id"]: _device_from_json(d) for d in meta["devices"]}
-    server.restore_assignment_number(meta["next_assignment"])
-    server.strategy.restore(buffered, server.in_flight())
-    return True
-
-
-def _device_to_json(d: DeviceRecord) -> dict[str, Any]:
-    a = d.open_assignment
-    return {
-        "device_id": d.device_id,
-        "budget_bytes": d.budget_bytes,
-        "online": d.online,
-        "synced_version": d.synced_version,
-        "excluded": d.excluded,
-        "open": None
-        if a is None
-        else {"id": a.assignment_id, "version": a.version, "trainable": list(a.trainable)},
-    }
-
-
-def _device_from_json(d: dict[str, Any]) -> DeviceRecord:
-    record = DeviceRecord(
-        device_id=d["device_id"],
-        budget_bytes=d["budget_bytes"],
-        online=d["online"],
-        synced_version=d["synced_version"],
-        excluded=d["excluded"],
+        return None
+    state: dict[str, Any] = msgpack.unpackb(
+        path.read_bytes(), object_hook=_unpack_hook, raw=False, strict_map_key=False
     )
-    if d["open"] is not None:
-        # Only what validating the answer needs; the tensors went to the device long ago.
-        record.open_assignment = Assignment(
-            job="",
-            device_id=d["device_id"],
-            assignment_id=d["open"]["id"],
-            version=d["open"]["version"],
-            trainable=tuple(d["open"]["trainable"]),
-            tensors={},
-        )
-    return record
+    return state
 
 
 class Journal:
@@ -147,7 +85,7 @@ class Journal:
             end = offset + 8 + head_len + body_len
             if end > len(data):
                 break
-            topic = data[offset + 8 : offset + 8 + head_len].decode()
+            topic = data[offset + 8 : offset + 8 + head_len].decode(errors="replace")
             yield topic, data[offset + 8 + head_len : end]
             offset = end
 

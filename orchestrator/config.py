@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ftte.config import load_section, read_toml, resolve
 from ftte.ids import validate_id
+from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
-from ftte.wire.messages import TrainConfig
-from orchestrator.presets import PRESETS
+from orchestrator.presets import PRESETS, preset_strategy
+from orchestrator.server import ServerSettings
 from orchestrator.telemetry import InfluxConfig
 
 
@@ -27,10 +29,6 @@ class JobSection:
     target_accuracy: float = 0.0  # 0: the task's own target
     max_versions: int = 1000
     max_wall_s: float = 3600.0
-    buffer_size: int = 5
-    clients_per_round: int = 5
-    max_staleness: int = 50
-    assignment_timeout_s: int = 600
     checkpoint_every: int = 1  # versions between checkpoints
 
     def __post_init__(self) -> None:
@@ -38,19 +36,28 @@ class JobSection:
         validate_id(self.fleet, "job.fleet")
         if self.strategy not in PRESETS:
             raise ValueError(f"job.strategy {self.strategy!r}: choose one of {sorted(PRESETS)}")
-        for name in ("max_versions", "buffer_size", "clients_per_round", "checkpoint_every"):
+        for name in ("max_versions", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"job.{name} must be at least 1")
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    """The whole ``job.toml``."""
+    """The whole ``job.toml``: each table is one component's config, defaults in its class.
+
+    ``[strategy]`` holds the chosen strategy's parameters (``buffer_size``,
+    ``clients_per_round``, ``server_lr``, …; ``ftte strategies`` lists them with defaults).
+    """
 
     job: JobSection
     broker: BrokerSettings
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    strategy: dict[str, Any] = field(default_factory=dict)
     influx: InfluxConfig | None = None
+
+    def __post_init__(self) -> None:
+        preset_strategy(self.job.strategy, self.strategy)  # refuses a bad [strategy] now
 
 
 def load_job_config(path: Path) -> JobConfig:

@@ -14,6 +14,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +22,13 @@ import torch
 from broker.fleet import DeviceEntry, Fleet, FleetSection
 from broker.generate import BrokerFiles, init_broker
 from broker.launcher import RunningBroker, free_port, start_dev_broker
+from ftte.config import dump_section, write_toml
 from ftte.memory import MemoryModel
 from ftte.tasks import load_task
+from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
-from ftte.wire.messages import TrainConfig
 from orchestrator.config import JobConfig, JobSection
+from orchestrator.server import ServerSettings
 from orchestrator.telemetry import InfluxConfig
 
 
@@ -44,9 +47,10 @@ class LocalFleetSpec:
     target_accuracy: float = 0.0  # 0: the task's own
     max_versions: int = 2000
     max_wall_s: float = 540.0
-    buffer_size: int = 5
-    clients_per_round: int = 5
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    # A local fleet answers in seconds: give up on a silent agent after two minutes.
+    server: ServerSettings = field(default_factory=lambda: ServerSettings(assignment_timeout_s=120))
+    strategy_params: dict[str, Any] = field(default_factory=dict)  # the strategy's own defaults
     influx: InfluxConfig | None = None
 
 
@@ -111,9 +115,6 @@ class LocalFleet:
                 target_accuracy=s.target_accuracy,
                 max_versions=s.max_versions,
                 max_wall_s=s.max_wall_s,
-                buffer_size=s.buffer_size,
-                clients_per_round=s.clients_per_round,
-                assignment_timeout_s=120,
             ),
             broker=BrokerSettings(
                 host="127.0.0.1",
@@ -123,56 +124,15 @@ class LocalFleet:
                 ca_file=self.files.ca_cert,
             ),
             train=s.train,
+            server=s.server,
+            strategy=s.strategy_params,
             influx=s.influx,
         )
 
     def write_job_file(self) -> Path:
         """The job as a TOML file, for ``ftte orchestrator --config``."""
-        job = self.job_config()
-        j, b, t = job.job, job.broker, job.train
-        lines = [
-            "[job]",
-            f'name = "{j.name}"',
-            f'fleet = "{j.fleet}"',
-            f'run_dir = "{j.run_dir}"',
-            f'task = "{j.task}"',
-            f'strategy = "{j.strategy}"',
-            f"seed = {j.seed}",
-            f"num_partitions = {j.num_partitions}",
-            f"target_accuracy = {j.target_accuracy}",
-            f"max_versions = {j.max_versions}",
-            f"max_wall_s = {j.max_wall_s}",
-            f"buffer_size = {j.buffer_size}",
-            f"clients_per_round = {j.clients_per_round}",
-            f"assignment_timeout_s = {j.assignment_timeout_s}",
-            "",
-            "[broker]",
-            f'host = "{b.host}"',
-            f"port = {b.port}",
-            f'username = "{b.username}"',
-            f'password = "{b.password}"',
-            f'ca_file = "{b.ca_file}"',
-            "",
-            "[train]",
-            f"epochs = {t.epochs}",
-            f"batch_size = {t.batch_size}",
-            f"lr = {t.lr}",
-            f"momentum = {t.momentum}",
-            "",
-        ]
-        if job.influx is not None:
-            i = job.influx
-            lines += [
-                "[influx]",
-                f'url = "{i.url}"',
-                f'token = "{i.token}"',
-                f'org = "{i.org}"',
-                f'bucket = "{i.bucket}"',
-                "",
-            ]
         path = self.run_dir / "job.toml"
-        path.write_text("\n".join(lines))
-        path.chmod(0o600)
+        write_toml(path, dump_section(self.job_config()), mode=0o600)
         return path
 
     def start_broker(self) -> RunningBroker:

@@ -8,14 +8,17 @@ is the one place a preset becomes a running ``TrainingServer`` (service and simu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ftte.tasks.base import Task
+from ftte.training import TrainSettings
 from ftte.wire.messages import DeltaEncoding, TrainConfig
 from orchestrator.planner import PlanMode
-from orchestrator.server import ServerConfig, TrainingServer
+from orchestrator.server import ServerConfig, ServerSettings, TrainingServer
 from orchestrator.strategies import make_strategy
+from orchestrator.strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -47,32 +50,39 @@ def preset(name: str) -> Preset:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-@dataclass(frozen=True)
-class JobKnobs:
-    """The job-level settings a preset is combined with."""
+def make_server(
+    name: str,
+    task: Task,
+    *,
+    job: str = "job",
+    seed: int = 0,
+    train: TrainSettings | None = None,
+    settings: ServerSettings | None = None,
+    strategy_params: Mapping[str, Any] | None = None,
+) -> TrainingServer:
+    """A training server running preset ``name`` on ``task`` with the job's settings.
 
-    job: str = "job"
-    train: TrainConfig = field(default_factory=TrainConfig)
-    buffer_size: int = 10  # K, for the buffered strategies
-    clients_per_round: int = 10  # C, for FedAvg
-    max_staleness: int = 50
-    model_seed: int = 0
-
-
-def make_server(name: str, task: Task, knobs: JobKnobs) -> TrainingServer:
-    """A training server running preset ``name`` on ``task`` with the job's knobs."""
+    ``strategy_params`` are the job's ``[strategy]`` table; one the preset fixes is refused,
+    not overwritten.
+    """
     chosen = preset(name)
-    params: dict[str, Any] = {}
-    if chosen.strategy in ("ftte", "fedbuff"):
-        params["buffer_size"] = knobs.buffer_size
-    elif chosen.strategy == "fedavg":
-        params["clients_per_round"] = knobs.clients_per_round
+    train = train or TrainSettings()
     config = ServerConfig(
-        job=knobs.job,
+        job=job,
         plan_mode=chosen.plan_mode,
-        train=replace(knobs.train, delta_encoding=chosen.delta_encoding),
+        train=TrainConfig(**asdict(train), delta_encoding=chosen.delta_encoding),
         model_encoding=chosen.model_encoding,
-        max_staleness=knobs.max_staleness,
-        model_seed=knobs.model_seed,
+        model_seed=seed,
+        settings=settings or ServerSettings(),
     )
-    return TrainingServer(task, make_strategy(chosen.strategy, **(params | chosen.params)), config)
+    return TrainingServer(task, preset_strategy(name, strategy_params or {}), config)
+
+
+def preset_strategy(name: str, params: Mapping[str, Any]) -> Strategy:
+    """Preset ``name``'s strategy with the job's ``[strategy]`` parameters; a parameter
+    the preset fixes is refused, not overwritten."""
+    chosen = preset(name)
+    fixed = sorted(params.keys() & chosen.params.keys())
+    if fixed:
+        raise ValueError(f"strategy.{fixed[0]}: preset {name!r} fixes it; remove it")
+    return make_strategy(chosen.strategy, {**params, **chosen.params})

@@ -1,14 +1,18 @@
-"""The training server: global model, fleet registry, dispatch and validated aggregation.
+"""The training engine: global model, fleet registry, dispatch, validated aggregation, state.
 
-Transport-free and clock-free: the discrete-event simulator and the MQTT service both drive
-this one object, so the math that is benchmarked is the math that runs in the field.
+Transport-free and clock-free: drivers hand it bytes and the time (``ingest(device, payload,
+now)``, ``expire_overdue(now)``), so the discrete-event simulator, the MQTT service and the
+aggregator benchmark run the same policies (validation, timeouts, bad-update handling) and
+the math that is benchmarked is the math that runs in the field. ``state_dict`` /
+``load_state_dict`` own the schema of everything a restart needs.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,23 +20,55 @@ import torch
 from ftte.errors import Rejected, RejectReason
 from ftte.memory import MemoryModel
 from ftte.tasks.base import Task
+from ftte.wire import WireLimits, decode_update
 from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
 from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner
 from orchestrator.scoring import gradient_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
+STATE_FORMAT = 1  # bump when the state_dict schema changes
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The engine's policies a job may tune (``[server]`` in ``job.toml``)."""
+
+    max_staleness: int = 50  # updates older than this many versions are refused
+    rescore_every: int = 10  # versions between contribution-score refreshes
+    # A device that has not answered by then is given up on and may be dispatched again;
+    # its late answer is refused as unexpected.
+    assignment_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.max_staleness < 0:
+            raise ValueError("max_staleness must be >= 0 (versions an update may lag)")
+        if self.rescore_every < 1:
+            raise ValueError("rescore_every must be at least 1 (versions)")
+        if not self.assignment_timeout_s > 0:
+            raise ValueError("assignment_timeout_s must be positive (seconds)")
+
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """How the server plans, validates and evaluates."""
+    """How the server plans, validates and evaluates: a preset's choices plus the job's."""
 
     job: str = "job"
     plan_mode: PlanMode = PlanMode.PER_DEVICE
     train: TrainConfig = field(default_factory=TrainConfig)
     model_encoding: DeltaEncoding = DeltaEncoding.FLOAT32  # model values sent to devices
-    max_staleness: int = 50  # updates older than this many versions are refused
-    rescore_every: int = 10  # versions between contribution-score refreshes
     model_seed: int = 0
+    settings: ServerSettings = field(default_factory=ServerSettings)
+
+
+@dataclass(frozen=True)
+class OpenAssignment:
+    """What answering an assignment is checked against; the tensors went to the device."""
+
+    assignment_id: str
+    version: int
+    trainable: tuple[str, ...]
+    micro_batch: int
+    dispatched_at: float
 
 
 @dataclass
@@ -43,27 +79,53 @@ class DeviceRecord:
     budget_bytes: int
     online: bool = True
     synced_version: int = -1  # model version whose values the device holds; -1: none
-    open_assignment: Assignment | None = None
+    open: OpenAssignment | None = None
+    # Replay protection in O(devices): assignment ids only grow, an answer must name the
+    # open one, and the one closed last is told apart as a replay.
+    last_closed: str | None = None
     plan: SlicePlan | None = None
     excluded: str | None = None  # why this device cannot take part, if it cannot
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A payload the server will not apply: the reason, and the update if it decoded."""
+
+    device_id: str  # the sender
+    reason: RejectReason
+    detail: str
+    update: Update | None = None
+    # The sender's own answer to its open assignment (refused, e.g. too stale): settling
+    # it frees the device. Anything else leaves the open assignment alone.
+    answers_open: bool = False
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """What receiving one update did."""
+    """What one payload did."""
 
     accepted: bool
+    update: Update | None = None  # decoded, accepted or not
+    age: int = 0
     reason: RejectReason | None = None
     aggregation: AggregationReport | None = None
 
 
 class TrainingServer:
-    """Owns the global model and turns device updates into new model versions."""
+    """Owns the global model and turns device payloads into new model versions."""
 
-    def __init__(self, task: Task, strategy: Strategy, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        task: Task,
+        strategy: Strategy,
+        config: ServerConfig,
+        limits: WireLimits | None = None,
+    ) -> None:
         self.task = task
         self.strategy = strategy
         self.config = config
+        self.settings = config.settings
+        self.limits = limits or WireLimits()
         torch.manual_seed(config.model_seed)
         self.model = task.make_model()
         self.model.eval()
@@ -83,11 +145,17 @@ class TrainingServer:
         self.devices: dict[str, DeviceRecord] = {}
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
-        self.seen_update_ids: set[str] = set()
         self._scores: dict[str, float] = {}
         self._scores_version = -1
         self._plans: dict[int, SlicePlan] = {}
         self._next_assignment = 1
+        # Kept in step with the records, so no call is proportional to the fleet size:
+        # registration order (dispatch order is reproducible), idle and training devices,
+        # and a heap of (deadline, device, assignment id) for timeouts (stale entries skipped).
+        self._order: dict[str, int] = {}
+        self._idle: set[str] = set()
+        self._training: set[str] = set()
+        self._deadlines: list[tuple[float, str, str]] = []
 
     # -- fleet -------------------------------------------------------------------------
 
@@ -101,6 +169,7 @@ class TrainingServer:
         if record is None:
             record = DeviceRecord(device_id, budget_bytes, synced_version=synced_version)
             self.devices[device_id] = record
+            self._order[device_id] = len(self._order)
         if record.budget_bytes != budget_bytes:
             record.plan = None
             record.excluded = None
@@ -112,23 +181,42 @@ class TrainingServer:
             record.synced_version = -1
         else:
             record.synced_version = synced_version
+        self._file(record)
 
-    def expire(self, device_id: str) -> None:
-        """Give up on a device's open assignment (timed out); the device becomes idle."""
-        record = self.devices.get(device_id)
-        if record is not None and record.open_assignment is not None:
-            record.open_assignment = None
-            self.strategy.on_dropout(device_id)
+    def set_offline(self, device_id: str) -> AggregationReport | None:
+        """A device went away (last will, or the simulator's dropout); its work is lost.
 
-    def set_offline(self, device_id: str) -> None:
-        """A device went away (last will, or the simulator's dropout)."""
+        Returns the aggregation this completed, if any (a round may wait only for it).
+        """
         record = self.devices.get(device_id)
         if record is None:
-            return
+            return None
         record.online = False
-        if record.open_assignment is not None:
-            record.open_assignment = None
-            self.strategy.on_dropout(device_id)
+        self._drop_open(record)
+        return self.aggregate_if_ready()
+
+    def withdraw(self, device_id: str) -> AggregationReport | None:
+        """Take back an assignment that could not be delivered; the device becomes idle."""
+        record = self.devices.get(device_id)
+        if record is None:
+            return None
+        self._drop_open(record)
+        return self.aggregate_if_ready()
+
+    def expire_overdue(self, now: float) -> list[str]:
+        """Give up on assignments older than the timeout; return the devices freed.
+
+        A round waiting for them may complete: call ``aggregate_if_ready`` after.
+        """
+        expired = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, device_id, assignment_id = heapq.heappop(self._deadlines)
+            record = self.devices[device_id]
+            # Assignment ids never repeat: a matching id is the very assignment timed.
+            if record.open is not None and record.open.assignment_id == assignment_id:
+                self._drop_open(record)
+                expired.append(device_id)
+        return expired
 
     def full_model_peak(self) -> int:
         """Predicted training peak of the whole model under this job's training settings."""
@@ -136,25 +224,45 @@ class TrainingServer:
         return self.memory.full_model_peak(train.batch_size, train.momentum)
 
     def idle_devices(self) -> list[str]:
-        """Online devices with no open assignment that can take part."""
-        return [
-            d.device_id
-            for d in self.devices.values()
-            if d.online and d.open_assignment is None and d.excluded is None
-        ]
+        """Online devices with no open assignment that can take part, in registration order."""
+        return sorted(self._idle, key=self._order.__getitem__)
 
     def in_flight(self) -> int:
         """Devices currently training."""
-        return sum(1 for d in self.devices.values() if d.open_assignment is not None)
+        return len(self._training)
+
+    def devices_online(self) -> int:
+        """Devices whose last word was that they are online."""
+        return sum(1 for d in self.devices.values() if d.online)
+
+    def _file(self, record: DeviceRecord) -> None:
+        """Keep the idle and training sets in step with one record."""
+        device_id = record.device_id
+        if record.open is not None:
+            self._training.add(device_id)
+        else:
+            self._training.discard(device_id)
+        if record.online and record.open is None and record.excluded is None:
+            self._idle.add(device_id)
+        else:
+            self._idle.discard(device_id)
+
+    def _drop_open(self, record: DeviceRecord) -> None:
+        if record.open is not None:
+            record.open = None
+            self.strategy.on_dropout(record.device_id)
+        self._file(record)
 
     # -- dispatch ----------------------------------------------------------------------
 
-    def dispatch(self, rng: np.random.Generator) -> list[Assignment]:
+    def dispatch(self, rng: np.random.Generator, now: float) -> list[Assignment]:
         """Assignments for the devices the strategy wants to start now."""
+        if not self._idle:
+            return []
         chosen = self.strategy.select(self.idle_devices(), self.in_flight(), rng)
         assignments = []
         for device_id in chosen:
-            assignment = self._assign(self.devices[device_id])
+            assignment = self._assign(self.devices[device_id], now)
             if assignment is not None:
                 assignments.append(assignment)
         return assignments
@@ -167,12 +275,13 @@ class TrainingServer:
             record.plan = self._plan_budget(self._planning_budget(record))
         return record.plan
 
-    def _assign(self, record: DeviceRecord) -> Assignment | None:
+    def _assign(self, record: DeviceRecord, now: float) -> Assignment | None:
         try:
             plan = self.plan_for(record.device_id)
         except BudgetTooSmall as exc:
             record.excluded = str(exc)
             self.strategy.on_dropout(record.device_id)
+            self._file(record)
             return None
         tensors = {
             n: self.params[n].copy() for n, v in self.stamps.items() if v > record.synced_version
@@ -187,17 +296,19 @@ class TrainingServer:
             train=replace(self.config.train, micro_batch=plan.micro_batch),
         )
         self._next_assignment += 1
-        record.open_assignment = assignment
+        record.open = OpenAssignment(
+            assignment.assignment_id, self.version, plan.trainable, plan.micro_batch, now
+        )
+        self._time(record, now)
         record.synced_version = self.version
         return assignment
 
-    def next_assignment_number(self) -> int:
-        """The counter behind assignment ids (checkpointed so ids never repeat)."""
-        return self._next_assignment
-
-    def restore_assignment_number(self, value: int) -> None:
-        """Continue assignment ids from a checkpoint."""
-        self._next_assignment = value
+    def _time(self, record: DeviceRecord, now: float) -> None:
+        """Start the timeout of the record's open assignment."""
+        assert record.open is not None
+        deadline = now + self.settings.assignment_timeout_s
+        heapq.heappush(self._deadlines, (deadline, record.device_id, record.open.assignment_id))
+        self._file(record)
 
     def _planning_budget(self, record: DeviceRecord) -> int:
         if self.config.plan_mode is PlanMode.WEAKEST:
@@ -215,7 +326,7 @@ class TrainingServer:
 
     def _refresh_scores(self) -> None:
         due = self._scores_version < 0 or self.version - self._scores_version >= (
-            self.config.rescore_every
+            self.settings.rescore_every
         )
         if self.config.plan_mode is PlanMode.FULL or not due:
             return
@@ -227,45 +338,81 @@ class TrainingServer:
 
     # -- updates -----------------------------------------------------------------------
 
-    def expected_shapes(self, device_id: str) -> Mapping[str, tuple[int, ...]] | None:
-        """Shapes of the slice this device was assigned, for bounded decoding.
+    def ingest(self, device_id: str, payload: bytes) -> Outcome:
+        """Decode, validate and apply one device's payload: ``settle(admit(...))``."""
+        return self.settle(self.admit(device_id, payload))
 
-        ``None`` when it has no open assignment: decoding then checks only the model's
-        tensor names, and ``receive`` names the real problem (replayed or unexpected).
+    def admit(self, device_id: str, payload: bytes) -> ReceivedUpdate | Refusal:
+        """Decode and validate a payload from ``device_id`` without changing any state.
+
+        A driver that must persist an update before it counts (the service's journal)
+        does so between ``admit`` and ``settle``.
         """
         record = self.devices.get(device_id)
-        if record is None or record.open_assignment is None:
-            return None
-        return {n: self.shapes[n] for n in record.open_assignment.trainable}
-
-    def receive(self, update: Update) -> Outcome:
-        """Validate one decoded update, buffer it, and aggregate when the strategy is ready."""
+        if record is None:
+            return Refusal(device_id, RejectReason.UNKNOWN_DEVICE, "device never registered")
+        expected = None
+        if record.open is not None:
+            expected = {n: self.shapes[n] for n in record.open.trainable}
         try:
-            received = self._validate(update)
+            update = decode_update(payload, self.limits, expected)
         except Rejected as exc:
-            self.rejected[exc.reason.value] += 1
-            self._close_if_answered(update)
-            # Freeing the device may complete a synchronous round.
-            return Outcome(accepted=False, reason=exc.reason, aggregation=self.aggregate_if_ready())
-        self.strategy.add(received)
-        self.seen_update_ids.add(update.update_id)
-        self.devices[update.device_id].open_assignment = None
+            answers = self._answers_open(record, exc.device_id, exc.assignment_id)
+            return Refusal(device_id, exc.reason, exc.detail, answers_open=answers)
+        try:
+            return self._validate(record, update)
+        except Rejected as exc:
+            answers = self._answers_open(record, update.device_id, update.assignment_id)
+            return Refusal(device_id, exc.reason, exc.detail, update, answers)
+
+    @staticmethod
+    def _answers_open(
+        record: DeviceRecord, device_id: str | None, assignment_id: str | None
+    ) -> bool:
+        """Whether a payload from ``record``'s device claims to answer its open assignment."""
+        opened = record.open
+        return (
+            device_id == record.device_id
+            and opened is not None
+            and opened.assignment_id == assignment_id
+        )
+
+    def settle(self, admitted: ReceivedUpdate | Refusal) -> Outcome:
+        """Buffer an admitted update (aggregating when the strategy is ready) or count a
+        refusal.
+
+        A refused answer to the device's open assignment frees the device for a fresh one;
+        any other refused payload leaves the open assignment alone, so a forged, replayed or
+        undecodable message costs the honest device nothing.
+        """
+        if isinstance(admitted, Refusal):
+            self.rejected[admitted.reason.value] += 1
+            if admitted.answers_open:
+                record = self.devices[admitted.device_id]
+                self._close(record)
+                self.strategy.on_dropout(record.device_id)
+            return Outcome(
+                accepted=False,
+                update=admitted.update,
+                reason=admitted.reason,
+                aggregation=self.aggregate_if_ready(),
+            )
+        record = self.devices[admitted.update.device_id]
+        self.strategy.add(admitted)
+        self._close(record)
         self.accepted += 1
-        report = self.aggregate_if_ready()
-        return Outcome(accepted=True, aggregation=report)
+        return Outcome(
+            accepted=True,
+            update=admitted.update,
+            age=admitted.age,
+            aggregation=self.aggregate_if_ready(),
+        )
 
-    def _close_if_answered(self, update: Update) -> None:
-        """A refused answer to a device's open assignment still frees the device."""
-        record = self.devices.get(update.device_id)
-        if record is None or record.open_assignment is None:
-            return
-        if record.open_assignment.assignment_id == update.assignment_id:
-            record.open_assignment = None
-            self.strategy.on_dropout(update.device_id)
-
-    def reject(self, reason: RejectReason) -> None:
-        """Count a rejection that happened before an update could be decoded."""
-        self.rejected[reason.value] += 1
+    def _close(self, record: DeviceRecord) -> None:
+        assert record.open is not None
+        record.last_closed = record.open.assignment_id
+        record.open = None
+        self._file(record)
 
     def aggregate_if_ready(self) -> AggregationReport | None:
         """Apply the buffer if the strategy says so; bump the version."""
@@ -277,13 +424,14 @@ class TrainingServer:
             self.stamps[name] = self.version
         return report
 
-    def _validate(self, update: Update) -> ReceivedUpdate:
-        record = self.devices.get(update.device_id)
-        if record is None:
-            raise Rejected(RejectReason.UNKNOWN_DEVICE, f"device {update.device_id!r}")
-        if update.update_id in self.seen_update_ids:
-            raise Rejected(RejectReason.REPLAYED, f"update id {update.update_id!r}")
-        assignment = record.open_assignment
+    def _validate(self, record: DeviceRecord, update: Update) -> ReceivedUpdate:
+        if update.device_id != record.device_id:
+            raise Rejected(
+                RejectReason.UNKNOWN_DEVICE, f"{record.device_id} sent {update.device_id}'s update"
+            )
+        if update.assignment_id == record.last_closed:
+            raise Rejected(RejectReason.REPLAYED, f"assignment {update.assignment_id!r} answered")
+        assignment = record.open
         if assignment is None or assignment.assignment_id != update.assignment_id:
             raise Rejected(RejectReason.UNEXPECTED, f"no open assignment {update.assignment_id!r}")
         if update.base_version != assignment.version:
@@ -296,9 +444,74 @@ class TrainingServer:
             if not np.isfinite(arr).all():
                 raise Rejected(RejectReason.NON_FINITE, name)
         age = self.version - update.base_version
-        if age > self.config.max_staleness:
-            raise Rejected(RejectReason.TOO_STALE, f"age {age} > {self.config.max_staleness}")
+        if age > self.settings.max_staleness:
+            raise Rejected(RejectReason.TOO_STALE, f"age {age} > {self.settings.max_staleness}")
         return ReceivedUpdate(update=update, age=age)
+
+    # -- state -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restart needs, as msgpack-able values and numpy arrays.
+
+        Its size is O(model + devices + buffer): replay protection keeps one assignment id
+        per device, not every update id ever seen.
+        """
+        return {
+            "format": STATE_FORMAT,
+            "job": self.config.job,
+            "version": self.version,
+            "params": dict(self.params),
+            "stamps": dict(self.stamps),
+            "accepted": self.accepted,
+            "rejected": dict(self.rejected),
+            "next_assignment": self._next_assignment,
+            "devices": [_record_state(d) for d in self.devices.values()],
+            "strategy": self.strategy.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], now: float) -> None:
+        """Continue from ``state_dict``; open assignments get a fresh timeout from ``now``
+        (their devices may have lost them while we were away)."""
+        if state["format"] != STATE_FORMAT:
+            raise ValueError(
+                f"state format {state['format']} is not {STATE_FORMAT}: start a new run folder"
+            )
+        if state["job"] != self.config.job:
+            raise ValueError(f"state belongs to job {state['job']!r}, not {self.config.job!r}")
+        for name, arr in self.params.items():
+            arr[...] = state["params"][name]
+        self.version = int(state["version"])
+        self.stamps.update(state["stamps"])
+        self.accepted = int(state["accepted"])
+        self.rejected = Counter(state["rejected"])
+        self._next_assignment = int(state["next_assignment"])
+        self.devices, self._order = {}, {}
+        self._idle, self._training, self._deadlines = set(), set(), []
+        for saved in state["devices"]:
+            record = DeviceRecord(
+                device_id=saved["device_id"],
+                budget_bytes=saved["budget_bytes"],
+                online=saved["online"],
+                synced_version=saved["synced_version"],
+                last_closed=saved["last_closed"],
+                excluded=saved["excluded"],
+            )
+            self.devices[record.device_id] = record
+            self._order[record.device_id] = len(self._order)
+            opened = saved["open"]
+            if opened is None:
+                self._file(record)
+            else:
+                record.open = OpenAssignment(
+                    opened["id"],
+                    opened["version"],
+                    tuple(opened["trainable"]),
+                    opened["micro_batch"],
+                    now,
+                )
+                self._time(record, now)
+        self.strategy.load_state_dict(state["strategy"])
+        self._scores_version = -1  # rescore the restored model before planning
 
     # -- evaluation --------------------------------------------------------------------
 
@@ -311,3 +524,23 @@ class TrainingServer:
             loss = float(torch.nn.functional.cross_entropy(logits, y))
             acc = float((logits.argmax(dim=1) == y).float().mean())
         return acc, loss
+
+
+def _record_state(d: DeviceRecord) -> dict[str, Any]:
+    opened = d.open
+    return {
+        "device_id": d.device_id,
+        "budget_bytes": d.budget_bytes,
+        "online": d.online,
+        "synced_version": d.synced_version,
+        "last_closed": d.last_closed,
+        "excluded": d.excluded,
+        "open": None
+        if opened is None
+        else {
+            "id": opened.assignment_id,
+            "version": opened.version,
+            "trainable": list(opened.trainable),
+            "micro_batch": opened.micro_batch,
+        },
+    }

@@ -1,10 +1,13 @@
-"""The orchestrator service: the training server behind MQTT.
+"""The orchestrator service: the training engine behind MQTT.
 
 One worker thread owns all state. paho's network thread only queues messages; the worker
-decodes and validates them, journals accepted updates before acknowledging them to the
-broker, feeds the server, checkpoints after aggregations, dispatches assignments to idle
-devices and publishes the retained job state. Telemetry is handed to a batching writer and
-never waits on the database.
+hands each payload and the time to the engine (``TrainingServer``), journals an admitted
+update before it counts and before the broker is acknowledged, checkpoints after
+aggregations, dispatches assignments to idle devices and publishes the retained job state.
+Every message passes one boundary: whatever happens while handling it, it is acknowledged,
+and a failure is counted by kind and the payload set aside in a bounded quarantine, so no
+payload can stop the orchestrator, now or when the journal is replayed after a restart.
+Telemetry is handed to a batching writer and never waits on the database.
 """
 
 from __future__ import annotations
@@ -13,26 +16,30 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
 from paho.mqtt.client import MQTTMessageInfo
 
 from ftte import topics
-from ftte.errors import Rejected, RejectReason
+from ftte.errors import Rejected
 from ftte.tasks import load_task
 from ftte.transport.mqtt import Inbound, MqttLink, PayloadTooLarge
-from ftte.wire import decode_update, encode_assignment
+from ftte.wire import encode_assignment
 from ftte.wire.control import JobState, decode_status
-from ftte.wire.limits import WireLimits
-from orchestrator.checkpoint import Journal, load_checkpoint, save_checkpoint
+from orchestrator.checkpoint import Journal, load_state, save_state
 from orchestrator.config import JobConfig
-from orchestrator.presets import JobKnobs, make_server
+from orchestrator.presets import make_server
+from orchestrator.quarantine import Quarantine
+from orchestrator.server import Outcome, Refusal
+from orchestrator.strategies.base import AggregationReport
 from orchestrator.telemetry import open_telemetry
 
 log = logging.getLogger("ftte.orchestrator")
 
 ORCHESTRATOR_CLIENT_PREFIX = "ftte-orchestrator"
+HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
 
 
 @dataclass(frozen=True)
@@ -53,38 +60,35 @@ class OrchestratorService:
         job = config.job
         task = load_task(job.task, num_devices=job.num_partitions, seed=job.seed)
         self.target = job.target_accuracy or task.target_accuracy
-        knobs = JobKnobs(
+        self.server = make_server(
+            job.strategy,
+            task,
             job=job.name,
+            seed=job.seed,
             train=config.train,
-            buffer_size=job.buffer_size,
-            clients_per_round=job.clients_per_round,
-            max_staleness=job.max_staleness,
-            model_seed=job.seed,
+            settings=config.server,
+            strategy_params=config.strategy,
         )
-        self.server = make_server(job.strategy, task, knobs)
-        self.limits = WireLimits()
         self.run_dir = job.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.resumed = load_checkpoint(self.server, self.run_dir)
-        if self.resumed:
+        state = load_state(self.run_dir)
+        self.resumed = state is not None
+        if state is not None:
+            self.server.load_state_dict(state, time.monotonic())
             log.info(
                 "resumed from checkpoint at version %d with %d accepted updates",
                 self.server.version,
                 self.server.accepted,
             )
         self.journal = Journal(self.run_dir)
+        self.quarantine = Quarantine(self.run_dir / "quarantine")
+        self.failures: Counter[str] = Counter()  # handler failures, by exception type
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
-        # Restored open assignments get a fresh timeout: their devices may have lost them.
-        self._dispatched_at: dict[str, float] = {
-            d.device_id: time.monotonic()
-            for d in self.server.devices.values()
-            if d.open_assignment is not None
-        }
         self._replaying = False
         self._started = time.monotonic()
-        self.history: list[tuple[float, int, float]] = []  # (wall s, version, accuracy)
+        self.history: deque[tuple[float, int, float]] = deque(maxlen=HISTORY_POINTS)
         self.link = MqttLink(
             config.broker,
             client_id=f"{ORCHESTRATOR_CLIENT_PREFIX}-{job.name}",
@@ -101,10 +105,9 @@ class OrchestratorService:
         started = self._started = time.monotonic()
         self.link.start()
         job = self.config.job
-        reached = self.accuracy >= self.target
         last_state = 0.0
         try:
-            while not stop.is_set() and not reached:
+            while not stop.is_set() and not self.reached_target():
                 if self.server.version >= job.max_versions:
                     break
                 if time.monotonic() - started > job.max_wall_s:
@@ -115,8 +118,8 @@ class OrchestratorService:
                 except queue.Empty:
                     message = None
                 if message is not None:
-                    reached = self._handle(message)
-                self._expire_assignments()
+                    self.handle(message)
+                self._expire_overdue()
                 if self.link.connected.is_set():
                     self._dispatch()
                     if time.monotonic() - last_state > 2.0:
@@ -127,25 +130,42 @@ class OrchestratorService:
             self.link.stop()
             self.telemetry.close()
             self.journal.close()
-        return JobResult(self.server.version, self.accuracy, reached, time.monotonic() - started)
+        return JobResult(
+            self.server.version, self.accuracy, self.reached_target(), time.monotonic() - started
+        )
+
+    def reached_target(self) -> bool:
+        """Whether the global model has reached the job's target accuracy."""
+        return self.accuracy >= self.target
 
     # -- messages ----------------------------------------------------------------------
 
-    def _handle(self, message: Inbound) -> bool:
-        """Process one message; return whether the target accuracy was reached."""
+    def handle(self, message: Inbound) -> None:
+        """Process one message behind the boundary: it is acknowledged whatever happens."""
         try:
-            ref = topics.parse(message.topic)
+            self._dispatch_message(message.topic, message.payload, journal=True)
+        except Exception as exc:
+            self._set_aside(message.topic, message.payload, exc)
+        finally:
+            self.link.ack(message)
+
+    def _set_aside(self, topic: str, payload: bytes, exc: Exception) -> None:
+        kind = type(exc).__name__
+        self.failures[kind] += 1
+        log.error("handling a message on %s failed (%s: %s); set aside", topic, kind, exc)
+        self.quarantine.put(topic, payload, "handler_error", f"{kind}: {exc}")
+
+    def _dispatch_message(self, topic: str, payload: bytes, journal: bool) -> None:
+        try:
+            ref = topics.parse(topic)
         except ValueError:
-            self.link.ack(message)
-            return False
-        if ref.kind == "status" and ref.device is not None:
-            self._handle_status(ref.device, message.payload)
-            self.link.ack(message)
-            return False
-        if ref.kind == "update" and ref.device is not None:
-            return self._handle_update(ref.device, message)
-        self.link.ack(message)
-        return False
+            return
+        if ref.device is None:
+            return
+        if ref.kind == "status":
+            self._handle_status(ref.device, payload)
+        elif ref.kind == "update":
+            self._receive(ref.device, topic, payload, journal)
 
     def _handle_status(self, device_id: str, payload: bytes) -> None:
         try:
@@ -154,8 +174,7 @@ class OrchestratorService:
             log.warning("bad status from %s: %s", device_id, exc)
             return
         if status is None:
-            self.server.set_offline(device_id)
-            self._aggregate_if_ready()
+            self._after(self.server.set_offline(device_id))
             self.telemetry.device_status(device=device_id, online=False, budget_bytes=None)
             return
         if status.device_id != device_id:
@@ -166,97 +185,58 @@ class OrchestratorService:
             device=device_id, online=True, budget_bytes=status.memory_budget_bytes
         )
 
-    def _handle_update(self, device_id: str, message: Inbound) -> bool:
-        accepted = self._receive(device_id, message.topic, message.payload, journal=True)
-        self.link.ack(message)
-        return accepted and self.accuracy >= self.target
-
-    def _receive(self, device_id: str, topic: str, payload: bytes, journal: bool) -> bool:
-        """Decode, validate and apply one update; journal it first if it will be kept."""
-        server = self.server
-        try:
-            if device_id not in server.devices:
-                raise Rejected(RejectReason.UNKNOWN_DEVICE, device_id)
-            update = decode_update(payload, self.limits, server.expected_shapes(device_id))
-            if update.device_id != device_id:
-                raise Rejected(RejectReason.UNKNOWN_DEVICE, "payload names another device")
-        except Rejected as exc:
-            server.reject(exc.reason)
-            # The device answered, badly: free it for a fresh assignment rather than
-            # leaving it idle until the assignment times out.
-            server.expire(device_id)
-            self._dispatched_at.pop(device_id, None)
-            self._aggregate_if_ready()
-            self._update_point(device_id, "", 0, None, len(payload), float("nan"), exc.reason, 0)
-            return False
-        if journal:
+    def _receive(self, device_id: str, topic: str, payload: bytes, journal: bool) -> None:
+        """Admit, journal (if it will count), settle; telemetry for either fate."""
+        admitted = self.server.admit(device_id, payload)
+        if isinstance(admitted, Refusal) and admitted.update is None:
+            # Not even decodable: keep a copy for whoever investigates the device.
+            self.quarantine.put(topic, payload, admitted.reason.value, admitted.detail)
+        if journal and not isinstance(admitted, Refusal):
             self.journal.append(topic, payload)
-        age = server.version - update.base_version
-        outcome = server.receive(update)
-        self._dispatched_at.pop(device_id, None)
-        weight = None
-        if outcome.aggregation is not None:
-            weight = outcome.aggregation.weights.get(update.update_id)
-        self._update_point(
-            device_id,
-            update.update_id,
-            age,
-            weight,
-            len(payload),
-            update.loss,
-            outcome.reason,
-            update.peak_mem_bytes,
-        )
-        if outcome.aggregation is not None:
-            self._after_aggregation(len(outcome.aggregation.weights))
-        return outcome.accepted
+        outcome = self.server.settle(admitted)
+        self._update_point(device_id, outcome, len(payload))
+        self._after(outcome.aggregation)
 
-    def _update_point(
-        self,
-        device: str,
-        update_id: str,
-        age: int,
-        weight: float | None,
-        size: int,
-        loss: float,
-        reason: RejectReason | None,
-        peak: int,
-    ) -> None:
+    def _update_point(self, device: str, outcome: Outcome, size: int) -> None:
+        update = outcome.update
+        weight = None
+        if update is not None and outcome.aggregation is not None:
+            weight = outcome.aggregation.weights.get(update.update_id)
         self.telemetry.update(
             device=device,
-            update_id=update_id,
-            age=age,
+            update_id="" if update is None else update.update_id,
+            age=outcome.age,
             weight=weight,
             bytes_=size,
-            loss=loss,
-            accepted=reason is None,
-            reason=None if reason is None else reason.value,
-            peak_mem_bytes=peak,
+            loss=float("nan") if update is None else update.loss,
+            accepted=outcome.accepted,
+            reason=None if outcome.reason is None else outcome.reason.value,
+            peak_mem_bytes=0 if update is None else update.peak_mem_bytes,
         )
 
-    def _after_aggregation(self, num_updates: int) -> None:
+    def _after(self, report: AggregationReport | None) -> None:
+        """After an aggregation: evaluate, checkpoint (outside replay), telemetry."""
+        if report is None:
+            return
         started = time.monotonic()
         self.accuracy, loss = self.server.evaluate()
         self.history.append((time.monotonic() - self._started, self.server.version, self.accuracy))
         due = self.server.version % self.config.job.checkpoint_every == 0
         if due and not self._replaying:
-            save_checkpoint(self.server, self.run_dir)
-            self.journal.truncate()
+            self._checkpoint()
         self.telemetry.aggregation(
             version=self.server.version,
             buffer_fill=len(self.server.strategy.buffered()),
-            num_updates=num_updates,
+            num_updates=len(report.weights),
             val_accuracy=self.accuracy,
             val_loss=loss,
             wall_time_s=time.monotonic() - started,
         )
         log.info("version %d: accuracy %.3f", self.server.version, self.accuracy)
 
-    def _aggregate_if_ready(self) -> None:
-        """A device leaving can complete a synchronous round: apply it now if so."""
-        report = self.server.aggregate_if_ready()
-        if report is not None:
-            self._after_aggregation(len(report.weights))
+    def _checkpoint(self) -> None:
+        save_state(self.run_dir, self.server.state_dict())
+        self.journal.truncate()
 
     def _replay_journal(self) -> None:
         """After a crash: re-apply updates acknowledged since the last checkpoint."""
@@ -265,14 +245,14 @@ class OrchestratorService:
         # would lose the rest if we crashed again.
         self._replaying = True
         for topic, payload in list(self.journal.entries()):
-            ref = topics.parse(topic)
-            if ref.device is not None:
-                self._receive(ref.device, topic, payload, journal=False)
-                replayed += 1
+            try:
+                self._dispatch_message(topic, payload, journal=False)
+            except Exception as exc:
+                self._set_aside(topic, payload, exc)
+            replayed += 1
         self._replaying = False
         if replayed:
-            save_checkpoint(self.server, self.run_dir)
-            self.journal.truncate()
+            self._checkpoint()
             log.info(
                 "replayed %d journaled updates: now at version %d with %d accepted updates",
                 replayed,
@@ -284,30 +264,26 @@ class OrchestratorService:
 
     def _dispatch(self) -> None:
         fleet = self.config.job.fleet
-        for assignment in self.server.dispatch(self.rng):
+        timeout = int(self.config.server.assignment_timeout_s)
+        for assignment in self.server.dispatch(self.rng, time.monotonic()):
             payload = encode_assignment(assignment, self.server.config.model_encoding)
             try:
                 self.link.publish(
                     topics.assign_topic(fleet, assignment.device_id),
                     payload,
                     qos=1,
-                    expiry_s=self.config.job.assignment_timeout_s,
+                    expiry_s=timeout,
                 )
             except PayloadTooLarge as exc:
                 log.error("cannot send assignment: %s", exc)
-                self.server.expire(assignment.device_id)
-                continue
-            self._dispatched_at[assignment.device_id] = time.monotonic()
+                self._after(self.server.withdraw(assignment.device_id))
 
-    def _expire_assignments(self) -> None:
-        timeout = self.config.job.assignment_timeout_s
-        now = time.monotonic()
-        for device_id, at in list(self._dispatched_at.items()):
-            if now - at > timeout:
-                log.warning("assignment to %s timed out after %d s", device_id, timeout)
-                self.server.expire(device_id)
-                del self._dispatched_at[device_id]
-                self._aggregate_if_ready()
+    def _expire_overdue(self) -> None:
+        expired = self.server.expire_overdue(time.monotonic())
+        for device_id in expired:
+            log.warning("assignment to %s timed out", device_id)
+        if expired:
+            self._after(self.server.aggregate_if_ready())
 
     # -- state -------------------------------------------------------------------------
 
@@ -320,18 +296,21 @@ class OrchestratorService:
             version=server.version,
             accuracy=self.accuracy,
             buffer_fill=len(server.strategy.buffered()),
-            devices_online=sum(1 for d in server.devices.values() if d.online),
+            devices_online=server.devices_online(),
             accepted=server.accepted,
-            rejected=dict(server.rejected),
+            rejected=dict(server.rejected) | self._failure_count(),
         )
+
+    def _failure_count(self) -> dict[str, int]:
+        failed = sum(self.failures.values())
+        return {"handler_error": failed} if failed else {}
 
     def _publish_state(self, state: str) -> MQTTMessageInfo:
         topic = topics.model_topic(self.config.job.fleet)
         return self.link.publish(topic, self.job_state(state).encode(), qos=1, retain=True)
 
     def _finish(self) -> None:
-        save_checkpoint(self.server, self.run_dir)
-        self.journal.truncate()
+        self._checkpoint()
         np.savez(self.run_dir / "final_model.npz", **self.server.params)  # type: ignore[arg-type]
         if self.link.connected.is_set():
             self._publish_state("done").wait_for_publish(5.0)

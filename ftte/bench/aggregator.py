@@ -1,8 +1,8 @@
 """``ftte bench aggregator``: how many updates per second the server's ingest path takes.
 
-The path measured is the service's own, minus MQTT: ``decode_update`` (bounded decoding,
-shape and finiteness checks) then ``TrainingServer.receive`` (validation, replay and
-staleness checks, buffering, and the strategy's aggregation every K updates), and, in a
+The path measured is the service's own, minus MQTT: ``TrainingServer.admit`` (bounded
+decoding, shape, finiteness, replay and staleness checks) then ``settle`` (buffering, and
+the strategy's aggregation every K updates), and, in a
 second timing, the journal's fsync'd append that the service makes before acknowledging.
 The floor it is compared with is a raw loop over the same bytes: zstd decompress, msgpack
 unpack, ``np.frombuffer``, dequantise, and ``param += w * delta`` into the model. Every
@@ -35,10 +35,10 @@ import zstandard
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.tasks import Task, load_task
 from ftte.topics import update_topic
-from ftte.wire import decode_update, encode_update
+from ftte.wire import encode_update
 from ftte.wire.messages import Update
 from orchestrator.checkpoint import Journal
-from orchestrator.presets import JobKnobs, make_server, preset
+from orchestrator.presets import make_server, preset
 from orchestrator.server import TrainingServer
 
 FLEET = "bench"  # fleet name in the journal's topics, as the service writes them
@@ -56,12 +56,12 @@ class Batch:
 
 def make_batch(preset_name: str, task: Task, devices: int, seed: int) -> Batch:
     """A fresh server with ``devices`` registered, each with an open assignment answered."""
-    server = make_server(preset_name, task, JobKnobs())
+    server = make_server(preset_name, task)
     for profile in make_fleet(FleetSpec(devices=devices), server.full_model_peak(), seed):
         server.register(profile.device_id, profile.budget_bytes)
     rng = np.random.default_rng(seed)
     payloads = []
-    for a in server.dispatch(rng):
+    for a in server.dispatch(rng, now=0.0):
         delta = {
             n: (rng.standard_normal(server.shapes[n]) * 1e-2).astype(np.float32)
             for n in a.trainable
@@ -81,13 +81,13 @@ def make_batch(preset_name: str, task: Task, devices: int, seed: int) -> Batch:
 
 
 def ingest(batch: Batch, journal: Journal | None) -> None:
-    """The service's path for each payload: (journal,) decode, validate, buffer, aggregate."""
+    """The service's path for each payload: admit, (journal,) settle."""
     server = batch.server
     for device_id, payload in batch.payloads:
-        update = decode_update(payload, expected_shapes=server.expected_shapes(device_id))
+        admitted = server.admit(device_id, payload)
         if journal is not None:
             journal.append(update_topic(FLEET, device_id), payload)
-        if not server.receive(update).accepted:
+        if not server.settle(admitted).accepted:
             raise RuntimeError(f"benchmark update refused: {server.rejected}")
 
 

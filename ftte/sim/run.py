@@ -11,9 +11,9 @@ from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.simulator import FleetSimulator, ProgressFn, SimResult
 from ftte.tasks import load_task
 from ftte.tasks.base import Task
-from ftte.wire.messages import TrainConfig
-from orchestrator.presets import JobKnobs, make_server
-from orchestrator.server import TrainingServer
+from ftte.training import TrainSettings
+from orchestrator.presets import make_server
+from orchestrator.server import ServerSettings, TrainingServer
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,9 @@ class SimConfig:
     time_limit_s: float = 6 * 3600.0
     min_time_s: float = 0.0  # keep going after the target until then (benchmarks compare at it)
     max_updates: int = 20_000
-    train: TrainConfig = field(default_factory=TrainConfig)
-    buffer_size: int = 10
-    clients_per_round: int = 10
-    max_staleness: int = 50
+    train: TrainSettings = field(default_factory=TrainSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    strategy_params: dict[str, Any] = field(default_factory=dict)  # the strategy's own defaults
 
 
 def build_task(config: SimConfig) -> Task:
@@ -52,15 +51,15 @@ def simulate(
 ) -> dict[str, Any]:
     """Run one preset on one fleet and return its measurements as plain data."""
     task = task if task is not None else build_task(config)
-    knobs = JobKnobs(
+    server = make_server(
+        config.strategy,
+        task,
         job=f"sim-{config.strategy}",
+        seed=config.seed,
         train=config.train,
-        buffer_size=config.buffer_size,
-        clients_per_round=config.clients_per_round,
-        max_staleness=config.max_staleness,
-        model_seed=config.seed,
+        settings=config.server,
+        strategy_params=config.strategy_params,
     )
-    server = make_server(config.strategy, task, knobs)
     full_peak = server.full_model_peak()
     profiles = make_fleet(config.fleet, full_peak, config.seed)
     simulator = FleetSimulator(server, profiles, config.fleet, config.seed)

@@ -18,9 +18,8 @@ import numpy as np
 
 from edge_agent.device import DeviceModel
 from ftte.compute import ComputeModel
-from ftte.errors import Rejected
 from ftte.sim.fleet import DeviceProfile, FleetSpec
-from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
+from ftte.wire import decode_assignment, encode_assignment, encode_update
 from orchestrator.server import TrainingServer
 
 
@@ -89,7 +88,9 @@ class FleetSimulator:
         self.models = {p.device_id: DeviceModel(server.task.make_model) for p in profiles}
         self._queue: list[_Event] = []
         self._seq = itertools.count()
-        self._pending: dict[str, int] = {}  # device -> token of its in-flight arrival
+        # The simulated devices' own work in progress (device -> token of the arrival it
+        # will send); a device that goes offline loses it. The server keeps its own view.
+        self._working: dict[str, int] = {}
         self._availability: dict[str, int] = {}  # device -> token of its live on/off chain
         self._tokens = itertools.count(1)
         self.now = 0.0
@@ -116,6 +117,9 @@ class FleetSimulator:
                 break
             self.now = event.time
             point = self._handle(event)
+            expired = self.server.expire_overdue(self.now)
+            if expired and self.server.aggregate_if_ready() is not None:
+                point = self._curve_point()
             if point is not None:
                 self.result.curve.append(point)
                 if progress is not None:
@@ -143,35 +147,26 @@ class FleetSimulator:
         device_id = event.device_id
         live_chain = self._availability.get(device_id) == event.token
         if event.kind == "offline" and live_chain:
-            if self._pending.pop(device_id, None) is not None:
+            if self._working.pop(device_id, None) is not None:
                 self.result.dropouts += 1
-            self.server.set_offline(device_id)
+            report = self.server.set_offline(device_id)
             delay = self.rng.exponential(self.spec.mean_offline_s)
             self._schedule(delay, "online", device_id, token=event.token)
-            # A synchronous round may have been waiting only for this device.
-            if self.server.aggregate_if_ready() is not None:
+            if report is not None:  # a synchronous round may have waited only for it
                 return self._curve_point()
         elif event.kind == "online" and live_chain:
             profile = self.profiles[device_id]
             self.server.register(device_id, profile.budget_bytes, self.models[device_id].version)
             self._go_offline_later(device_id, self.rng.exponential(self.spec.mean_online_s))
-        elif event.kind == "arrive" and self._pending.get(event.device_id) == event.token:
-            del self._pending[event.device_id]
+        elif event.kind == "arrive" and self._working.get(event.device_id) == event.token:
+            del self._working[event.device_id]
             self.result.bytes_up.append(len(event.payload))
             self.result.arrivals.append((event.started, self.now))
             return self._arrive(event)
         return None
 
     def _arrive(self, event: _Event) -> CurvePoint | None:
-        server = self.server
-        try:
-            update = decode_update(
-                event.payload, expected_shapes=server.expected_shapes(event.device_id)
-            )
-        except Rejected as exc:
-            server.reject(exc.reason)
-            return None
-        outcome = server.receive(update)
+        outcome = self.server.ingest(event.device_id, event.payload)
         if outcome.aggregation is None:
             return None
         return self._curve_point()
@@ -181,7 +176,7 @@ class FleetSimulator:
         return CurvePoint(self.now, self.server.version, accuracy, loss, self.server.accepted)
 
     def _dispatch(self) -> None:
-        for assignment in self.server.dispatch(self.rng):
+        for assignment in self.server.dispatch(self.rng, self.now):
             device_id = assignment.device_id
             profile = self.profiles[device_id]
             down = encode_assignment(assignment, self.server.config.model_encoding)
@@ -202,7 +197,7 @@ class FleetSimulator:
                 + len(up) / profile.up_bytes_per_s
             )
             token = next(self._tokens)
-            self._pending[device_id] = token
+            self._working[device_id] = token
             mean_to_dropout = self.spec.mean_work_s_to_dropout
             if mean_to_dropout is not None:
                 failure = self.rng.exponential(mean_to_dropout)

@@ -287,14 +287,8 @@ def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignme
     trainable = doc["trainable"]
     if not isinstance(trainable, list) or not trainable:
         raise Rejected(RejectReason.MALFORMED, "trainable must be a non-empty list")
-    return Assignment(
-        job=_str(doc["job"], "job"),
-        device_id=_str(doc["device_id"], "device_id"),
-        assignment_id=_str(doc["assignment_id"], "assignment_id"),
-        version=_int(doc["version"], "version", 0),
-        trainable=tuple(_str(n, "trainable name") for n in trainable),
-        tensors=_decode_tensors(doc["tensors"], limits, None),
-        train=TrainConfig(
+    try:
+        train_config = TrainConfig(
             epochs=_int(train["epochs"], "epochs", 1),
             batch_size=_int(train["batch_size"], "batch_size", 1),
             lr=_float(train["lr"], "lr"),
@@ -302,7 +296,17 @@ def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignme
             delta_encoding=encoding,
             micro_batch=_int(train["micro_batch"], "micro_batch", 0),
             clip_norm=_float(train["clip_norm"], "clip_norm"),
-        ),
+        )
+    except ValueError as exc:  # out-of-range settings
+        raise Rejected(RejectReason.MALFORMED, f"train: {exc}") from None
+    return Assignment(
+        job=_str(doc["job"], "job"),
+        device_id=_str(doc["device_id"], "device_id"),
+        assignment_id=_str(doc["assignment_id"], "assignment_id"),
+        version=_int(doc["version"], "version", 0),
+        trainable=tuple(_str(n, "trainable name") for n in trainable),
+        tensors=_decode_tensors(doc["tensors"], limits, None),
+        train=train_config,
     )
 
 
@@ -315,13 +319,20 @@ def decode_update(
     limits = limits or WireLimits()
     doc = _unpack(data, limits)
     _check_fields(doc, "update", _UPDATE_FIELDS)
-    return Update(
-        device_id=_str(doc["device_id"], "device_id"),
-        update_id=_str(doc["update_id"], "update_id"),
-        assignment_id=_str(doc["assignment_id"], "assignment_id"),
-        base_version=_int(doc["base_version"], "base_version", 0),
-        num_samples=_int(doc["num_samples"], "num_samples", 1),
-        loss=_float(doc["loss"], "loss"),
-        peak_mem_bytes=_int(doc["peak_mem_bytes"], "peak_mem_bytes", 0),
-        delta=_decode_tensors(doc["tensors"], limits, expected_shapes),
-    )
+    device_id = _str(doc["device_id"], "device_id")
+    assignment_id = _str(doc["assignment_id"], "assignment_id")
+    try:
+        return Update(
+            device_id=device_id,
+            update_id=_str(doc["update_id"], "update_id"),
+            assignment_id=assignment_id,
+            base_version=_int(doc["base_version"], "base_version", 0),
+            num_samples=_int(doc["num_samples"], "num_samples", 1),
+            loss=_float(doc["loss"], "loss"),
+            peak_mem_bytes=_int(doc["peak_mem_bytes"], "peak_mem_bytes", 0),
+            delta=_decode_tensors(doc["tensors"], limits, expected_shapes),
+        )
+    except Rejected as exc:
+        raise Rejected(
+            exc.reason, exc.detail, device_id=device_id, assignment_id=assignment_id
+        ) from None

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from ftte.training import TrainSettings
+
 TensorDict = dict[str, np.ndarray]
 
 
@@ -19,24 +21,14 @@ class DeltaEncoding(StrEnum):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Local training hyper-parameters sent with each assignment."""
+class TrainConfig(TrainSettings):
+    """What an assignment says about training: the job's settings plus the server's choices."""
 
-    # Both tuned in the simulator for every strategy alike (docs/benchmarks.md): 3 epochs
-    # gave FedAvg its best median time and helped FedBuff and ftte too.
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 0.2
-    momentum: float = 0.0
     delta_encoding: DeltaEncoding = DeltaEncoding.FLOAT32
     # Set per device by the planner: gradients of each batch are accumulated over chunks of
     # this many samples, so activations need a quarter of the memory at a quarter of the
     # batch while the update stays the same. 0: the whole batch at once.
     micro_batch: int = 0
-    # Each step's gradient norm over the slice is clipped to this (0: no clipping). One
-    # device with a skewed partition can otherwise blow up at a learning rate that suits
-    # the fleet (seen on vibration at 3 epochs); clipping is applied by every strategy alike.
-    clip_norm: float = 5.0
 
 
 @dataclass(frozen=True)

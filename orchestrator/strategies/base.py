@@ -5,11 +5,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ftte.wire.messages import TensorDict, Update
+from ftte.wire import decode_update, encode_update
+from ftte.wire.messages import DeltaEncoding, TensorDict, Update
+
+StrategyState = dict[str, Any]
+"""A strategy's ``state_dict``: msgpack-able values (str, int, float, bool, bytes, lists, dicts)."""
+
+
+class StrategyStateError(RuntimeError):
+    """The strategy was handed an update its own state says it never asked for.
+
+    The server only passes on updates that answer an open assignment the strategy chose, so
+    this is a bug in a driver or in restored state, never a device's doing; the service's
+    per-message boundary counts it and sets the message aside.
+    """
 
 
 @dataclass(frozen=True)
@@ -32,10 +45,12 @@ class AggregationReport:
 class Strategy(ABC):
     """Decides whom to dispatch, buffers updates and applies them to the global model.
 
-    The four verbs mirror Flower's strategy interface, adapted to asynchronous arrival:
+    The verbs mirror Flower's strategy interface, adapted to asynchronous arrival:
     ``select`` (configure training), ``add``/``ready``/``aggregate`` (aggregate training).
-    Strategies never see transport, clocks or devices' data; the training service (real or
-    simulated) calls them.
+    Strategies never see transport, clocks or devices' data; the training server calls
+    them. Contract: ``add`` raises only ``StrategyStateError``, ``aggregate`` never raises
+    on a non-empty buffer, and ``load_state_dict(state_dict())`` gives a strategy that
+    behaves exactly as the original from then on.
     """
 
     name: ClassVar[str]
@@ -61,8 +76,24 @@ class Strategy(ABC):
 
     @abstractmethod
     def buffered(self) -> list[ReceivedUpdate]:
-        """The updates waiting in the buffer, oldest first (checkpointed by the service)."""
+        """The updates waiting in the buffer, oldest first."""
 
     @abstractmethod
-    def restore(self, buffered: Sequence[ReceivedUpdate], in_flight: int) -> None:
-        """Refill the buffer from a checkpoint; ``in_flight`` devices still hold assignments."""
+    def state_dict(self) -> StrategyState:
+        """Everything needed to continue after a restart: the buffer and any round state."""
+
+    @abstractmethod
+    def load_state_dict(self, state: StrategyState) -> None:
+        """Continue from a ``state_dict`` of a strategy of the same class and parameters."""
+
+
+def buffer_state(buffer: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
+    """Buffered updates as checkpointable values (the wire codec's lossless float32 form)."""
+    return [
+        {"update": encode_update(r.update, DeltaEncoding.FLOAT32), "age": r.age} for r in buffer
+    ]
+
+
+def load_buffer_state(entries: Sequence[dict[str, Any]]) -> list[ReceivedUpdate]:
+    """The inverse of ``buffer_state``."""
+    return [ReceivedUpdate(decode_update(e["update"]), int(e["age"])) for e in entries]

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from orchestrator.strategies.base import ReceivedUpdate, Strategy
+from orchestrator.strategies.base import (
+    ReceivedUpdate,
+    Strategy,
+    StrategyState,
+    buffer_state,
+    load_buffer_state,
+)
 
 
 class BufferedStrategy(Strategy):
@@ -65,11 +71,15 @@ class BufferedStrategy(Strategy):
         """The waiting updates, oldest first."""
         return list(self._buffer)
 
-    def restore(self, buffered: Sequence[ReceivedUpdate], in_flight: int) -> None:
-        """Refill the buffer from a checkpoint; K follows the devices still training, so a
-        restored buffer is not applied earlier than it would have been."""
-        self._buffer = list(buffered)
-        self._concurrency = in_flight
+    def state_dict(self) -> StrategyState:
+        """The buffer and the concurrency K follows, so a restored buffer is applied when
+        it would have been."""
+        return {"buffer": buffer_state(self._buffer), "concurrency": self._concurrency}
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        """Continue from ``state_dict``."""
+        self._buffer = load_buffer_state(state["buffer"])
+        self._concurrency = int(state["concurrency"])
 
     def _take(self) -> list[ReceivedUpdate]:
         taken, self._buffer = self._buffer, []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ftte.wire.messages import TensorDict
-from orchestrator.staleness import PolynomialStaleness, StalenessWeight
+from orchestrator.staleness import PolynomialStaleness
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.strategies.buffered import BufferedStrategy
 
@@ -22,7 +22,7 @@ class FedAsyncStrategy(BufferedStrategy):
 
     Parameters:
         alpha: mixing weight α (default 0.6).
-        staleness: weight function (default PolynomialStaleness(0.5)).
+        staleness_exponent: a in the staleness weight (1 + age)^-a (default 0.5).
         max_concurrency: devices training at once; None dispatches every idle device.
     """
 
@@ -31,13 +31,13 @@ class FedAsyncStrategy(BufferedStrategy):
     def __init__(
         self,
         alpha: float = 0.6,
-        staleness: StalenessWeight | None = None,
+        staleness_exponent: float = 0.5,
         max_concurrency: int | None = None,
     ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError("alpha must be in (0, 1]")
         super().__init__(1, alpha, max_concurrency, buffer_fraction=0.0)  # K = 1: no buffer
-        self.staleness = staleness if staleness is not None else PolynomialStaleness()
+        self.staleness = PolynomialStaleness(staleness_exponent)
 
     def aggregate(self, params: TensorDict) -> AggregationReport:
         """Apply the one waiting update."""

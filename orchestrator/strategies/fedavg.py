@@ -10,9 +10,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ftte.errors import Rejected, RejectReason
 from ftte.wire.messages import TensorDict
-from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
+from orchestrator.strategies.base import (
+    AggregationReport,
+    ReceivedUpdate,
+    Strategy,
+    StrategyState,
+    StrategyStateError,
+    buffer_state,
+    load_buffer_state,
+)
 
 
 class FedAvgStrategy(Strategy):
@@ -23,24 +30,32 @@ class FedAvgStrategy(Strategy):
     Parameters:
         clients_per_round: C, devices per round (default 10; all idle if fewer).
         server_lr: server learning rate (default 1.0).
+        min_available_clients: a round opens only when this many devices are idle (default
+            1), as Flower's FedAvg; otherwise the first device to come online at start-up
+            gets a round of its own.
     """
 
     name = "fedavg"
 
-    def __init__(self, clients_per_round: int = 10, server_lr: float = 1.0) -> None:
+    def __init__(
+        self, clients_per_round: int = 10, server_lr: float = 1.0, min_available_clients: int = 1
+    ) -> None:
         if clients_per_round < 1:
             raise ValueError("clients_per_round must be at least 1")
+        if min_available_clients < 1:
+            raise ValueError("min_available_clients must be at least 1")
         if server_lr <= 0:
             raise ValueError("server_lr must be positive")
         self.clients_per_round = clients_per_round
         self.server_lr = server_lr
+        self.min_available_clients = min_available_clients
         self._waiting: set[str] = set()
         self._round_open = False
         self._buffer: list[ReceivedUpdate] = []
 
     def select(self, idle: Sequence[str], in_flight: int, rng: np.random.Generator) -> list[str]:
         """Open a round with C random idle devices, unless one is open."""
-        if self._round_open or not idle:
+        if self._round_open or len(idle) < self.min_available_clients:
             return []
         count = min(self.clients_per_round, len(idle))
         chosen = [idle[i] for i in rng.choice(len(idle), size=count, replace=False)]
@@ -56,7 +71,7 @@ class FedAvgStrategy(Strategy):
         """Accept an update from a device of the open round."""
         device = received.update.device_id
         if device not in self._waiting:
-            raise Rejected(RejectReason.UNEXPECTED, f"{device} is not in the open round")
+            raise StrategyStateError(f"{device} is not in the open round")
         self._waiting.discard(device)
         self._buffer.append(received)
 
@@ -86,7 +101,16 @@ class FedAvgStrategy(Strategy):
         """Updates of the open round received so far."""
         return list(self._buffer)
 
-    def restore(self, buffered: Sequence[ReceivedUpdate], in_flight: int) -> None:
-        """Refill from a checkpoint; the round's remaining members are not known, so the
-        restored updates are applied with the next round."""
-        self._buffer = list(buffered)
+    def state_dict(self) -> StrategyState:
+        """The open round: whether one is open, whom it waits for, what has arrived."""
+        return {
+            "round_open": self._round_open,
+            "waiting": sorted(self._waiting),
+            "buffer": buffer_state(self._buffer),
+        }
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        """Continue the round ``state_dict`` saw, waiting for the same devices."""
+        self._round_open = bool(state["round_open"])
+        self._waiting = set(state["waiting"])
+        self._buffer = load_buffer_state(state["buffer"])

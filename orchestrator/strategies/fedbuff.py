@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ftte.wire.messages import TensorDict
-from orchestrator.staleness import PolynomialStaleness, StalenessWeight
+from orchestrator.staleness import PolynomialStaleness
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.strategies.buffered import BufferedStrategy
 
@@ -23,7 +23,7 @@ class FedBuffStrategy(BufferedStrategy):
         buffer_size: the smallest K, updates per aggregation (default 10).
         buffer_fraction: K grows to this fraction of the devices training (default 0.1).
         server_lr: server learning rate (default 1.0).
-        staleness: weight function (default PolynomialStaleness(0.5)).
+        staleness_exponent: a in the staleness weight (1 + age)^-a (default 0.5).
         max_concurrency: devices training at once; None dispatches every idle device.
     """
 
@@ -33,12 +33,12 @@ class FedBuffStrategy(BufferedStrategy):
         self,
         buffer_size: int = 10,
         server_lr: float = 1.0,
-        staleness: StalenessWeight | None = None,
+        staleness_exponent: float = 0.5,
         max_concurrency: int | None = None,
         buffer_fraction: float = 0.1,
     ) -> None:
         super().__init__(buffer_size, server_lr, max_concurrency, buffer_fraction)
-        self.staleness = staleness if staleness is not None else PolynomialStaleness()
+        self.staleness = PolynomialStaleness(staleness_exponent)
 
     def aggregate(self, params: TensorDict) -> AggregationReport:
         """Average the staleness-weighted deltas over K and apply them."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ftte.wire.messages import TensorDict
-from orchestrator.staleness import AgeVarianceStaleness, StalenessWeight
+from orchestrator.staleness import AgeVarianceStaleness
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.strategies.buffered import BufferedStrategy
 
@@ -33,7 +33,8 @@ class FTTEStrategy(BufferedStrategy):
         buffer_size: the smallest K, updates per aggregation (default 10).
         buffer_fraction: K grows to this fraction of the devices training (default 0.1).
         server_lr: server learning rate (default 1.0).
-        staleness: weight function (default AgeVarianceStaleness(0.5, 0.5)).
+        staleness_exponent: a in the age decay (1 + age)^-a (default 0.5).
+        variance_coef: b in the variance penalty 1 + b · max(0, r − 1) (default 0.5).
         max_concurrency: devices training at once; None dispatches every idle device.
     """
 
@@ -43,12 +44,13 @@ class FTTEStrategy(BufferedStrategy):
         self,
         buffer_size: int = 10,
         server_lr: float = 1.0,
-        staleness: StalenessWeight | None = None,
+        staleness_exponent: float = 0.5,
+        variance_coef: float = 0.5,
         max_concurrency: int | None = None,
         buffer_fraction: float = 0.1,
     ) -> None:
         super().__init__(buffer_size, server_lr, max_concurrency, buffer_fraction)
-        self.staleness = staleness if staleness is not None else AgeVarianceStaleness()
+        self.staleness = AgeVarianceStaleness(staleness_exponent, variance_coef)
 
     def aggregate(self, params: TensorDict) -> AggregationReport:
         """Apply the buffer tensor by tensor; report each update's mean weight."""

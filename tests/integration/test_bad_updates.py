@@ -27,7 +27,7 @@ class FakeBroker:
 
 
 def test_bad_updates_are_rejected_with_reasons_and_change_nothing(tmp_path):
-    fleet = LocalFleet(spec(tmp_path, devices=2, buffer_size=3))
+    fleet = LocalFleet(spec(tmp_path, devices=2, strategy_params={"buffer_size": 3}))
     fleet.start_broker()
     job = ServiceThread(fleet)
     device = "dev-0"
@@ -40,7 +40,8 @@ def test_bad_updates_are_rejected_with_reasons_and_change_nothing(tmp_path):
         client.client.publish(topics.status_topic(fleet_name, device), birth, qos=1, retain=True)
 
         def assignment(n):
-            """The n-th assignment: a refused answer frees the device, so it gets a new one."""
+            """The n-th assignment: a refused answer to the open assignment frees the device,
+            so it gets a new one; a payload that answers nothing leaves it waiting."""
             return decode_assignment(client.wait_messages(n, timeout=20)[n - 1].payload)
 
         first = assignment(1)
@@ -59,13 +60,15 @@ def test_bad_updates_are_rejected_with_reasons_and_change_nothing(tmp_path):
         other = next(n for n in server.params if n not in shapes)
         wrong = {other: np.zeros(server.shapes[other], np.float32)}
         topic = topics.update_topic(fleet_name, device)
-        client.publish(topic, b"\x00not zstd at all")  # each refusal frees the device,
-        client.publish(topic, os.urandom(4 * 1024 * 1024 + 1024))  # so it is reassigned
-        client.publish(topic, update(assignment(3), nan, "u-nan"))
-        client.publish(topic, update(assignment(4), wrong, "u-wrong"))
-        fifth = assignment(5)
-        client.publish(topic, update(fifth, good, "u-good"))
-        client.publish(topic, update(fifth, good, "u-good"))
+        client.publish(topic, b"\x00not zstd at all")
+        client.publish(topic, os.urandom(4 * 1024 * 1024 + 1024))
+        # The first assignment is still open after the two payloads that answered nothing:
+        # its NaN answer is refused as non-finite (not as unexpected) and frees the device.
+        client.publish(topic, update(first, nan, "u-nan"))
+        client.publish(topic, update(assignment(2), wrong, "u-wrong"))
+        third = assignment(3)
+        client.publish(topic, update(third, good, "u-good"))
+        client.publish(topic, update(third, good, "u-good"))
         expected = {
             "malformed": 1,
             "oversized": 1,

@@ -28,8 +28,7 @@ def test_fleet_trains_past_target_within_budgets_with_telemetry(tmp_path, victor
         if record.plan is not None:
             sent, micro = record.plan.trainable, record.plan.micro_batch
         else:
-            sent = record.open_assignment.trainable
-            micro = record.open_assignment.train.micro_batch
+            sent, micro = record.open.trainable, record.open.micro_batch
         assert server.planner.peak(sent, micro) <= record.budget_bytes
     # Slow devices may not have delivered before the target: every series must be in budget.
     peaks = victoria.export(

@@ -3,13 +3,14 @@
 from collections import defaultdict
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 import ftte.sim.simulator as simulator_module
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.run import SimConfig, build_task, simulate
 from ftte.sim.simulator import FleetSimulator
-from orchestrator.presets import JobKnobs, make_server
+from orchestrator.presets import make_server
 
 SMALL = SimConfig(
     fleet=FleetSpec(devices=6), max_updates=60, samples_per_device=40, target_accuracy=1.01
@@ -18,12 +19,9 @@ SMALL = SimConfig(
 
 def run_simulator(config: SimConfig):
     task = build_task(config)
-    knobs = JobKnobs(
-        train=config.train,
-        buffer_size=config.buffer_size,
-        clients_per_round=config.clients_per_round,
+    server = make_server(
+        config.strategy, task, train=config.train, strategy_params=config.strategy_params
     )
-    server = make_server(config.strategy, task, knobs)
     profiles = make_fleet(config.fleet, server.full_model_peak(), config.seed)
     sim = FleetSimulator(server, profiles, config.fleet, config.seed)
     result = sim.run(time_limit_s=config.time_limit_s, max_updates=config.max_updates)
@@ -36,17 +34,28 @@ def test_same_seed_gives_the_same_curve():
     assert a["curve"] == b["curve"] and len(a["curve"]) > 3
 
 
-def test_different_seed_gives_a_different_run():
-    a = simulate(replace(SMALL, strategy="ftte", seed=0))
-    b = simulate(replace(SMALL, strategy="ftte", seed=1))
-    assert a["curve"] != b["curve"]
+def test_the_seed_reaches_model_fleet_and_data():
+    def draws(seed: int):
+        config = replace(SMALL, seed=seed)
+        task = build_task(config)
+        server = make_server("ftte", task, seed=seed)
+        budgets = [p.budget_bytes for p in make_fleet(config.fleet, 10**6, seed)]
+        return server.params, budgets, task.devices[0].y
+
+    (params0, budgets0, labels0), (params1, budgets1, labels1) = draws(0), draws(1)
+    repeat_params, repeat_budgets, repeat_labels = draws(0)
+    assert budgets0 == repeat_budgets and budgets0 != budgets1
+    assert list(labels0) == list(repeat_labels) and list(labels0) != list(labels1)
+    for name in params0:
+        assert np.array_equal(params0[name], repeat_params[name])
+    assert any(not np.array_equal(params0[n], params1[n]) for n in params0)
 
 
 def test_fedavg_round_lasts_as_long_as_its_slowest_device():
     config = replace(
         SMALL,
         strategy="fedavg",
-        clients_per_round=3,
+        strategy_params={"clients_per_round": 3},
         fleet=FleetSpec(devices=6, stragglers=0.9, mean_work_s_to_dropout=None, mean_online_s=1e9),
     )
     _, result = run_simulator(config)
@@ -64,7 +73,7 @@ def test_dropouts_never_block_buffered_strategies(strategy):
     config = replace(
         SMALL,
         strategy=strategy,
-        buffer_size=2,
+        strategy_params={"buffer_size": 2},
         fleet=FleetSpec(devices=6, mean_work_s_to_dropout=5.0, mean_offline_s=30.0),
     )
     _, result = run_simulator(config)
@@ -107,8 +116,7 @@ def accuracy_at(strategy: str, stragglers: float, time_s: float) -> float:
         strategy=strategy,
         max_updates=10_000,
         time_limit_s=time_s,
-        clients_per_round=6,
-        buffer_size=6,
+        strategy_params={"clients_per_round": 6} if strategy == "fedavg" else {"buffer_size": 6},
         fleet=FleetSpec(
             devices=6, stragglers=stragglers, mean_work_s_to_dropout=None, mean_online_s=1e9
         ),
@@ -130,7 +138,7 @@ def test_fedavg_round_closes_when_its_last_device_drops_out():
     config = replace(
         SMALL,
         strategy="fedavg",
-        clients_per_round=3,
+        strategy_params={"clients_per_round": 3},
         max_updates=60,
         fleet=FleetSpec(devices=6, mean_work_s_to_dropout=5.0, mean_offline_s=30.0),
     )

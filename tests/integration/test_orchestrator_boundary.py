@@ -1,0 +1,146 @@
+"""No payload stops the orchestrator, live or on replay; FedAvg survives a restart mid-round."""
+
+import numpy as np
+
+from ftte import topics
+from ftte.transport.mqtt import Inbound
+from ftte.wire import encode_update
+from ftte.wire.control import DeviceStatus
+from ftte.wire.messages import Update
+from orchestrator.checkpoint import Journal, load_state
+from orchestrator.localfleet import LocalFleet
+from orchestrator.service import OrchestratorService
+from tests.fixtures.mosquitto import Client
+from tests.integration.fleet_helpers import ServiceThread, spec, wait_until
+from tests.integration.test_bad_updates import FakeBroker
+
+DEEP_JSON = b"[" * 2000 + b"]" * 2000
+INFINITE_BUDGET = (
+    b'{"state": "online", "device_id": "dev-0", "memory_budget_bytes": Infinity, '
+    b'"compute_class": "x", "software_version": "0", "model_version": -1}'
+)
+
+
+def test_payloads_that_raise_are_counted_set_aside_and_serving_goes_on(tmp_path):
+    fleet = LocalFleet(spec(tmp_path, devices=3, max_versions=3))
+    fleet.start_broker()
+    job = ServiceThread(fleet)
+    hostile = Client(FakeBroker(fleet), "dev-0")
+    status = topics.status_topic(fleet.fleet.fleet.name, "dev-0")
+    try:
+        assert hostile.connect()
+        assert hostile.publish(status, INFINITE_BUDGET) == 0
+        assert hostile.publish(status, DEEP_JSON) == 0
+        hostile.close()
+        service = job.service
+        wait_until(lambda: sum(service.failures.values()) == 2, 30, "two handler failures")
+        fleet.start_agents()
+        result = job.wait(timeout=180)
+    finally:
+        fleet.stop()
+    assert result.version == 3  # the job went on to its version limit
+    assert service.failures == {"OverflowError": 1, "RecursionError": 1}
+    kept = service.quarantine.files()
+    assert len(kept) == 2 and all("handler_error" in p.name for p in kept)
+
+
+def test_a_journaled_update_that_raises_on_replay_is_set_aside_and_start_up_completes(
+    tmp_path, monkeypatch
+):
+    fleet = LocalFleet(spec(tmp_path, devices=2))
+    config = fleet.job_config()
+    run_dir = config.job.run_dir
+    run_dir.mkdir(parents=True)
+    journal = Journal(run_dir)
+    topic = topics.update_topic(fleet.fleet.fleet.name, "dev-0")
+    journal.append(topic, b"first")
+    journal.append(topic, b"second")
+    journal.close()
+    calls = []
+
+    def admit(_self, device_id, payload):
+        calls.append(payload)
+        raise RuntimeError("a bug met while replaying")
+
+    monkeypatch.setattr("orchestrator.server.TrainingServer.admit", admit)
+    service = OrchestratorService(config)
+    assert calls == [b"first", b"second"]  # the first failure did not stop the replay
+    assert service.failures == {"RuntimeError": 2}
+    assert len(service.quarantine.files()) == 2
+    assert not list(Journal(run_dir).entries())  # checkpointed, so no replay loop on restart
+    assert load_state(run_dir) is not None
+
+
+def test_a_live_message_that_raises_is_still_acknowledged(tmp_path, monkeypatch):
+    fleet = LocalFleet(spec(tmp_path, devices=2))
+    service = OrchestratorService(fleet.job_config())
+    acked = []
+    monkeypatch.setattr(service.link, "ack", acked.append)
+    monkeypatch.setattr(service.server, "admit", lambda *_: (_ for _ in ()).throw(KeyError("boom")))
+    message = Inbound(topics.update_topic("local", "dev-0"), b"x", mid=7, qos=1, retain=False)
+    service.handle(message)
+    assert acked == [message] and service.failures == {"KeyError": 1}
+
+
+def answer(service: OrchestratorService, device_id: str, value: float) -> bytes:
+    opened = service.server.devices[device_id].open
+    delta = {n: np.full(service.server.shapes[n], value, np.float32) for n in opened.trainable}
+    update = Update(
+        device_id,
+        f"{opened.assignment_id}.u",
+        opened.assignment_id,
+        opened.version,
+        10,
+        0.5,
+        1000,
+        delta,
+    )
+    return encode_update(update)
+
+
+def test_fedavg_stopped_mid_round_resumes_the_round_after_a_restart(tmp_path):
+    """The crash loop of issue 12: a graceful stop mid-round, a restart, answers arrive."""
+    fleet = LocalFleet(
+        spec(
+            tmp_path,
+            devices=3,
+            strategy="fedavg",
+            strategy_params={"clients_per_round": 3, "min_available_clients": 3},
+        )
+    )
+    fleet.start_broker()
+    name = fleet.fleet.fleet.name
+    devices = {d: Client(FakeBroker(fleet), d) for d in ("dev-0", "dev-1", "dev-2")}
+    first = ServiceThread(fleet)
+    try:
+        for device_id, client in devices.items():
+            assert client.connect()
+            client.subscribe(topics.assign_topic(name, device_id))
+            birth = DeviceStatus(device_id, 10**9, "test", "0", -1).encode()
+            client.publish(topics.status_topic(name, device_id), birth, retain=True)
+        for client in devices.values():
+            assert client.wait_messages(1, timeout=30)  # the round's assignments
+        server = first.service.server
+        wait_until(lambda: server.in_flight() == 3, 10, "a round of three")
+        payloads = {d: answer(first.service, d, 0.01) for d in devices}
+        devices["dev-0"].publish(topics.update_topic(name, "dev-0"), payloads["dev-0"])
+        wait_until(lambda: server.accepted == 1, 20, "the first answer")
+        first.stop.set()
+        first.thread.join(30)
+        assert not first.thread.is_alive() and first.result is not None
+        second = ServiceThread(fleet)
+        restored = second.service.server
+        assert restored.accepted == 1 and restored.in_flight() == 2 and restored.version == 0
+        for device_id in ("dev-1", "dev-2"):
+            client = devices[device_id]
+            client.publish(topics.update_topic(name, device_id), payloads[device_id])
+        wait_until(lambda: restored.version == 1, 20, "the round to complete")
+        assert second.thread.is_alive()
+        assert restored.accepted == 3 and not restored.rejected
+        assert not second.service.failures
+        second.stop.set()
+        second.thread.join(30)
+    finally:
+        for client in devices.values():
+            client.close()
+        fleet.broker.stop()

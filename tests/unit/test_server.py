@@ -1,0 +1,158 @@
+"""The training engine: payloads and time in, policies applied once, state it owns."""
+
+import msgpack
+import numpy as np
+import pytest
+
+from ftte.errors import RejectReason
+from ftte.tasks import load_task
+from ftte.wire import encode_update
+from ftte.wire.messages import Assignment, Update
+from orchestrator.checkpoint import load_state, save_state
+from orchestrator.presets import make_server
+from orchestrator.server import ServerSettings, TrainingServer
+
+TASK = load_task("digits", num_devices=4, seed=0)
+RNG_SEED = 0
+
+
+def server(strategy: str = "ftte", **params) -> TrainingServer:
+    s = make_server(
+        strategy,
+        TASK,
+        settings=ServerSettings(assignment_timeout_s=100.0, max_staleness=3),
+        strategy_params=params,
+    )
+    for i in range(4):
+        s.register(f"d{i}", s.full_model_peak())
+    return s
+
+
+def answer(a: Assignment, value: float = 0.01, **changes) -> bytes:
+    fields = dict(
+        device_id=a.device_id,
+        update_id=f"{a.assignment_id}.u",
+        assignment_id=a.assignment_id,
+        base_version=a.version,
+        num_samples=10,
+        loss=0.5,
+        peak_mem_bytes=1000,
+        delta={n: np.full(TASK_SHAPES[n], value, np.float32) for n in a.trainable},
+    )
+    fields.update(changes)
+    return encode_update(Update(**fields))
+
+
+TASK_SHAPES = {n: a.shape for n, a in server().params.items()}
+
+
+def dispatch(s: TrainingServer, now: float = 0.0) -> dict[str, Assignment]:
+    return {a.device_id: a for a in s.dispatch(np.random.default_rng(RNG_SEED), now)}
+
+
+def test_an_accepted_update_replayed_is_refused_as_replayed():
+    s = server(buffer_size=4)
+    a = dispatch(s)["d0"]
+    assert s.ingest("d0", answer(a)).accepted
+    outcome = s.ingest("d0", answer(a))
+    assert outcome.reason is RejectReason.REPLAYED and s.accepted == 1
+
+
+def test_replay_protection_does_not_grow_with_accepted_updates():
+    s = server(buffer_size=1)
+    sizes = []
+    for _round in range(30):
+        for device_id, a in dispatch(s).items():
+            assert s.ingest(device_id, answer(a)).accepted
+        state = s.state_dict()
+        state["params"] = {}  # the model's size is not what is measured here
+        sizes.append(len(msgpack.packb(state, default=lambda a: a.tobytes())))
+    assert s.accepted == 120
+    assert max(sizes) - min(sizes) < 200  # counters' digits, not one entry per update
+
+
+def test_garbage_from_a_device_leaves_its_open_assignment_alone():
+    s = server(buffer_size=4)
+    a = dispatch(s)["d0"]
+    assert s.ingest("d0", b"\x28\xb5\x2f\xfd garbage").reason is RejectReason.MALFORMED
+    forged = answer(a, assignment_id="d0.999")
+    assert s.ingest("d0", forged).reason is RejectReason.UNEXPECTED
+    assert s.devices["d0"].open is not None and s.in_flight() == 4
+    assert s.ingest("d0", answer(a)).accepted  # the honest answer still counts
+
+
+def test_a_device_refused_for_its_own_answer_is_freed_for_a_new_assignment():
+    s = server(buffer_size=4)
+    a = dispatch(s)["d1"]
+    outcome = s.ingest("d1", answer(a, value=float("nan")))
+    assert outcome.reason is RejectReason.NON_FINITE
+    assert s.devices["d1"].open is None and "d1" in s.idle_devices()
+
+
+def test_a_device_cannot_answer_for_another():
+    s = server(buffer_size=4)
+    assignments = dispatch(s)
+    outcome = s.ingest("d0", answer(assignments["d1"]))
+    assert outcome.reason is RejectReason.UNKNOWN_DEVICE
+    assert s.devices["d1"].open is not None and s.devices["d0"].open is not None
+
+
+def test_an_assignment_expires_after_the_timeout_and_its_late_answer_is_refused():
+    s = server(buffer_size=4)
+    a = dispatch(s, now=10.0)["d2"]
+    assert s.expire_overdue(109.0) == []
+    assert sorted(s.expire_overdue(110.0)) == ["d0", "d1", "d2", "d3"]
+    assert s.in_flight() == 0 and len(s.idle_devices()) == 4
+    assert s.ingest("d2", answer(a)).reason is RejectReason.UNEXPECTED
+
+
+def test_an_update_older_than_max_staleness_is_refused_and_frees_its_device():
+    s = server(buffer_size=1)
+    first = dispatch(s)
+    late = first.pop("d3")
+    for device_id, a in first.items():
+        s.ingest(device_id, answer(a))
+    for device_id, a in dispatch(s).items():
+        s.ingest(device_id, answer(a))
+    assert s.version == 6
+    outcome = s.ingest("d3", answer(late))
+    assert outcome.reason is RejectReason.TOO_STALE and "d3" in s.idle_devices()
+
+
+@pytest.mark.parametrize("strategy", ["ftte", "fedbuff", "fedavg", "fedasync"])
+def test_a_restored_server_continues_exactly_as_the_uninterrupted_one(strategy, tmp_path):
+    params = {"buffer_size": 3} if strategy in ("ftte", "fedbuff") else {}
+    original, interrupted = server(strategy, **params), server(strategy, **params)
+    sent = dispatch(original)
+    assert sent.keys() == dispatch(interrupted).keys()
+    first, *rest = sorted(sent)
+    for s in (original, interrupted):
+        assert s.ingest(first, answer(sent[first])).accepted
+    save_state(tmp_path, interrupted.state_dict())
+    restored = server(strategy, **params)
+    restored.load_state_dict(load_state(tmp_path), now=0.0)
+    for device_id in rest:
+        a = original.ingest(device_id, answer(sent[device_id], value=0.02))
+        b = restored.ingest(device_id, answer(sent[device_id], value=0.02))
+        assert a.accepted and b.accepted
+    assert original.version == restored.version >= 1
+    for name, value in original.params.items():
+        np.testing.assert_array_equal(value, restored.params[name])
+    assert restored.state_dict()["strategy"] == original.state_dict()["strategy"]
+
+
+def test_restored_open_assignments_get_a_fresh_timeout(tmp_path):
+    s = server(buffer_size=4)
+    dispatch(s, now=0.0)
+    save_state(tmp_path, s.state_dict())
+    restored = server(buffer_size=4)
+    restored.load_state_dict(load_state(tmp_path), now=500.0)
+    assert restored.expire_overdue(599.0) == [] and restored.in_flight() == 4
+    assert len(restored.expire_overdue(600.0)) == 4
+
+
+def test_state_of_another_job_is_refused(tmp_path):
+    s = server()
+    other = make_server("ftte", TASK, job="other")
+    with pytest.raises(ValueError, match="belongs to job"):
+        other.load_state_dict(s.state_dict(), now=0.0)
