@@ -23,7 +23,7 @@ from edge_agent.device import DeviceModel
 from edge_agent.outbox import Outbox
 from ftte import __version__, topics
 from ftte.errors import Rejected
-from ftte.tasks import load_task
+from ftte.tasks import load_model_spec
 from ftte.transport.mqtt import MqttLink, Will
 from ftte.wire import decode_assignment, encode_update
 from ftte.wire.control import OFFLINE, DeviceStatus
@@ -49,14 +49,8 @@ class EdgeAgent:
         section = config.agent
         self.device_id = section.device_id
         self.budget = section.memory_budget_bytes or measured_budget_bytes()
-        task = load_task(
-            config.data.task,
-            num_devices=config.data.num_partitions,
-            seed=config.data.seed,
-            samples_per_device=config.data.samples_per_device,
-        )
-        self.data = load_local_data(config.data, task)
-        self.model = DeviceModel(task.make_model)
+        self.data = load_local_data(config.data)
+        self.model = DeviceModel(load_model_spec(config.data.task).make_model)
         self.outbox = Outbox(section.state_dir / "outbox")
         self.trained = 0
         self.refused = 0

@@ -8,16 +8,20 @@ import numpy as np
 
 from edge_agent.config import DataSection
 from ftte.tasks import load_task
-from ftte.tasks.base import Dataset, Task
+from ftte.tasks.base import Dataset
 
 
-def load_local_data(section: DataSection, task: Task | None = None) -> Dataset:
-    """The device's labelled samples, from whichever source the config names."""
+def load_local_data(section: DataSection) -> Dataset:
+    """The device's labelled samples, from whichever source the config names.
+
+    Only the demo's ``partition`` source builds a task's data (all partitions, seeded the
+    same as the orchestrator's, to take this device's); files and loaders build nothing else.
+    """
     if section.path is not None:
         return _from_file(section)
     if section.loader is not None:
         return _from_loader(section.loader)
-    task = task or load_task(
+    task = load_task(
         section.task,
         num_devices=section.num_partitions,
         seed=section.seed,

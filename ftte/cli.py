@@ -103,6 +103,12 @@ def _add_bench(commands: Any) -> None:
     agg.add_argument("--repeats", type=int, default=7)
     agg.add_argument("--json", type=Path, default=Path("bench-aggregator.json"))
     agg.set_defaults(run=_run_bench_aggregator)
+    state = which.add_parser("state", help="checkpoint and replay protection vs updates")
+    state.add_argument("--devices", type=int, default=1000)
+    state.add_argument("--updates", type=int, default=1_000_000)
+    state.add_argument("--every", type=int, default=100_000, help="measure every N updates")
+    state.add_argument("--json", type=Path, default=Path("bench-state.json"))
+    state.set_defaults(run=_run_bench_state)
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
@@ -115,6 +121,12 @@ def _run_bench_aggregator(args: argparse.Namespace) -> int:
     from ftte.bench.aggregator import run_aggregator_benchmark
 
     return run_aggregator_benchmark(args)
+
+
+def _run_bench_state(args: argparse.Namespace) -> int:
+    from ftte.bench.state import run_state_benchmark
+
+    return run_state_benchmark(args)
 
 
 def _add_broker(commands: Any) -> None:

@@ -24,7 +24,7 @@ from broker.generate import BrokerFiles, init_broker
 from broker.launcher import RunningBroker, free_port, start_dev_broker
 from ftte.config import dump_section, write_toml
 from ftte.memory import MemoryModel
-from ftte.tasks import load_task
+from ftte.tasks import load_model_spec
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.config import JobConfig, JobSection
@@ -60,9 +60,9 @@ def device_budgets(spec: LocalFleetSpec) -> list[int]:
     Full training is the memory model's peak under the fleet's own training settings, the
     peak the server's planner will compare slices against.
     """
-    task = load_task(spec.task, num_devices=1, seed=spec.seed)
+    model = load_model_spec(spec.task)
     torch.manual_seed(spec.seed)
-    memory = MemoryModel.profile(task.make_model(), task.input_shape)
+    memory = MemoryModel.profile(model.make_model(), model.input_shape)
     full = memory.full_model_peak(spec.train.batch_size, spec.train.momentum)
     fractions = np.geomspace(spec.weakest_fraction, 1.0, spec.devices)
     return [int(f * full) for f in np.random.default_rng(spec.seed).permutation(fractions)]

@@ -127,7 +127,7 @@ class TrainingServer:
         self.settings = config.settings
         self.limits = limits or WireLimits()
         torch.manual_seed(config.model_seed)
-        self.model = task.make_model()
+        self.model = task.model.make_model()
         self.model.eval()
         # The numpy arrays are the model: torch parameters are views of them, so a
         # strategy's in-place update is what evaluation sees, with no copy.
@@ -140,7 +140,7 @@ class TrainingServer:
         self.shapes = {n: a.shape for n, a in self.params.items()}
         self.version = 0
         self.stamps = dict.fromkeys(self.params, 0)  # version at which each tensor last changed
-        self.memory = MemoryModel.profile(task.make_model(), task.input_shape)
+        self.memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
         self.planner = SlicePlanner(self.memory, config.train.batch_size, config.train.momentum)
         self.devices: dict[str, DeviceRecord] = {}
         self.rejected: Counter[str] = Counter()

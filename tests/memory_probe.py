@@ -27,7 +27,7 @@ def measure(spec: dict, trainable: list[str]) -> int:
     config = TrainConfig(epochs=1, batch_size=spec["batch"], lr=0.01, momentum=spec["momentum"])
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         torch.manual_seed(0)
-        model = task.make_model()
+        model = task.model.make_model()
         train_slice(model, trainable, data, config, seed=0)
     return allocation_peak(prof)
 

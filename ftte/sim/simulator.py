@@ -84,8 +84,10 @@ class FleetSimulator:
         self.data = {p.device_id: server.task.devices[i] for i, p in enumerate(profiles)}
         self.spec = spec
         self.rng = np.random.default_rng(seed)
-        self.compute = ComputeModel.profile(server.task.make_model(), server.task.input_shape)
-        self.models = {p.device_id: DeviceModel(server.task.make_model) for p in profiles}
+        self.compute = ComputeModel.profile(
+            server.task.model.make_model(), server.task.model.input_shape
+        )
+        self.models = {p.device_id: DeviceModel(server.task.model.make_model) for p in profiles}
         self._queue: list[_Event] = []
         self._seq = itertools.count()
         # The simulated devices' own work in progress (device -> token of the arrival it

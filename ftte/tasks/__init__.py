@@ -5,13 +5,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ftte.tasks.base import Dataset, Task, TaskFactory
-from ftte.tasks.digits import digits_task
-from ftte.tasks.vibration import vibration_task
+from ftte.tasks.base import Dataset, ModelSpec, Task, TaskFactory
+from ftte.tasks.digits import DIGITS_MODEL, digits_task
+from ftte.tasks.vibration import VIBRATION_MODEL, vibration_task
 
 TASKS: dict[str, TaskFactory] = {"digits": digits_task, "vibration": vibration_task}
+MODELS: dict[str, ModelSpec] = {"digits": DIGITS_MODEL, "vibration": VIBRATION_MODEL}
 
-__all__ = ["TASKS", "Dataset", "Task", "load_task"]
+__all__ = ["MODELS", "TASKS", "Dataset", "ModelSpec", "Task", "load_model_spec", "load_task"]
+
+
+def load_model_spec(spec: str) -> ModelSpec:
+    """The model of a built-in task without building its data (what a device needs).
+
+    A user task (``package.module:factory``) is built once with one partition for its spec.
+    """
+    if spec in MODELS:
+        return MODELS[spec]
+    return load_task(spec, num_devices=1, seed=0).model
 
 
 def load_task(spec: str, num_devices: int, seed: int, alpha: float = 0.5, **kwargs: Any) -> Task:

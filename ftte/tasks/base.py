@@ -1,4 +1,8 @@
-"""What a task is: a model factory, per-device training data and server validation data."""
+"""What a task is: a model spec (shared by orchestrator and devices) apart from its data.
+
+A device needs only the ``ModelSpec`` and its own data; the task's per-device partitions
+and validation set exist for the simulator, the benchmarks and the demo's orchestrator.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ class Dataset:
 
 
 @dataclass(frozen=True)
-class Task:
-    """A federated learning task, loaded entirely offline.
+class ModelSpec:
+    """The architecture everyone shares: a model factory and the input it takes.
 
     ``make_model`` returns a fresh ``nn.Sequential`` (the planner orders layers by position);
     calling it after ``torch.manual_seed(s)`` gives the same initial weights for the same ``s``.
@@ -32,9 +36,21 @@ class Task:
     make_model: Callable[[], nn.Sequential]
     input_shape: tuple[int, ...]
     num_classes: int
-    devices: list[Dataset]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A federated learning task, loaded entirely offline: a model spec and its data."""
+
+    model: ModelSpec
+    devices: list[Dataset]  # one partition per (simulated or demo) device
     validation: Dataset
     target_accuracy: float
+
+    @property
+    def name(self) -> str:
+        """The task's name (its model spec's)."""
+        return self.model.name
 
 
 TaskFactory = Callable[..., Task]

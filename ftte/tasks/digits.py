@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from ftte.tasks.base import Dataset, Task, he_init
+from ftte.tasks.base import Dataset, ModelSpec, Task, he_init
 from ftte.tasks.partition import dirichlet_partition
 
 # Reached by FedAvg and FTTE in a short simulated run (see docs/benchmarks.md); a small CNN
@@ -43,6 +43,9 @@ def make_digits_model() -> nn.Sequential:
             nn.Linear(32, 10),
         )
     )
+
+
+DIGITS_MODEL = ModelSpec("digits", make_digits_model, (1, 8, 8), 10)
 
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -85,10 +88,7 @@ def digits_task(
     y = np.concatenate(pool_y)
     parts = dirichlet_partition(y, num_devices, alpha, rng, samples_per_device)
     return Task(
-        name="digits",
-        make_model=make_digits_model,
-        input_shape=(1, 8, 8),
-        num_classes=10,
+        model=DIGITS_MODEL,
         devices=[Dataset(x[p], y[p]) for p in parts],
         validation=Dataset(val_x[:, None, :, :].astype(np.float32), val_y),
         target_accuracy=TARGET_ACCURACY,

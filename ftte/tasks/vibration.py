@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ftte.tasks.base import Dataset, Task, he_init
+from ftte.tasks.base import Dataset, ModelSpec, Task, he_init
 
 SAMPLE_RATE_HZ = 1000.0
 WINDOW = 256
@@ -42,6 +42,9 @@ def make_vibration_model() -> nn.Sequential:
             nn.Linear(32, len(CLASSES)),
         )
     )
+
+
+VIBRATION_MODEL = ModelSpec("vibration", make_vibration_model, (1, WINDOW), len(CLASSES))
 
 
 def _windows(
@@ -104,10 +107,7 @@ def vibration_task(
         xs.append(_windows(labels, shaft, gain, noise, val_rng))
         ys.append(labels)
     return Task(
-        name="vibration",
-        make_model=make_vibration_model,
-        input_shape=(1, WINDOW),
-        num_classes=k,
+        model=VIBRATION_MODEL,
         devices=devices,
         validation=Dataset(np.concatenate(xs), np.concatenate(ys)),
         target_accuracy=TARGET_ACCURACY,

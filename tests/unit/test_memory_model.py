@@ -37,7 +37,7 @@ def slices(order: list[str]) -> list[list[str]]:
 def test_prediction_bounds_measured_peak(task_name):
     task = load_task(task_name, num_devices=2, seed=0)
     torch.manual_seed(0)
-    memory = MemoryModel.profile(task.make_model(), task.input_shape)
+    memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
     cases = slices(memory.order)
     spec = {"task": task_name, "slices": cases, "batch": BATCH, "momentum": MOMENTUM, "steps": 2}
     out = subprocess.run(
@@ -56,7 +56,7 @@ def test_prediction_bounds_measured_peak(task_name):
 
 def test_frozen_prefix_keeps_no_activations():
     task = load_task("digits", num_devices=2, seed=0)
-    memory = MemoryModel.profile(task.make_model(), task.input_shape)
+    memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
     last_bias = memory.order[-1]
     full = memory.breakdown(memory.order, BATCH, MOMENTUM)
     tail = memory.breakdown([last_bias], BATCH, MOMENTUM)
@@ -65,6 +65,6 @@ def test_frozen_prefix_keeps_no_activations():
 
 def test_optimizer_state_only_with_momentum():
     task = load_task("digits", num_devices=2, seed=0)
-    memory = MemoryModel.profile(task.make_model(), task.input_shape)
+    memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
     assert memory.breakdown(memory.order, BATCH, 0.0).optimizer == 0
     assert memory.breakdown(memory.order, BATCH, 0.9).optimizer == memory.weight_bytes

@@ -37,12 +37,12 @@ def accuracy(model, data: Dataset) -> float:
 def test_planner_beats_last_layers_that_fit_at_a_tight_budget():
     task = load_task("digits", num_devices=20, seed=0)
     torch.manual_seed(0)
-    start = task.make_model()
+    start = task.model.make_model()
     names = [n for n, _ in start.named_parameters()]
     warm = train_slice(start, names, pooled(task.devices[10:]), TrainConfig(epochs=1), seed=0)
     apply(start, warm.delta)
     state = {k: v.clone() for k, v in start.state_dict().items()}
-    planner = SlicePlanner(MemoryModel.profile(start, task.input_shape), 32, 0.0)
+    planner = SlicePlanner(MemoryModel.profile(start, task.model.input_shape), 32, 0.0)
     scores = gradient_scores(start, task.validation)
     full = planner.full().predicted_peak_bytes
     low = planner.minimum_bytes() / full
@@ -60,7 +60,7 @@ def test_planner_beats_last_layers_that_fit_at_a_tight_budget():
     local = pooled(task.devices[:10])
 
     def trained_accuracy(trainable, seed) -> float:
-        model = task.make_model()
+        model = task.model.make_model()
         model.load_state_dict(state)
         result = train_slice(model, trainable, local, TrainConfig(epochs=2), seed=seed)
         apply(model, result.delta)

@@ -30,10 +30,10 @@ def test_different_seed_different_partitions(name):
 def test_shapes_dtypes_and_model_output(name):
     task = load_task(name, num_devices=3, seed=0, samples_per_device=40)
     for d in task.devices:
-        assert d.x.shape == (40, *task.input_shape) and d.x.dtype == np.float32
-        assert d.y.dtype == np.int64 and d.y.max() < task.num_classes
-    out = task.make_model()(torch.from_numpy(task.validation.x[:7]))
-    assert out.shape == (7, task.num_classes)
+        assert d.x.shape == (40, *task.model.input_shape) and d.x.dtype == np.float32
+        assert d.y.dtype == np.int64 and d.y.max() < task.model.num_classes
+    out = task.model.make_model()(torch.from_numpy(task.validation.x[:7]))
+    assert out.shape == (7, task.model.num_classes)
 
 
 def test_partition_uses_each_index_once_and_fills_every_device():
