@@ -25,12 +25,11 @@ from cryptography.x509.oid import NameOID
 
 from broker.fleet import DeviceEntry, Fleet
 from ftte import topics
-from ftte.wire.limits import WireLimits
+from ftte.wire.limits import MQTT_MAX_PACKET_BYTES
 
 # Not a valid device id (underscore), so no device can ever hold the orchestrator's name.
 ORCHESTRATOR_USER = "ftte_orchestrator"
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes for $7$ hashes
-PACKET_HEADROOM = 64 * 1024  # topic, properties and MQTT framing around a payload
 CERT_DAYS = 3650
 
 
@@ -209,7 +208,6 @@ def mosquitto_conf(
     bind_address: str,
     persistence_dir: Path,
     run_as: str,
-    max_packet_bytes: int,
 ) -> str:
     """The broker config; the field and the dev launcher differ only in these arguments."""
     return "\n".join(
@@ -229,7 +227,8 @@ def mosquitto_conf(
             "allow_anonymous false",
             f"password_file {config_dir / 'passwd'}",
             f"acl_file {config_dir / 'acl'}",
-            f"max_packet_size {max_packet_bytes}",
+            # The codec's largest payload on the longest topic fits; nothing bigger can be valid.
+            f"max_packet_size {MQTT_MAX_PACKET_BYTES}",
             "persistence true",
             f"persistence_location {persistence_dir}/",
             "autosave_interval 60",
@@ -245,11 +244,6 @@ def mosquitto_conf(
             "",
         ]
     )
-
-
-def max_packet_bytes(limits: WireLimits | None = None) -> int:
-    """The broker's packet limit: the codec's largest message plus MQTT framing."""
-    return (limits or WireLimits()).max_compressed_bytes + PACKET_HEADROOM
 
 
 def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str) -> str:
@@ -275,7 +269,7 @@ def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str)
             f'username = "{device.id}"',
             f'password = "{password}"',
             'ca_file = "ca.crt"',
-            f"max_packet_bytes = {max_packet_bytes()}",
+            f"max_packet_bytes = {MQTT_MAX_PACKET_BYTES}",
             "",
             "[data]",
             f'task = "{f.task}"',
@@ -333,7 +327,7 @@ def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
                 f'username = "{ORCHESTRATOR_USER}"',
                 f'password = "{orch_password}"',
                 'ca_file = "certs/ca.crt"',
-                f"max_packet_bytes = {max_packet_bytes()}",
+                f"max_packet_bytes = {MQTT_MAX_PACKET_BYTES}",
                 "",
             ]
         ),
@@ -346,7 +340,6 @@ def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
         bind_address=f.bind_address,
         persistence_dir=f.persistence_dir,
         run_as="mosquitto",
-        max_packet_bytes=max_packet_bytes(),
     )
     _write_if_changed(out_dir / "mosquitto.conf", conf)
     after = _snapshot(out_dir)
