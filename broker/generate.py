@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from broker.fleet import DeviceEntry, Fleet
 from ftte import topics
+from ftte.fileio import atomic_write
 from ftte.wire.limits import MQTT_MAX_PACKET_BYTES
 
 # Not a valid device id (underscore), so no device can ever hold the orchestrator's name.
@@ -58,15 +59,9 @@ def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
 
 
 def _write(path: Path, text: str | bytes, mode: int = 0o644) -> None:
-    """Write atomically with ``mode`` set before the content lands."""
+    """Write atomically and durably, with ``mode`` set before the content lands."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    data = text.encode() if isinstance(text, str) else text
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    tmp.replace(path)
+    atomic_write(path, text.encode() if isinstance(text, str) else text, mode)
 
 
 def _write_if_changed(path: Path, text: str, mode: int = 0o644) -> None:

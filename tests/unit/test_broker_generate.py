@@ -6,6 +6,7 @@ import stat
 
 import pytest
 
+import ftte.fileio
 from broker.fleet import load_fleet
 from broker.generate import ORCHESTRATOR_USER, init_broker, mosquitto_hash, rotate_device
 from ftte.config import ConfigError
@@ -51,6 +52,13 @@ def test_secrets_are_private(tmp_path):
     files = init_broker(make_fleet(), tmp_path)
     for path in (files.server_key, files.orchestrator_credentials, *files.device_configs.values()):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_generated_files_are_durable_with_their_folder_entries(tmp_path, monkeypatch):
+    synced = set()
+    monkeypatch.setattr(ftte.fileio, "fsync_dir", synced.add)
+    init_broker(make_fleet(), tmp_path)
+    assert synced == {tmp_path, tmp_path / "certs", tmp_path / "devices"}
 
 
 def test_rerun_keeps_ca_keys_and_passwords(tmp_path):
