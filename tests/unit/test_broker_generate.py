@@ -9,6 +9,7 @@ import pytest
 import ftte.fileio
 from broker.fleet import load_fleet
 from broker.generate import ORCHESTRATOR_USER, init_broker, mosquitto_hash, rotate_device
+from edge_agent.config import load_agent_config
 from ftte.config import ConfigError
 from tests.fixtures.mosquitto import make_fleet
 
@@ -92,6 +93,15 @@ def test_init_reports_what_a_rotation_changed(tmp_path):
     (tmp_path / "devices" / "dev-01.toml").unlink()  # what `rotate` does before re-running
     changed = init_broker(fleet, tmp_path).changed
     # What a deploy must push again: that device's config and the broker's password file.
+    assert {p.name for p in changed} == {"dev-01.toml", "passwd"}
+
+
+def test_a_device_config_an_older_generator_broke_is_replaced(tmp_path):
+    fleet = make_fleet()
+    path = init_broker(fleet, tmp_path).device_configs["dev-01"]
+    path.write_text('[agent]\ncompute_class = "pi "4""\n')  # unescaped quotes, as once written
+    changed = init_broker(fleet, tmp_path).changed
+    assert load_agent_config(path).agent.device_id == "dev-01"
     assert {p.name for p in changed} == {"dev-01.toml", "passwd"}
 
 
