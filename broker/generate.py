@@ -82,7 +82,13 @@ def _ensure_ca(certs: Path, fleet_name: str) -> tuple[x509.Certificate, ec.Ellip
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"ftte {fleet_name} CA")])
+    # X.509 caps a common name at 64 characters, as long as a fleet name alone may be.
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, fleet_name),
+            x509.NameAttribute(NameOID.COMMON_NAME, "ftte fleet CA"),
+        ]
+    )
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()

@@ -5,9 +5,11 @@ import hashlib
 import stat
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 import ftte.fileio
-from broker.fleet import load_fleet
+from broker.fleet import DeviceEntry, Fleet, FleetSection, load_fleet
 from broker.generate import ORCHESTRATOR_USER, init_broker, mosquitto_hash, rotate_device
 from edge_agent.config import load_agent_config
 from ftte.config import ConfigError
@@ -38,6 +40,12 @@ def test_config_has_tls_auth_acl_limits_and_persistence(tmp_path):
     ):
         assert directive in conf
     assert conf.count("listener ") == 1
+
+
+def test_the_longest_fleet_name_gets_a_ca(tmp_path):
+    fleet = Fleet(FleetSection(name="f" * 64), [DeviceEntry("pi-1", 1000)])
+    ca = x509.load_pem_x509_certificate(init_broker(fleet, tmp_path).ca_cert.read_bytes())
+    assert ca.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "f" * 64
 
 
 def test_acl_confines_each_device_to_its_own_topics(tmp_path):
