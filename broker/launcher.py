@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from broker.fleet import Fleet
-from broker.generate import max_packet_bytes, mosquitto_conf
+from broker.generate import mosquitto_conf
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
 
@@ -138,7 +138,6 @@ def start_dev_broker(fleet: Fleet, config_dir: Path, port: int | None = None) ->
             bind_address="127.0.0.1",
             persistence_dir=data.resolve(),
             run_as=getpass.getuser(),
-            max_packet_bytes=max_packet_bytes(),
         )
     )
     broker = RunningBroker(config_dir, port, conf_path, config_dir / "mosquitto.log")

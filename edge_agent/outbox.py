@@ -8,8 +8,9 @@ orchestrator refuses replayed update ids.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ftte.fileio import atomic_write
 
 
 class Outbox:
@@ -20,14 +21,9 @@ class Outbox:
         folder.mkdir(parents=True, exist_ok=True)
 
     def put(self, update_id: str, payload: bytes) -> Path:
-        """Persist one encoded update (write, fsync, rename) and return its file."""
+        """Persist one encoded update (file and folder fsynced) and return its file."""
         final = self.folder / f"{update_id}.upd"
-        tmp = final.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(final)
+        atomic_write(final, payload)
         return final
 
     def pending(self) -> list[tuple[str, bytes]]:

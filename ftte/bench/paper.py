@@ -77,7 +77,7 @@ def run_paper_benchmark(args: argparse.Namespace) -> int:
     if args.plots is not None:
         from ftte.bench.plots import plot_paper
 
-        plot_paper(results, args.plots)
+        plot_paper(results, args.plots, setting(results))
     return 0
 
 

@@ -10,11 +10,13 @@ import matplotlib
 matplotlib.use("Agg")  # headless: gateways and CI have no display
 import matplotlib.pyplot as plt
 
-from ftte.bench.paper import setting
 
+def plot_paper(results: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
+    """Write accuracy-vs-time (titled ``title``) and memory/payload bar charts; return paths.
 
-def plot_paper(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write accuracy-vs-time and memory/payload bar charts; return their paths."""
+    The caller names the run (``ftte.bench.paper.setting``), so plots import nothing from
+    the benchmark that calls them.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     task = results["task"]
     curve_path = out_dir / f"paper-{task}-accuracy.png"
@@ -29,7 +31,7 @@ def plot_paper(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.axvline(results["time_budget_s"], color="grey", ls=":", lw=0.8, label="time budget")
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(setting(results))
+    ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(curve_path, dpi=110)

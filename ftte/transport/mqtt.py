@@ -7,8 +7,9 @@ Known paho pitfalls designed around here:
   after it has persisted what the message means;
 - in MQTT v5 a session (subscriptions and queued QoS 1 messages) survives a disconnect only
   with a SessionExpiryInterval > 0, set on every CONNECT;
-- paho never checks the broker's maximum packet size, so ``publish`` refuses payloads over
-  the limit itself instead of having the broker drop the connection.
+- paho never checks the broker's maximum packet size, so ``publish`` refuses packets over
+  the limit itself instead of having the broker drop the connection. The limit's default
+  is the broker's own (``ftte.wire.limits.mqtt_max_packet_bytes``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ftte.wire.limits import MQTT_MAX_PACKET_BYTES, PUBLISH_PROPERTIES_BYTES, publish_packet_bytes
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600  # a sleeping field device keeps its session a week
@@ -42,7 +45,7 @@ class BrokerSettings:
     ca_file: Path
     keepalive_s: int = 30
     session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
-    max_packet_bytes: int = 8 * 1024 * 1024
+    max_packet_bytes: int = MQTT_MAX_PACKET_BYTES  # the generated broker's bound
 
 
 @dataclass(frozen=True)
@@ -137,16 +140,21 @@ class MqttLink:
         retain: bool = False,
         expiry_s: int | None = None,
     ) -> mqtt.MQTTMessageInfo:
-        """Queue a publish with paho (sent now or after reconnect); refuses oversize payloads."""
-        if len(payload) + len(topic) + 64 > self.settings.max_packet_bytes:
-            raise PayloadTooLarge(
-                f"{len(payload)} B to {topic} exceeds the broker's max packet size "
-                f"{self.settings.max_packet_bytes} B"
-            )
+        """Queue a publish with paho (sent now or after reconnect); refuses oversize packets."""
         props = None
         if expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = expiry_s
+        # Room for the largest properties is kept even when none are sent, so whether a
+        # payload fits depends on its topic only: on the longest topic, the codec's limit.
+        sent_properties = len(props.pack()) if props is not None else 1
+        properties = max(sent_properties, PUBLISH_PROPERTIES_BYTES)
+        size = publish_packet_bytes(len(topic.encode()), len(payload), properties)
+        if size > self.settings.max_packet_bytes:
+            raise PayloadTooLarge(
+                f"{len(payload)} B to {topic} makes a {size} B packet, over the broker's max "
+                f"packet size {self.settings.max_packet_bytes} B"
+            )
         return self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
 
     def ack(self, message: Inbound) -> None:

@@ -1,10 +1,12 @@
-"""The agent's config and local data sources: sensor files, a loader, a demo partition."""
+"""The agent's config, local data sources (sensor files, a loader, a demo partition), outbox."""
 
 import numpy as np
 import pytest
 
+import ftte.fileio
 from edge_agent.config import DataSection, load_agent_config
 from edge_agent.data import load_local_data
+from edge_agent.outbox import Outbox
 from ftte.config import ConfigError
 
 AGENT = """
@@ -79,3 +81,12 @@ def test_demo_partition_of_a_built_in_task():
 def test_exactly_one_data_source():
     with pytest.raises(ValueError, match="exactly one"):
         DataSection(task="digits")
+
+
+def test_an_outboxed_update_survives_a_power_cut_with_its_folder_entry(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(ftte.fileio, "fsync_dir", synced.append)
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.put("u-1", b"delta")
+    assert synced == [tmp_path / "outbox"]
+    assert outbox.pending() == [("u-1", b"delta")]

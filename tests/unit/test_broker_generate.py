@@ -5,9 +5,13 @@ import hashlib
 import stat
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
-from broker.fleet import load_fleet
+import ftte.fileio
+from broker.fleet import DeviceEntry, Fleet, FleetSection, load_fleet
 from broker.generate import ORCHESTRATOR_USER, init_broker, mosquitto_hash, rotate_device
+from edge_agent.config import load_agent_config
 from ftte.config import ConfigError
 from tests.fixtures.mosquitto import make_fleet
 
@@ -38,6 +42,12 @@ def test_config_has_tls_auth_acl_limits_and_persistence(tmp_path):
     assert conf.count("listener ") == 1
 
 
+def test_the_longest_fleet_name_gets_a_ca(tmp_path):
+    fleet = Fleet(FleetSection(name="f" * 64), [DeviceEntry("pi-1", 1000)])
+    ca = x509.load_pem_x509_certificate(init_broker(fleet, tmp_path).ca_cert.read_bytes())
+    assert ca.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "f" * 64
+
+
 def test_acl_confines_each_device_to_its_own_topics(tmp_path):
     acl = init_broker(make_fleet(), tmp_path).acl_file.read_text()
     block = acl.split("user dev-03\n")[1].split("\n\n")[0]
@@ -51,6 +61,13 @@ def test_secrets_are_private(tmp_path):
     files = init_broker(make_fleet(), tmp_path)
     for path in (files.server_key, files.orchestrator_credentials, *files.device_configs.values()):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_generated_files_are_durable_with_their_folder_entries(tmp_path, monkeypatch):
+    synced = set()
+    monkeypatch.setattr(ftte.fileio, "fsync_dir", synced.add)
+    init_broker(make_fleet(), tmp_path)
+    assert synced == {tmp_path, tmp_path / "certs", tmp_path / "devices"}
 
 
 def test_rerun_keeps_ca_keys_and_passwords(tmp_path):
@@ -84,6 +101,15 @@ def test_init_reports_what_a_rotation_changed(tmp_path):
     (tmp_path / "devices" / "dev-01.toml").unlink()  # what `rotate` does before re-running
     changed = init_broker(fleet, tmp_path).changed
     # What a deploy must push again: that device's config and the broker's password file.
+    assert {p.name for p in changed} == {"dev-01.toml", "passwd"}
+
+
+def test_a_device_config_an_older_generator_broke_is_replaced(tmp_path):
+    fleet = make_fleet()
+    path = init_broker(fleet, tmp_path).device_configs["dev-01"]
+    path.write_text('[agent]\ncompute_class = "pi "4""\n')  # unescaped quotes, as once written
+    changed = init_broker(fleet, tmp_path).changed
+    assert load_agent_config(path).agent.device_id == "dev-01"
     assert {p.name for p in changed} == {"dev-01.toml", "passwd"}
 
 

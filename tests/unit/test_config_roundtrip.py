@@ -1,0 +1,73 @@
+"""Generated configs are written by the TOML library: what is written loads back equal."""
+
+from pathlib import Path
+
+from broker.fleet import DeviceEntry, Fleet, FleetSection, load_fleet
+from broker.generate import init_broker
+from edge_agent.config import AgentConfig, AgentSection, DataSection, load_agent_config
+from ftte.config import dump_section, write_toml
+from ftte.transport.mqtt import BrokerSettings
+from orchestrator.status import load_broker_account
+
+AWKWARD = 'pi "4b" \\ rev 1.2'  # a quote and a backslash: hand-written TOML broke on both
+
+
+def agent_config(tmp_path: Path, data: DataSection) -> AgentConfig:
+    return AgentConfig(
+        agent=AgentSection("pi-001", "farm-a", tmp_path / "state", 400_000, AWKWARD, 2.5),
+        broker=BrokerSettings("gateway.local", 8883, "pi-001", 'p"w\\d', tmp_path / "ca.crt"),
+        data=data,
+    )
+
+
+def test_agent_config_with_a_sensor_file_loads_back_equal(tmp_path):
+    config = agent_config(tmp_path, DataSection(task="vibration", path=tmp_path / "w.npz"))
+    write_toml(tmp_path / "agent.toml", dump_section(config), 0o600)
+    assert load_agent_config(tmp_path / "agent.toml") == config
+
+
+def test_agent_config_with_a_demo_partition_loads_back_equal(tmp_path):
+    config = agent_config(tmp_path, DataSection(task="digits", partition=3, num_partitions=8))
+    write_toml(tmp_path / "agent.toml", dump_section(config), 0o600)
+    assert load_agent_config(tmp_path / "agent.toml") == config
+
+
+def test_fleet_inventory_loads_back_equal(tmp_path):
+    fleet = Fleet(
+        FleetSection(name="farm-a", broker_host="gw.example", broker_port=8884, task="digits"),
+        [
+            DeviceEntry("pi-001", 400_000, AWKWARD, None, 1.5),
+            DeviceEntry("pi-002", 800_000, "pi-zero", tmp_path / "windows.csv"),
+        ],
+    )
+    write_toml(tmp_path / "fleet.toml", dump_section(fleet))
+    assert load_fleet(tmp_path / "fleet.toml") == fleet
+
+
+def test_a_quote_and_a_backslash_in_compute_class_survive_into_agent_toml(tmp_path):
+    fleet = Fleet(FleetSection(name="farm-a"), [DeviceEntry("pi-001", 400_000, AWKWARD)])
+    files = init_broker(fleet, tmp_path)
+    config = load_agent_config(files.device_configs["pi-001"])
+    assert config.agent.compute_class == AWKWARD
+
+
+def test_generated_agent_config_is_what_the_fleet_says(tmp_path):
+    fleet = Fleet(
+        FleetSection(name="farm-a", broker_host="gw.example", task="vibration"),
+        [DeviceEntry("pi-001", 1000, "pi-4"), DeviceEntry("pi-002", 2000, "pi-zero", None, 3.0)],
+    )
+    path = init_broker(fleet, tmp_path).device_configs["pi-002"]
+    config = load_agent_config(path)
+    assert config.agent == AgentSection(
+        "pi-002", "farm-a", Path("/var/lib/ftte-agent/pi-002"), 2000, "pi-zero", 3.0
+    )
+    assert (config.broker.host, config.broker.username) == ("gw.example", "pi-002")
+    assert config.broker.ca_file == tmp_path / "devices" / "ca.crt"
+    assert config.data == DataSection(task="vibration", partition=1, num_partitions=2)
+
+
+def test_generated_orchestrator_account_loads_with_its_ca(tmp_path):
+    files = init_broker(Fleet(FleetSection(name="farm-a", broker_port=8884)), tmp_path)
+    account = load_broker_account(files.orchestrator_credentials)
+    assert (account.username, account.port) == ("ftte_orchestrator", 8884)
+    assert account.ca_file == files.ca_cert
