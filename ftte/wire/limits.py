@@ -13,11 +13,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from ftte import topics
+from ftte.ids import MAX_ID_LENGTH
 
-# ftte.ids accepts 1-64 characters; building the longest topic below with ids of this
-# length fails loudly if ids ever get shorter, and tests/unit/test_packet_limits.py fails
-# if they get longer.
-LONGEST_ID = 64
 # The PUBLISH properties ftte sends at most, as paho encodes them: the one-byte property
 # length, then the message expiry interval (identifier byte + four-byte integer).
 PUBLISH_PROPERTIES_BYTES = 1 + 1 + 4
@@ -46,7 +43,7 @@ class WireLimits:
 
 def longest_topic_bytes() -> int:
     """Length in bytes of the longest topic the topic scheme can build."""
-    longest = "a" * LONGEST_ID
+    longest = "a" * MAX_ID_LENGTH
     kinds = cast(tuple[topics.Kind, ...], topics.DEVICE_KINDS)
     built = [topics.device_topic(longest, longest, kind) for kind in kinds]
     built.append(topics.model_topic(longest))

@@ -8,10 +8,9 @@ import pytest
 
 from broker.generate import init_broker
 from ftte import topics
-from ftte.ids import validate_id
+from ftte.ids import MAX_ID_LENGTH, validate_id
 from ftte.transport.mqtt import BrokerSettings, MqttLink, PayloadTooLarge
 from ftte.wire.limits import (
-    LONGEST_ID,
     MQTT_MAX_PACKET_BYTES,
     WireLimits,
     longest_topic_bytes,
@@ -19,7 +18,7 @@ from ftte.wire.limits import (
 )
 from tests.fixtures.mosquitto import make_fleet
 
-LONGEST = "a" * LONGEST_ID
+LONGEST = "a" * MAX_ID_LENGTH
 LONGEST_TOPIC = topics.update_topic(LONGEST, LONGEST)
 CODEC_LIMIT = WireLimits().max_compressed_bytes
 
