@@ -2,11 +2,17 @@
 
 from pathlib import Path
 
+import pytest
+
 from broker.fleet import DeviceEntry, Fleet, FleetSection, load_fleet
 from broker.generate import init_broker
 from edge_agent.config import AgentConfig, AgentSection, DataSection, load_agent_config
-from ftte.config import dump_section, write_toml
+from ftte.config import ConfigError, dump_section, write_toml
+from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
+from orchestrator.config import load_job_config
+from orchestrator.localfleet import LocalFleet, LocalFleetSpec
+from orchestrator.server import ServerSettings
 from orchestrator.status import load_broker_account
 
 AWKWARD = 'pi "4b" \\ rev 1.2'  # a quote and a backslash: hand-written TOML broke on both
@@ -71,3 +77,32 @@ def test_generated_orchestrator_account_loads_with_its_ca(tmp_path):
     account = load_broker_account(files.orchestrator_credentials)
     assert (account.username, account.port) == ("ftte_orchestrator", 8884)
     assert account.ca_file == files.ca_cert
+
+
+def test_job_config_with_strategy_and_server_tables_loads_back_equal(tmp_path):
+    fleet = LocalFleet(
+        LocalFleetSpec(
+            run_dir=tmp_path / "fleet",
+            devices=2,
+            strategy="fedavg",
+            strategy_params={"clients_per_round": 2, "server_lr": 0.5},
+            server=ServerSettings(max_staleness=7, assignment_timeout_s=30.0),
+            train=TrainSettings(epochs=1, lr=0.05),
+        )
+    )
+    assert load_job_config(fleet.write_job_file()) == fleet.job_config()
+
+
+def test_job_file_refuses_a_strategy_parameter_naming_the_field(tmp_path):
+    path = LocalFleet(LocalFleetSpec(run_dir=tmp_path / "fleet", devices=2)).write_job_file()
+    path.write_text(path.read_text().replace("[strategy]\n", "[strategy]\nbufer_size = 5\n"))
+    with pytest.raises(ConfigError, match=r"strategy\.bufer_size: ftte takes no such parameter"):
+        load_job_config(path)
+
+
+def test_job_file_refuses_what_only_the_server_decides(tmp_path):
+    path = LocalFleet(LocalFleetSpec(run_dir=tmp_path / "fleet", devices=2)).write_job_file()
+    text = path.read_text().replace("[train]\n", '[train]\ndelta_encoding = "float16"\n')
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"train\.delta_encoding: unknown key"):
+        load_job_config(path)
