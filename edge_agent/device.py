@@ -47,14 +47,11 @@ class DeviceModel:
         """
         self.apply(assignment)
         result = train_slice(self.model, assignment.trainable, data, assignment.train, seed)
-        update = Update(
-            device_id=assignment.device_id,
+        update = assignment.answer(
+            result.delta,
+            result.num_samples,
+            result.loss,
+            result.peak_mem_bytes,
             update_id=update_id or uuid.uuid4().hex,
-            assignment_id=assignment.assignment_id,
-            base_version=assignment.version,
-            num_samples=result.num_samples,
-            loss=result.loss,
-            peak_mem_bytes=result.peak_mem_bytes,
-            delta=result.delta,
         )
         return update, result

@@ -16,9 +16,7 @@ it), not on what they would teach the model.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,11 +30,11 @@ import numpy as np
 import torch
 import zstandard
 
+from ftte.bench import publish
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.tasks import Task, load_task
 from ftte.topics import update_topic
 from ftte.wire import encode_update
-from ftte.wire.messages import Update
 from orchestrator.checkpoint import Journal
 from orchestrator.presets import make_server, preset
 from orchestrator.server import TrainingServer
@@ -66,16 +64,7 @@ def make_batch(preset_name: str, task: Task, devices: int, seed: int) -> Batch:
             n: (rng.standard_normal(server.shapes[n]) * 1e-2).astype(np.float32)
             for n in a.trainable
         }
-        update = Update(
-            device_id=a.device_id,
-            update_id=f"{a.assignment_id}.u",
-            assignment_id=a.assignment_id,
-            base_version=a.version,
-            num_samples=60,
-            loss=1.0,
-            peak_mem_bytes=0,
-            delta=delta,
-        )
+        update = a.answer(delta, num_samples=60, loss=1.0, peak_mem_bytes=0)
         payloads.append((a.device_id, encode_update(update, a.train.delta_encoding)))
     return Batch(server, payloads)
 
@@ -167,7 +156,5 @@ def run_aggregator_benchmark(args: argparse.Namespace) -> int:
     """Run the benchmark for the CLI's arguments, print the table and write JSON."""
     torch.set_num_threads(1)
     results = aggregator_benchmark(args.task, args.devices, args.repeats)
-    results["command"] = " ".join(["ftte", *sys.argv[1:]])
-    print(format_table(results))
-    args.json.write_text(json.dumps(results, indent=1))
+    publish(results, format_table(results), args.json)
     return 0

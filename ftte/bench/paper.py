@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ftte.bench import publish
 from ftte.sim.fleet import FleetSpec
 from ftte.sim.run import SimConfig, simulate
 
@@ -71,9 +72,7 @@ def run_paper_benchmark(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = paper_benchmark(task_name, size, workers=os.cpu_count() or 1, previous=previous)
     results["wall_time_s"] = time.perf_counter() - started
-    results["command"] = " ".join(["ftte", *sys.argv[1:]])
-    print(format_table(results))
-    args.json.write_text(json.dumps(results, indent=1))
+    publish(results, format_table(results), args.json)
     if args.plots is not None:
         from ftte.bench.plots import plot_paper
 

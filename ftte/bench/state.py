@@ -12,9 +12,7 @@ device), not growing with it as a set of every update id seen would.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +22,9 @@ import msgpack
 import numpy as np
 import torch
 
+from ftte.bench import publish
 from ftte.tasks import load_task
 from ftte.wire import encode_update
-from ftte.wire.messages import Update
 from orchestrator.checkpoint import save_state
 from orchestrator.presets import make_server
 
@@ -39,8 +37,6 @@ def state_benchmark(devices: int, updates: int, every: int, seed: int = 0) -> di
     for i in range(devices):
         server.register(f"d{i:05d}", budget)
     rng = np.random.default_rng(seed)
-    # One payload per slice shape, re-addressed per assignment: encoding is not what is
-    # measured, and the ids inside each payload are the assignment's own.
     points = []
     now = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,16 +45,7 @@ def state_benchmark(devices: int, updates: int, every: int, seed: int = 0) -> di
             now += 1.0
             for a in server.dispatch(rng, now):
                 delta = {n: np.full(server.shapes[n], 1e-6, np.float32) for n in a.trainable}
-                update = Update(
-                    a.device_id,
-                    f"{a.assignment_id}.u",
-                    a.assignment_id,
-                    a.version,
-                    60,
-                    1.0,
-                    0,
-                    delta,
-                )
+                update = a.answer(delta, num_samples=60, loss=1.0, peak_mem_bytes=0)
                 payload = encode_update(update, a.train.delta_encoding)
                 if not server.ingest(a.device_id, payload).accepted:
                     raise RuntimeError(f"benchmark update refused: {dict(server.rejected)}")
@@ -107,7 +94,5 @@ def run_state_benchmark(args: argparse.Namespace) -> int:
     """Run for the CLI's arguments, print the table and write JSON."""
     torch.set_num_threads(1)
     results = state_benchmark(args.devices, args.updates, args.every)
-    results["command"] = " ".join(["ftte", *sys.argv[1:]])
-    print(format_table(results))
-    args.json.write_text(json.dumps(results, indent=1))
+    publish(results, format_table(results), args.json)
     return 0

@@ -48,6 +48,26 @@ class Assignment:
     tensors: TensorDict
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def answer(
+        self,
+        delta: TensorDict,
+        num_samples: int,
+        loss: float,
+        peak_mem_bytes: int,
+        update_id: str | None = None,
+    ) -> Update:
+        """The update answering this assignment with ``delta`` (update id: ``{id}.u``)."""
+        return Update(
+            device_id=self.device_id,
+            update_id=update_id or f"{self.assignment_id}.u",
+            assignment_id=self.assignment_id,
+            base_version=self.version,
+            num_samples=num_samples,
+            loss=loss,
+            peak_mem_bytes=peak_mem_bytes,
+            delta=delta,
+        )
+
 
 @dataclass(frozen=True)
 class Update:

@@ -1,5 +1,7 @@
 """The training engine: payloads and time in, policies applied once, state it owns."""
 
+from dataclasses import replace
+
 import msgpack
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from ftte.errors import RejectReason
 from ftte.tasks import load_task
 from ftte.wire import encode_update
-from ftte.wire.messages import Assignment, Update
+from ftte.wire.messages import Assignment
 from orchestrator.checkpoint import load_state, save_state
 from orchestrator.presets import make_server
 from orchestrator.server import ServerSettings, TrainingServer
@@ -29,18 +31,8 @@ def server(strategy: str = "ftte", **params) -> TrainingServer:
 
 
 def answer(a: Assignment, value: float = 0.01, **changes) -> bytes:
-    fields = dict(
-        device_id=a.device_id,
-        update_id=f"{a.assignment_id}.u",
-        assignment_id=a.assignment_id,
-        base_version=a.version,
-        num_samples=10,
-        loss=0.5,
-        peak_mem_bytes=1000,
-        delta={n: np.full(TASK_SHAPES[n], value, np.float32) for n in a.trainable},
-    )
-    fields.update(changes)
-    return encode_update(Update(**fields))
+    delta = {n: np.full(TASK_SHAPES[n], value, np.float32) for n in a.trainable}
+    return encode_update(replace(a.answer(delta, 10, 0.5, 1000), **changes))
 
 
 TASK_SHAPES = {n: a.shape for n, a in server().params.items()}
