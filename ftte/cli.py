@@ -251,7 +251,7 @@ def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(state, indent=1))
         return 0
     print(
-        f"job {state['job']} ({state['state']}): version {state['version']}, "
+        f"job {state['job']} ({state['liveness']}): version {state['version']}, "
         f"accuracy {state['accuracy']:.3f}, buffer {state['buffer_fill']}, "
         f"devices online {state['devices_online']}, accepted {state['accepted']}"
     )

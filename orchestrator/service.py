@@ -25,9 +25,9 @@ from paho.mqtt.client import MQTTMessageInfo
 from ftte import topics
 from ftte.errors import Rejected
 from ftte.tasks import load_task
-from ftte.transport.mqtt import Inbound, MqttLink, PayloadTooLarge
+from ftte.transport.mqtt import Inbound, MqttLink, PayloadTooLarge, Will
 from ftte.wire import encode_assignment
-from ftte.wire.control import JobState, decode_status
+from ftte.wire.control import GONE, HEARTBEAT_S, JobState, decode_status
 from orchestrator.checkpoint import Journal, load_state, save_state
 from orchestrator.config import JobConfig
 from orchestrator.presets import make_server
@@ -97,6 +97,9 @@ class OrchestratorService:
                 (topics.all_updates_filter(job.fleet), 1),
             ],
             manual_ack=True,
+            # A dead orchestrator is told apart at once from a quiet one: the broker
+            # publishes this (retained) when the connection dies without a goodbye.
+            will=Will(topics.model_topic(job.fleet), self.job_state(GONE).encode()),
         )
         self._replay_journal()
 
@@ -122,7 +125,7 @@ class OrchestratorService:
                 self._expire_overdue()
                 if self.link.connected.is_set():
                     self._dispatch()
-                    if time.monotonic() - last_state > 2.0:
+                    if time.monotonic() - last_state > HEARTBEAT_S:
                         self._publish_state("running")
                         last_state = time.monotonic()
             self._finish()
@@ -299,6 +302,7 @@ class OrchestratorService:
             devices_online=server.devices_online(),
             accepted=server.accepted,
             rejected=dict(server.rejected) | self._failure_count(),
+            heartbeat_unix_s=time.time(),
         )
 
     def _failure_count(self) -> dict[str, int]:

@@ -12,12 +12,33 @@ from ftte import topics
 from ftte.config import load_section, read_toml, resolve
 from ftte.errors import Rejected
 from ftte.transport.mqtt import BrokerSettings, MqttLink
-from ftte.wire.control import DeviceStatus, decode_job_state, decode_status
+from ftte.wire.control import (
+    HEARTBEAT_S,
+    DeviceStatus,
+    JobState,
+    decode_job_state,
+    decode_status,
+)
 from orchestrator.config import JobConfig
+
+STALE_AFTER_S = 5 * HEARTBEAT_S  # a running orchestrator this quiet is reported unresponsive
+
+
+def liveness(state: JobState, now_unix_s: float) -> str:
+    """What the retained state says of the orchestrator: running, unresponsive, done, gone.
+
+    ``gone`` is its last will (the connection died); ``unresponsive`` a running state whose
+    heartbeat is older than ``STALE_AFTER_S`` (a hung process keeps its connection until the
+    broker's keep-alive runs out). Wall clocks of the two machines are assumed close.
+    """
+    if state.state == "running" and now_unix_s - state.heartbeat_unix_s > STALE_AFTER_S:
+        return "unresponsive"
+    return state.state
 
 
 def read_status(config: JobConfig, timeout_s: float) -> dict[str, Any]:
-    """The retained job state as a dict; a clear error if none arrives in time."""
+    """The retained job state as a dict, with its ``liveness``; a clear error if none
+    arrives in time."""
     link = MqttLink(
         config.broker,
         client_id=f"ftte-status-{config.job.name}",
@@ -34,7 +55,8 @@ def read_status(config: JobConfig, timeout_s: float) -> dict[str, Any]:
         ) from exc
     finally:
         link.stop()
-    return dataclasses.asdict(decode_job_state(message.payload))
+    state = decode_job_state(message.payload)
+    return dataclasses.asdict(state) | {"liveness": liveness(state, time.time())}
 
 
 def load_broker_account(path: Path) -> BrokerSettings:

@@ -32,18 +32,27 @@ class DeviceStatus:
         return json.dumps({"state": "online", **asdict(self)}).encode()
 
 
+HEARTBEAT_S = 2.0  # the orchestrator republishes its state at least this often while running
+GONE = "gone"  # the state in the orchestrator's last will: its connection died
+
+
 @dataclass(frozen=True)
 class JobState:
-    """The orchestrator's retained model topic: version, progress and counters."""
+    """The orchestrator's retained model topic: version, progress, counters and liveness.
+
+    While running it is republished every ``HEARTBEAT_S`` with ``heartbeat_unix_s``; its last
+    will (retained, published by the broker when the connection dies) has state ``gone``.
+    """
 
     job: str
-    state: str  # "running" | "done"
+    state: str  # "running" | "done" | "gone"
     version: int
     accuracy: float
     buffer_fill: int
     devices_online: int
     accepted: int
     rejected: dict[str, int]
+    heartbeat_unix_s: float  # wall time of this publication
 
     def encode(self) -> bytes:
         """JSON bytes for the model topic."""
