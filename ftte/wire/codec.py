@@ -60,7 +60,11 @@ def encode_tensor(value: np.ndarray, encoding: DeltaEncoding) -> dict[str, Any]:
 
 def _compress(doc: dict[str, Any], level: int) -> bytes:
     raw = msgpack.packb(doc, use_bin_type=True)
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
+    # The checksum lets the decoder refuse a frame damaged in transit or storage (a bit
+    # flip in the data otherwise decodes to different, still plausible numbers).
+    return zstandard.ZstdCompressor(
+        level=level, write_content_size=True, write_checksum=True
+    ).compress(raw)
 
 
 def encode_assignment(
@@ -153,13 +157,15 @@ def _decompress(data: bytes, limits: WireLimits) -> bytes:
             RejectReason.OVERSIZED,
             f"declares {declared} B decompressed, over {limits.max_decompressed_bytes} B",
         )
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    if not params.has_checksum:
+        raise Rejected(RejectReason.MALFORMED, "zstd frame carries no checksum")
+    # One-shot decompression into a buffer of exactly the declared size: a frame that holds
+    # more than it declares fails at the buffer's end instead of growing the output (a
+    # streaming decompressor would follow the real content, here up to 1 GiB for 32 KB).
     try:
-        raw = decompressor.decompress(data)
+        raw = zstandard.ZstdDecompressor().decompress(data, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise Rejected(RejectReason.MALFORMED, f"corrupt zstd frame: {exc}") from None
-    if not decompressor.eof or decompressor.unused_data:
-        raise Rejected(RejectReason.MALFORMED, "truncated frame or trailing data after it")
     if len(raw) != declared:
         raise Rejected(RejectReason.MALFORMED, "content size differs from the declared size")
     return raw
@@ -185,9 +191,17 @@ def _unpack(data: bytes, limits: WireLimits) -> dict[str, Any]:
         raise Rejected(RejectReason.MALFORMED, f"not a valid msgpack message: {exc}") from None
     if not isinstance(doc, dict):
         raise Rejected(RejectReason.MALFORMED, "message is not a map")
-    if doc.get("v") != WIRE_VERSION:
-        raise Rejected(RejectReason.BAD_VERSION, f"wire version {doc.get('v')!r}")
+    _check_keys(doc, "message")
+    version = doc.get("v")
+    if type(version) is not int or version != WIRE_VERSION:  # True and 1.0 are not 1 here
+        raise Rejected(RejectReason.BAD_VERSION, f"wire version {version!r}")
     return doc
+
+
+def _check_keys(table: dict[Any, Any], what: str) -> None:
+    """Every key a string: bytes keys would reach sorts and comparisons with str ones."""
+    if not all(isinstance(k, str) for k in table):
+        raise Rejected(RejectReason.MALFORMED, f"{what} has a key that is not a string")
 
 
 def _check_fields(doc: dict[str, Any], kind: str, expected: set[str]) -> None:
@@ -204,9 +218,12 @@ def _str(value: Any, name: str) -> str:
     return value
 
 
+MAX_INT = 2**53  # every integer field; beyond it a float (telemetry, averages) loses digits
+
+
 def _int(value: Any, name: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise Rejected(RejectReason.MALFORMED, f"{name} must be an integer >= {minimum}")
+    if type(value) is not int or not minimum <= value <= MAX_INT:
+        raise Rejected(RejectReason.MALFORMED, f"{name} must be an integer in [{minimum}, 2**53]")
     return value
 
 
@@ -221,6 +238,7 @@ def _float(value: Any, name: str) -> float:
 def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
     if not isinstance(t, dict) or not {"dtype", "shape", "data"} <= set(t):
         raise Rejected(RejectReason.MALFORMED, f"tensor {name!r} is not a dtype/shape/data map")
+    _check_keys(t, f"tensor {name!r}")
     dtype = _DTYPES.get(t["dtype"]) if isinstance(t["dtype"], str) else None
     if dtype is None:
         raise Rejected(RejectReason.BAD_DTYPE, f"tensor {name!r}: dtype {t['dtype']!r}")
@@ -230,7 +248,9 @@ def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
     shape, data = t["shape"], t["data"]
     if not isinstance(shape, list) or len(shape) > limits.max_rank:
         raise Rejected(RejectReason.BAD_SHAPE, f"tensor {name!r}: shape {shape!r}")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    # Each dimension is bounded too: [0, 2**62] has a product of 0 bytes but no array has it.
+    largest = limits.max_decompressed_bytes
+    if not all(type(d) is int and 0 <= d <= largest for d in shape):
         raise Rejected(RejectReason.BAD_SHAPE, f"tensor {name!r}: shape {shape!r}")
     if not isinstance(data, bytes):
         raise Rejected(RejectReason.MALFORMED, f"tensor {name!r}: data is not bytes")
@@ -254,6 +274,7 @@ def _decode_tensors(
 ) -> TensorDict:
     if not isinstance(tensors, dict):
         raise Rejected(RejectReason.MALFORMED, "tensors must be a map")
+    _check_keys(tensors, "tensors")
     if len(tensors) > limits.max_tensors:
         raise Rejected(RejectReason.TOO_MANY_TENSORS, f"{len(tensors)} > {limits.max_tensors}")
     if expected is not None and set(tensors) != set(expected):
@@ -278,7 +299,7 @@ def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignme
     doc = _unpack(data, limits)
     _check_fields(doc, "assign", _ASSIGN_FIELDS)
     train = doc["train"]
-    if not isinstance(train, dict) or set(train) != _TRAIN_FIELDS:
+    if not isinstance(train, dict) or set(train) != _TRAIN_FIELDS:  # keys of any type differ
         raise Rejected(RejectReason.MALFORMED, "train must hold " + ", ".join(_TRAIN_FIELDS))
     try:
         encoding = DeltaEncoding(train["delta_encoding"])

@@ -7,7 +7,8 @@ untrusted input: bounded size, known fields, checked types.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ftte.errors import Rejected, RejectReason
@@ -59,16 +60,50 @@ class JobState:
         return json.dumps(asdict(self)).encode()
 
 
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _load(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_CONTROL_BYTES:
         raise Rejected(RejectReason.OVERSIZED, f"control message of {len(payload)} B")
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(payload, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise Rejected(RejectReason.MALFORMED, f"not JSON: {exc}") from None
+    except RecursionError:
+        raise Rejected(RejectReason.MALFORMED, "JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise Rejected(RejectReason.MALFORMED, "control message must be a JSON object")
     return doc
+
+
+def _field(doc: dict[str, Any], name: str, kind: type, minimum: float | None = None) -> Any:
+    """``doc[name]`` if it is exactly of ``kind`` (no bool for int, no float for int) and,
+    for numbers, finite and within [minimum, 2**53]."""
+    if name not in doc:
+        raise Rejected(RejectReason.MALFORMED, f"{name} is missing")
+    value: Any = doc[name]
+    if kind is float and type(value) is int:
+        value = float(value)
+    if type(value) is not kind:
+        raise Rejected(RejectReason.MALFORMED, f"{name} must be a {kind.__name__}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or abs(value) > 2**53:
+            raise Rejected(RejectReason.MALFORMED, f"{name} is out of range")
+        if minimum is not None and value < minimum:
+            raise Rejected(RejectReason.MALFORMED, f"{name} must be >= {minimum}")
+    return value
+
+
+def _only(doc: dict[str, Any], fields: set[str], what: str) -> None:
+    unknown = set(doc) - fields
+    if unknown:
+        raise Rejected(RejectReason.MALFORMED, f"{what}: unknown fields {sorted(unknown)[:5]}")
+
+
+_STATUS_FIELDS = {"state", "device_id", "memory_budget_bytes", "compute_class"}
+_STATUS_FIELDS |= {"software_version", "model_version"}
 
 
 def decode_status(payload: bytes) -> DeviceStatus | None:
@@ -76,27 +111,40 @@ def decode_status(payload: bytes) -> DeviceStatus | None:
     if payload == OFFLINE:
         return None
     doc = _load(payload)
-    if doc.pop("state", None) != "online":
+    if doc.get("state") != "online":
         return None
+    _only(doc, _STATUS_FIELDS, "status")
+    device_id = _field(doc, "device_id", str)
     try:
-        status = DeviceStatus(
-            device_id=validate_id(str(doc["device_id"]), "device_id"),
-            memory_budget_bytes=int(doc["memory_budget_bytes"]),
-            compute_class=str(doc["compute_class"])[:64],
-            software_version=str(doc["software_version"])[:64],
-            model_version=int(doc["model_version"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise Rejected(RejectReason.MALFORMED, f"bad status message: {exc}") from None
-    if status.memory_budget_bytes <= 0:
-        raise Rejected(RejectReason.MALFORMED, "memory_budget_bytes must be positive")
-    return status
+        validate_id(device_id, "device_id")
+    except ValueError as exc:
+        raise Rejected(RejectReason.MALFORMED, str(exc)) from None
+    return DeviceStatus(
+        device_id=device_id,
+        memory_budget_bytes=_field(doc, "memory_budget_bytes", int, minimum=1),
+        compute_class=_field(doc, "compute_class", str)[:64],
+        software_version=_field(doc, "software_version", str)[:64],
+        model_version=_field(doc, "model_version", int, minimum=-1),
+    )
 
 
 def decode_job_state(payload: bytes) -> JobState:
     """Parse the retained model-topic payload."""
     doc = _load(payload)
-    try:
-        return JobState(**doc)
-    except TypeError as exc:
-        raise Rejected(RejectReason.MALFORMED, f"bad job state: {exc}") from None
+    _only(doc, {f.name for f in fields(JobState)}, "job state")
+    rejected = _field(doc, "rejected", dict)
+    if len(rejected) > 64 or not all(
+        isinstance(k, str) and type(v) is int and 0 <= v <= 2**53 for k, v in rejected.items()
+    ):
+        raise Rejected(RejectReason.MALFORMED, "rejected must map reasons to counts")
+    return JobState(
+        job=_field(doc, "job", str),
+        state=_field(doc, "state", str),
+        version=_field(doc, "version", int, minimum=0),
+        accuracy=_field(doc, "accuracy", float),
+        buffer_fill=_field(doc, "buffer_fill", int, minimum=0),
+        devices_online=_field(doc, "devices_online", int, minimum=0),
+        accepted=_field(doc, "accepted", int, minimum=0),
+        rejected=rejected,
+        heartbeat_unix_s=_field(doc, "heartbeat_unix_s", float, minimum=0),
+    )

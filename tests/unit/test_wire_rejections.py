@@ -37,7 +37,7 @@ def update_doc(**overrides) -> dict:
 
 def pack(doc) -> bytes:
     raw = msgpack.packb(doc, use_bin_type=True)
-    return zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+    return zstandard.ZstdCompressor(write_content_size=True, write_checksum=True).compress(raw)
 
 
 def reason_of(data: bytes, **kw) -> RejectReason:
@@ -84,7 +84,9 @@ def test_not_zstd_is_malformed():
 
 
 def test_msgpack_map_declaring_2_pow_31_entries_is_refused_fast():
-    data = zstandard.ZstdCompressor(write_content_size=True).compress(b"\xdf\x80\x00\x00\x00")
+    data = zstandard.ZstdCompressor(write_content_size=True, write_checksum=True).compress(
+        b"\xdf\x80\x00\x00\x00"
+    )
     tracemalloc.start()
     started = time.perf_counter()
     assert reason_of(data) == RejectReason.MALFORMED
@@ -95,7 +97,9 @@ def test_msgpack_map_declaring_2_pow_31_entries_is_refused_fast():
 
 
 def test_not_msgpack_is_malformed():
-    data = zstandard.ZstdCompressor(write_content_size=True).compress(b"\xc1\xc1\xc1")
+    data = zstandard.ZstdCompressor(write_content_size=True, write_checksum=True).compress(
+        b"\xc1\xc1\xc1"
+    )
     assert reason_of(data) == RejectReason.MALFORMED
 
 
