@@ -83,6 +83,7 @@ class OrchestratorService:
         self.journal = Journal(self.run_dir)
         self.quarantine = Quarantine(self.run_dir / "quarantine")
         self.failures: Counter[str] = Counter()  # handler failures, by exception type
+        self.status_refused: Counter[str] = Counter()  # refused status messages, by reason
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
@@ -174,6 +175,7 @@ class OrchestratorService:
         try:
             status = decode_status(payload)
         except Rejected as exc:
+            self.status_refused[exc.reason.value] += 1
             log.warning("bad status from %s: %s", device_id, exc)
             return
         if status is None:
@@ -306,8 +308,10 @@ class OrchestratorService:
         )
 
     def _failure_count(self) -> dict[str, int]:
+        """Refusals that are not the engine's: status messages, and handler failures."""
+        counts = {f"status_{reason}": n for reason, n in self.status_refused.items()}
         failed = sum(self.failures.values())
-        return {"handler_error": failed} if failed else {}
+        return counts | ({"handler_error": failed} if failed else {})
 
     def _publish_state(self, state: str) -> MQTTMessageInfo:
         topic = topics.model_topic(self.config.job.fleet)

@@ -21,7 +21,7 @@ INFINITE_BUDGET = (
 )
 
 
-def test_payloads_that_raise_are_counted_set_aside_and_serving_goes_on(tmp_path):
+def test_hostile_status_payloads_are_refused_counted_and_serving_goes_on(tmp_path):
     fleet = LocalFleet(spec(tmp_path, devices=3, max_versions=3))
     fleet.start_broker()
     job = ServiceThread(fleet)
@@ -33,15 +33,40 @@ def test_payloads_that_raise_are_counted_set_aside_and_serving_goes_on(tmp_path)
         assert hostile.publish(status, DEEP_JSON) == 0
         hostile.close()
         service = job.service
-        wait_until(lambda: sum(service.failures.values()) == 2, 30, "two handler failures")
+        wait_until(lambda: service.status_refused == {"malformed": 2}, 30, "two refusals")
         fleet.start_agents()
         result = job.wait(timeout=180)
     finally:
         fleet.stop()
     assert result.version == 3  # the job went on to its version limit
-    assert service.failures == {"OverflowError": 1, "RecursionError": 1}
+    assert service.job_state("running").rejected["status_malformed"] == 2
+    assert not service.failures
+
+
+def test_a_message_that_raises_while_handled_is_counted_set_aside_and_serving_goes_on(
+    tmp_path, monkeypatch
+):
+    fleet = LocalFleet(spec(tmp_path, devices=3, max_versions=3))
+    fleet.start_broker()
+    job = ServiceThread(fleet)
+    service = job.service
+    register = service.server.register
+
+    def register_failing_for_dev0(device_id, *args):
+        if device_id == "dev-0":
+            raise RuntimeError("a bug met while handling dev-0's birth")
+        register(device_id, *args)
+
+    monkeypatch.setattr(service.server, "register", register_failing_for_dev0)
+    try:
+        fleet.start_agents()
+        result = job.wait(timeout=180)
+    finally:
+        fleet.stop()
+    assert result.version == 3  # dev-1 and dev-2 carried the job to its version limit
+    assert service.failures["RuntimeError"] >= 1 and "dev-0" not in service.server.devices
     kept = service.quarantine.files()
-    assert len(kept) == 2 and all("handler_error" in p.name for p in kept)
+    assert kept and all("handler_error" in p.name for p in kept)
 
 
 def test_a_journaled_update_that_raises_on_replay_is_set_aside_and_start_up_completes(
