@@ -211,10 +211,9 @@ class TrainingServer:
         expired = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, device_id, assignment_id = heapq.heappop(self._deadlines)
-            record = self.devices[device_id]
             # Assignment ids never repeat: a matching id is the very assignment timed.
-            if record.open is not None and record.open.assignment_id == assignment_id:
-                self._drop_open(record)
+            if self._is_open(device_id, assignment_id):
+                self._drop_open(self.devices[device_id])
                 expired.append(device_id)
         return expired
 
@@ -309,6 +308,16 @@ class TrainingServer:
         deadline = now + self.settings.assignment_timeout_s
         heapq.heappush(self._deadlines, (deadline, record.device_id, record.open.assignment_id))
         self._file(record)
+        # Entries of answered assignments stay in the heap until their deadline; at a few
+        # thousand updates a second that is millions of entries per timeout. Compacting when
+        # they outnumber the open assignments keeps the heap O(devices training).
+        if len(self._deadlines) > 2 * len(self._training) + 64:
+            self._deadlines = [e for e in self._deadlines if self._is_open(e[1], e[2])]
+            heapq.heapify(self._deadlines)
+
+    def _is_open(self, device_id: str, assignment_id: str) -> bool:
+        opened = self.devices[device_id].open
+        return opened is not None and opened.assignment_id == assignment_id
 
     def _planning_budget(self, record: DeviceRecord) -> int:
         if self.config.plan_mode is PlanMode.WEAKEST:

@@ -148,3 +148,12 @@ def test_state_of_another_job_is_refused(tmp_path):
     other = make_server("ftte", TASK, job="other")
     with pytest.raises(ValueError, match="belongs to job"):
         other.load_state_dict(s.state_dict(), now=0.0)
+
+
+def test_timeout_bookkeeping_stays_proportional_to_the_devices_training():
+    s = server(buffer_size=1)
+    for _round in range(100):
+        for device_id, a in dispatch(s).items():
+            s.ingest(device_id, answer(a))
+    assert s.accepted == 400
+    assert len(s._deadlines) <= 2 * s.in_flight() + 64  # not one entry per assignment sent
