@@ -28,7 +28,15 @@ def test_report_has_every_strategy_metric_and_ratio():
         assert len(results["runs"][name]) == TINY.seeds
         assert s["bytes_up_per_update"] > 0 and s["bytes_total"] > 0
     ratios = results["ratios_vs_fedavg"]
-    assert ratios["fedavg"]["bytes_up_per_update"] == 1.0
+    fedavg = results["strategies"]["fedavg"]
+    for name in STRATEGIES:
+        s = results["strategies"][name]
+        assert ratios[name]["bytes_up_per_update"] == pytest.approx(
+            s["bytes_up_per_update"] / fedavg["bytes_up_per_update"]
+        ), name
+        assert ratios[name]["peak_memory_weakest_device"] == pytest.approx(
+            s["peak_mem_bytes_weakest"] / fedavg["peak_mem_bytes_max"]
+        ), name
     # ftte sends int8 slices against FedAvg's float32 full model.
     assert ratios["ftte"]["bytes_up_per_update"] < 0.5
     assert results["strategies"]["ftte"]["all_within_budget"]
