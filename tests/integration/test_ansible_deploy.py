@@ -54,9 +54,12 @@ BROKER_FILES = ("mosquitto.conf", "passwd", "acl", "certs/ca.crt", "certs/server
 GATE = "Wait for the agent's retained online status on the broker"
 SYSTEMD_TASK = "Enable and start the agent"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ansible-playbook") is None, reason="ansible-core is installed by make test"
-)
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.skipif(
+        shutil.which("ansible-playbook") is None, reason="ansible-core is installed by make test"
+    ),
+]
 
 
 def _playbook(inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:

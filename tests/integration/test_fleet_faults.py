@@ -11,6 +11,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 
 from ftte.wire import decode_update
 from orchestrator.checkpoint import CHECKPOINT, Journal
@@ -24,6 +25,8 @@ from tests.integration.fleet_helpers import (
     start_orchestrator_process,
     wait_until,
 )
+
+pytestmark = pytest.mark.fleet
 
 
 def checkpoint_meta(run_dir):

@@ -19,6 +19,7 @@ PER_STRATEGY = (
 )
 
 
+@pytest.mark.slow
 def test_report_has_every_strategy_metric_and_ratio():
     results = paper_benchmark("digits", TINY, workers=2)
     assert set(results["strategies"]) == set(STRATEGIES)
@@ -44,6 +45,7 @@ def test_report_has_every_strategy_metric_and_ratio():
     assert "ftte-weakest" in format_table(results)
 
 
+@pytest.mark.slow
 def test_resume_reuses_earlier_runs_and_runs_only_the_missing_seeds():
     one = BenchSize(devices=6, seeds=1, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
     first = json.loads(json.dumps(paper_benchmark("digits", one)))  # as --json stores it
