@@ -44,6 +44,10 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.2)
 
 
+# A target no validation accuracy reaches: jobs in tests about resuming stop on max_versions.
+UNREACHABLE = 1.01
+
+
 def spec(tmp_path: Path, **overrides) -> LocalFleetSpec:
     base = LocalFleetSpec(run_dir=tmp_path / "fleet", devices=8, max_wall_s=240.0)
     return replace(base, **overrides)

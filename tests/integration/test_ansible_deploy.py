@@ -4,8 +4,28 @@ Every host is reached with the local connection and installs under its own prefi
 ``ftte_manage_system: false`` (no packages, users or services touched on this machine). The
 edge agent's virtualenv is really built (torch and ftte from the wheel built here), so the
 test also proves the agent runs from the agent-only dependencies.
+
+The managed-system branch (``ftte_manage_system: true``) is exercised as far as this
+machine allows without containers:
+
+- a ``--check`` run of the agents' play takes the branch: the apt task resolves its
+  packages against this machine's cache and the group and user tasks plan the account
+  (check mode changes nothing); the systemd task is reached, and it is the only one that
+  fails. The gateway's play is not run managed: its apt task is the same module, and its
+  systemd task would abort the playbook before the agents' play on this machine;
+- the rollout gate (``ftte broker wait-online``, the per-batch health check) runs as the
+  playbook runs it, against a real Mosquitto, passing once the agent from the virtualenv the
+  role built is online and failing the batch while it is not;
+- the unit file the role renders is checked by content and by ``systemd-analyze verify``.
+
+What it cannot exercise: packages really installed, accounts really created, and anything
+systemd does (``daemon-reload``, enabling and starting the units, the restart and reload
+handlers): this machine's PID 1 is not systemd, so ``systemctl`` has no manager to talk to,
+and changing the packages and accounts of a shared machine is not a test's business. Those
+need a disposable systemd host (a VM or a systemd container).
 """
 
+import json
 import os
 import re
 import shutil
@@ -13,10 +33,15 @@ import stat
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+
+from broker.fleet import load_fleet
+from broker.generate import init_broker
+from broker.launcher import free_port, start_dev_broker
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -26,10 +51,15 @@ BUDGET = 400_000
 OVERHEAD = 419_430_400  # edge_agent_memory_overhead_bytes default
 UNBUILT = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "docs", "tests")
 BROKER_FILES = ("mosquitto.conf", "passwd", "acl", "certs/ca.crt", "certs/server.crt")
+GATE = "Wait for the agent's retained online status on the broker"
+SYSTEMD_TASK = "Enable and start the agent"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ansible-playbook") is None, reason="ansible-core is installed by make test"
-)
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.skipif(
+        shutil.which("ansible-playbook") is None, reason="ansible-core is installed by make test"
+    ),
+]
 
 
 def _playbook(inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -49,8 +79,26 @@ def _playbook(inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def _recap(run: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
-    """PLAY RECAP counters per host."""
+    """PLAY RECAP counters per host of a successful run."""
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    return _counters(run)
+
+
+def _outcomes(run: subprocess.CompletedProcess[str]) -> dict[tuple[str, str], set[str]]:
+    """What the default callback printed per (host, task name without its role): ok,
+    changed, skipping, fatal."""
+    outcomes: dict[tuple[str, str], set[str]] = {}
+    task = ""
+    for line in run.stdout.splitlines():
+        if line.startswith("TASK ["):
+            task = line[len("TASK [") : line.rindex("]")].split(" : ", 1)[-1]
+        elif found := re.match(r"(ok|changed|skipping|fatal): \[([^\]\s]+)", line):
+            outcomes.setdefault((found.group(2), task), set()).add(found.group(1))
+    return outcomes
+
+
+def _counters(run: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counters per host."""
     recap = run.stdout.split("PLAY RECAP", 1)[1]
     hosts = {}
     for line in recap.splitlines():
@@ -242,6 +290,93 @@ def test_rotating_a_device_redeploys_only_its_secret(deployment):
     assert installed.read_bytes() == (d.files / "devices" / f"{DEVICE}.toml").read_bytes()
     password = tomllib.loads(installed.read_text())["broker"]["password"]
     assert password not in run.stdout  # secrets never appear in --diff output
+
+
+def test_managed_check_run_plans_packages_and_account_and_fails_only_at_systemd(deployment):
+    d, _ = deployment
+    managed = json.dumps({"ftte_manage_system": True})
+    outcomes = _outcomes(_playbook(d.inventory, "--check", "--limit", DEVICE, "-e", managed))
+    for task in (
+        "Install the Debian packages for the virtualenv and the pip module",
+        "Create the agent's group",
+        "Create the agent's user",
+    ):
+        assert outcomes[(DEVICE, task)] <= {"ok", "changed"} and outcomes[(DEVICE, task)], task
+    # Reached, so the managed branch is taken; on this machine it fails (no systemd).
+    assert outcomes[(DEVICE, SYSTEMD_TASK)] - {"skipping"}
+    assert {task for (_, task), seen in outcomes.items() if "fatal" in seen} <= {SYSTEMD_TASK}
+
+
+@pytest.fixture
+def gate_files(tmp_path) -> Iterator[Path]:
+    """Broker files for a one-device fleet on 127.0.0.1, served by a real Mosquitto."""
+    files = tmp_path / "gate-files"
+    files.mkdir()
+    port = free_port()
+    (files / "fleet.toml").write_text(
+        "\n".join(
+            [
+                "[fleet]",
+                'name = "test-fleet"',
+                'broker_host = "127.0.0.1"',
+                f"broker_port = {port}",
+                'task = "digits"',
+                f'agent_state_dir = "{tmp_path / "agent-state"}"',
+                "[[devices]]",
+                f'id = "{DEVICE}"',
+                f"memory_budget_bytes = {BUDGET}",
+                "",
+            ]
+        )
+    )
+    fleet = load_fleet(files / "fleet.toml")
+    init_broker(fleet, files)
+    broker = start_dev_broker(fleet, files, port=port)
+    try:
+        yield files
+    finally:
+        broker.stop()
+
+
+def _gate(d: Deployment, files: Path, timeout_s: int) -> subprocess.CompletedProcess[str]:
+    """Only the rollout gate of the agents' play, managed, for the device, as -v shows it."""
+    managed = {
+        "ftte_manage_system": True,
+        "ftte_broker_files": str(files),
+        "edge_agent_health_timeout_s": timeout_s,
+    }
+    return _playbook(
+        d.inventory, "-v", "--limit", DEVICE, "--start-at-task", GATE, "-e", json.dumps(managed)
+    )
+
+
+def test_rollout_gate_passes_once_the_deployed_agent_is_online(deployment, gate_files):
+    d, _ = deployment
+    agent = subprocess.Popen(
+        [
+            d.prefix(DEVICE) / "opt/ftte-agent/venv/bin/ftte-agent",
+            "--config",
+            gate_files / "devices" / f"{DEVICE}.toml",
+        ],
+        stdout=(gate_files / "agent.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        run = _gate(d, gate_files, timeout_s=120)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    recap = _recap(run)
+    assert recap[DEVICE]["failed"] == 0
+    assert f"{DEVICE} online, version 0.1.0" in run.stdout
+
+
+def test_rollout_gate_fails_the_batch_while_the_device_is_not_online(deployment, gate_files):
+    d, _ = deployment
+    run = _gate(d, gate_files, timeout_s=3)
+    assert run.returncode != 0
+    assert _counters(run)[DEVICE]["failed"] == 1
+    assert f"{DEVICE} not online with version 0.1.0" in run.stdout
 
 
 def _uid(user: str) -> int:

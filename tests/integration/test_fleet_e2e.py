@@ -1,8 +1,12 @@
 """End to end over TLS: orchestrator + 8 agent processes train past the target."""
 
+import pytest
+
 from orchestrator.localfleet import LocalFleet
 from orchestrator.telemetry import InfluxConfig
 from tests.integration.fleet_helpers import ServiceThread, spec
+
+pytestmark = pytest.mark.fleet
 
 
 def test_fleet_trains_past_target_within_budgets_with_telemetry(tmp_path, victoria):

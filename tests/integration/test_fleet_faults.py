@@ -1,116 +1,154 @@
-"""Faults mid-training: orchestrator SIGKILL, broker restart, time-series database outage."""
+"""Faults mid-training: orchestrator SIGKILL, broker restart, time-series database outage.
+
+These tests are about resuming, not about learning: each job stops on a version count
+(``max_versions``) with a target no accuracy reaches, so the runs are short and end at a
+version the test knows.
+"""
 
 import re
 import signal
 import time
 
-import numpy as np
+import pytest
 
-from orchestrator.checkpoint import CHECKPOINT, Journal
+from ftte.wire import decode_update
+from orchestrator.checkpoint import CHECKPOINT, Journal, load_state
 from orchestrator.localfleet import LocalFleet
 from orchestrator.status import read_status
 from orchestrator.telemetry import InfluxConfig
 from tests.integration.fleet_helpers import (
+    UNREACHABLE,
     ServiceThread,
     spec,
     start_orchestrator_process,
     wait_until,
 )
 
-TARGET = 0.85  # a little below the task's own, to keep these runs short
+pytestmark = pytest.mark.fleet
 
 
 def checkpoint_meta(run_dir):
-    import json
-
-    with np.load(run_dir / CHECKPOINT) as f:
-        return json.loads(f["meta"].tobytes())
+    return load_state(run_dir)
 
 
-def test_orchestrator_sigkill_resumes_from_checkpoint_and_journal(tmp_path):
-    fleet = LocalFleet(spec(tmp_path, target_accuracy=TARGET))
+def stop_with_unapplied_journal(process, run_dir, min_version, timeout):
+    """SIGSTOP the orchestrator when its journal holds updates the checkpoint lacks.
+
+    Stopped, it can neither journal nor checkpoint, so what is read is what a crash
+    leaves. Returns the checkpoint's meta and the journal's entries.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / CHECKPOINT).exists() and checkpoint_meta(run_dir)["version"] >= min_version:
+            process.send_signal(signal.SIGSTOP)
+            meta = checkpoint_meta(run_dir)
+            journal = Journal(run_dir)
+            entries = list(journal.entries())
+            journal.close()
+            if unapplied(entries, meta):
+                return meta, entries
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise TimeoutError(f"no unapplied journal entries past version {min_version} in {timeout} s")
+
+
+def unapplied(entries, state):
+    """Journal entries the checkpoint does not hold: answers to assignments still open in it
+    (an answer the checkpoint holds closed its assignment)."""
+    still_open = {d["open"]["id"] for d in state["devices"] if d["open"] is not None}
+    return [e for e in entries if decode_update(e[1]).assignment_id in still_open]
+
+
+def test_orchestrator_sigkill_replays_the_journal_and_resumes_from_checkpoint(tmp_path):
+    fleet = LocalFleet(spec(tmp_path, target_accuracy=UNREACHABLE, max_versions=14))
     fleet.start_broker()
     job_file = fleet.write_job_file()
-    job = fleet.job_config()
+    run_dir = fleet.job_config().job.run_dir
     log = tmp_path / "orchestrator.log"
     first = start_orchestrator_process(job_file, log)
+    second = None
     try:
         fleet.start_agents()
-        wait_until(
-            lambda: (
-                (job.job.run_dir / CHECKPOINT).exists()
-                and checkpoint_meta(job.job.run_dir)["version"] >= 15
-            ),
-            180,
-            "version 15",
-        )
+        meta, journaled = stop_with_unapplied_journal(first, run_dir, min_version=4, timeout=180)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        meta = checkpoint_meta(job.job.run_dir)
-        journaled = sum(1 for _ in Journal(job.job.run_dir).entries())
         time.sleep(3)  # agents keep training and publishing while nobody listens
         second = start_orchestrator_process(job_file, log)
         assert second.wait(240) == 0
     finally:
-        first.kill()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
         fleet.stop()
     text = log.read_text()
     resumed = re.search(r"resumed from checkpoint at version (\d+) with (\d+)", text)
-    assert resumed and int(resumed.group(1)) == meta["version"]
-    assert int(resumed.group(2)) == meta["accepted"]
-    if journaled:
-        replayed = re.search(r"replayed (\d+) journaled updates", text)
-        assert replayed and int(replayed.group(1)) == journaled
-    final = checkpoint_meta(job.job.run_dir)
-    assert final["accepted"] > meta["accepted"] + journaled
-    assert "target reached" in text
+    assert resumed, "the second run did not load the checkpoint"
+    assert (int(resumed.group(1)), int(resumed.group(2))) == (meta["version"], meta["accepted"])
+    replayed = re.search(r"replayed (\d+) journaled updates: .* with (\d+) accepted", text)
+    assert replayed, "the second run did not replay the journal"
+    assert int(replayed.group(1)) == len(journaled)
+    # Every update acknowledged before the crash counts once: none lost, none doubled.
+    assert int(replayed.group(2)) == meta["accepted"] + len(unapplied(journaled, meta))
+    final = checkpoint_meta(run_dir)
+    assert final["version"] == 14
+    assert final["accepted"] > int(replayed.group(2))
 
 
 def test_broker_restart_mid_training_reconnects_everyone(tmp_path):
-    fleet = LocalFleet(spec(tmp_path, target_accuracy=TARGET))
+    fleet = LocalFleet(spec(tmp_path, target_accuracy=UNREACHABLE, max_versions=12))
     broker = fleet.start_broker()
     try:
         job = ServiceThread(fleet)
         fleet.start_agents()
-        wait_until(lambda: job.service.server.version >= 10, 180, "version 10")
+        wait_until(lambda: job.service.server.version >= 4, 180, "version 4")
+        restarted_at = job.service.server.version
         broker.restart()
         result = job.wait(timeout=300)
         codes = fleet.stop_agents()
     finally:
         fleet.stop()
-    assert result.reached_target
+    assert restarted_at < 12 and result.version == 12  # training went on after the restart
     assert job.service.link.connects >= 2
     assert set(codes.values()) == {0}
 
 
-def test_influx_outage_slows_nothing_and_is_counted(tmp_path, victoria):
+def test_influx_outage_slows_nothing_and_every_point_is_counted(tmp_path, victoria):
+    # No retries: a refused batch is counted as failed at once, so the writer has no
+    # backlog when the job closes it and every emitted point is accounted for.
     influx = InfluxConfig(
         url=victoria.url,
         token="t",
         org="ftte",
         bucket="ftte",
         flush_interval_ms=200,
-        close_wait_ms=2000,
+        max_retries=0,
+        close_wait_ms=10_000,
     )
-    fleet = LocalFleet(spec(tmp_path, target_accuracy=TARGET, influx=influx))
+    fleet = LocalFleet(spec(tmp_path, target_accuracy=UNREACHABLE, max_versions=16, influx=influx))
     fleet.start_broker()
     try:
         job = ServiceThread(fleet)
         fleet.start_agents()
-        wait_until(lambda: job.service.server.version >= 10, 180, "version 10")
+        wait_until(
+            lambda: (
+                job.service.server.version >= 6 and job.service.telemetry.counters().written > 0
+            ),
+            180,
+            "version 6 with points written",
+        )
         before = job.service.history[-1]
         victoria.stop()
         result = job.wait(timeout=300)
     finally:
         fleet.stop()
-    assert result.reached_target
+    assert result.version == 16
     history = job.service.history
     pace_before = before[1] / before[0]
     pace_after = (history[-1][1] - before[1]) / (history[-1][0] - before[0])
     assert pace_after >= 0.5 * pace_before
     counters = job.service.telemetry.counters()
     assert counters.failed > 0
-    assert counters.written + counters.failed <= counters.emitted
+    assert counters.written + counters.failed == counters.emitted
 
 
 def test_status_reads_the_retained_job_state(tmp_path):

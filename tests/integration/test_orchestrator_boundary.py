@@ -1,6 +1,7 @@
 """No payload stops the orchestrator, live or on replay; FedAvg survives a restart mid-round."""
 
 import numpy as np
+import pytest
 
 from ftte import topics
 from ftte.transport.mqtt import Inbound
@@ -21,6 +22,7 @@ INFINITE_BUDGET = (
 )
 
 
+@pytest.mark.fleet
 def test_hostile_status_payloads_are_refused_counted_and_serving_goes_on(tmp_path):
     fleet = LocalFleet(spec(tmp_path, devices=3, max_versions=3))
     fleet.start_broker()
@@ -43,6 +45,7 @@ def test_hostile_status_payloads_are_refused_counted_and_serving_goes_on(tmp_pat
     assert not service.failures
 
 
+@pytest.mark.fleet
 def test_a_message_that_raises_while_handled_is_counted_set_aside_and_serving_goes_on(
     tmp_path, monkeypatch
 ):
@@ -123,6 +126,7 @@ def answer(service: OrchestratorService, device_id: str, value: float) -> bytes:
     return encode_update(update)
 
 
+@pytest.mark.fleet
 def test_fedavg_stopped_mid_round_resumes_the_round_after_a_restart(tmp_path):
     """The crash loop of issue 12: a graceful stop mid-round, a restart, answers arrive."""
     fleet = LocalFleet(

@@ -3,6 +3,8 @@
 import signal
 import time
 
+import pytest
+
 from ftte.wire.control import JobState
 from orchestrator.localfleet import LocalFleet
 from orchestrator.status import STALE_AFTER_S, liveness, read_status
@@ -27,6 +29,7 @@ def seen(job, within_s: float) -> str | None:
         return None
 
 
+@pytest.mark.fleet
 def test_status_reports_a_killed_orchestrator_as_gone_within_ten_seconds(tmp_path):
     fleet = LocalFleet(spec(tmp_path, devices=2))
     fleet.start_broker()

@@ -1,8 +1,10 @@
 """Telemetry through influxdb-client into a real VictoriaMetrics, and through an outage."""
 
+import itertools
 import time
+from dataclasses import replace
 
-from orchestrator.telemetry import InfluxConfig, open_telemetry
+from orchestrator.telemetry import InfluxConfig, TelemetryCounters, open_telemetry
 
 
 def config(vm) -> InfluxConfig:
@@ -55,11 +57,8 @@ def test_points_are_readable_back_from_victoria_metrics(victoria, tmp_path):
     assert refused[0]["values"] == [0]
 
 
-def test_an_outage_slows_nothing_and_is_counted(victoria, tmp_path):
-    victoria.stop()
-    telemetry = open_telemetry("farm-a", "job-1", config(victoria), tmp_path)
-    started = time.perf_counter()
-    for i in range(1000):
+def emit_updates(telemetry, count: int) -> None:
+    for i in range(count):
         telemetry.update(
             device="dev-01",
             update_id=f"u{i}",
@@ -71,13 +70,41 @@ def test_an_outage_slows_nothing_and_is_counted(victoria, tmp_path):
             reason=None,
             peak_mem_bytes=1,
         )
-    assert time.perf_counter() - started < 0.5
-    closing = time.perf_counter()
+
+
+def one_ms_apart():
+    """A clock for points that must stay distinct samples at VictoriaMetrics' ms precision.
+
+    It starts in the past so that no point is later than the export's default end, now.
+    """
+    start_ms = time.time_ns() // 10**6 - 60_000
+    return itertools.count(start_ms * 10**6, 10**6).__next__
+
+
+def test_a_hung_database_holds_up_no_caller_and_gets_every_point_once_it_answers(
+    victoria, tmp_path
+):
+    victoria.pause()
+    influx = replace(config(victoria), timeout_ms=60_000, close_wait_ms=60_000)
+    telemetry = open_telemetry("farm-a", "job-1", influx, tmp_path, now_ns=one_ms_apart())
+    emit_updates(telemetry, 1000)
+    # Every call has returned, and the database has not answered a single write.
+    assert telemetry.counters() == TelemetryCounters(emitted=1000)
+    victoria.resume()
     telemetry.close()
-    assert time.perf_counter() - closing < 10
-    counters = telemetry.counters()
-    assert counters.emitted == 1000 and counters.written == 0
-    assert counters.failed > 0
+    assert telemetry.counters() == TelemetryCounters(emitted=1000, written=1000)
+    series = victoria.export('{__name__="ftte_update_bytes"}')
+    assert len(series[0]["values"]) == 1000
+
+
+def test_an_outage_loses_points_and_counts_every_one(victoria, tmp_path):
+    victoria.stop()
+    # No retries: a refused batch fails at once, so closing leaves no batch unaccounted.
+    influx = replace(config(victoria), max_retries=0, close_wait_ms=30_000)
+    telemetry = open_telemetry("farm-a", "job-1", influx, tmp_path)
+    emit_updates(telemetry, 1000)
+    telemetry.close()
+    assert telemetry.counters() == TelemetryCounters(emitted=1000, failed=1000)
 
 
 def test_without_influx_points_go_to_a_line_protocol_file(tmp_path):

@@ -33,6 +33,7 @@ def slices(order: list[str]) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_name", ["digits", "vibration"])
 def test_prediction_bounds_measured_peak(task_name):
     task = load_task(task_name, num_devices=2, seed=0)

@@ -1,0 +1,56 @@
+"""FedBuff end to end over TLS: the orchestrator and agent processes advance the model."""
+
+import pytest
+
+from orchestrator.localfleet import LocalFleet
+from tests.integration.fleet_helpers import UNREACHABLE, ServiceThread, spec
+
+pytestmark = pytest.mark.fleet
+
+VERSIONS = 4
+
+
+def line_protocol(path):
+    """(measurement, tags, fields) per line of a telemetry file; values hold no spaces."""
+    points = []
+    for line in path.read_text().splitlines():
+        series, fields, _timestamp = line.split(" ")
+        measurement, *tags = series.split(",")
+        points.append(
+            (
+                measurement,
+                dict(t.split("=", 1) for t in tags),
+                dict(f.split("=", 1) for f in fields.split(",")),
+            )
+        )
+    return points
+
+
+def test_fedbuff_fleet_advances_versions_on_updates_from_several_devices(tmp_path):
+    fleet = LocalFleet(
+        spec(
+            tmp_path,
+            devices=6,
+            slow_fraction=0.0,  # equal devices: each gets its turn within a few versions
+            strategy="fedbuff",
+            target_accuracy=UNREACHABLE,
+            max_versions=VERSIONS,
+        )
+    )
+    fleet.start_broker()
+    try:
+        job = ServiceThread(fleet)
+        fleet.start_agents()
+        result = job.wait(timeout=120)
+        codes = fleet.stop_agents()
+    finally:
+        fleet.stop()
+    assert result.version == VERSIONS
+    assert set(codes.values()) == {0}
+    points = line_protocol(job.service.run_dir / "telemetry.lp")
+    versions = [int(f["version"].rstrip("i")) for m, _, f in points if m == "ftte_aggregation"]
+    assert versions == list(range(1, VERSIONS + 1))
+    updates = [tags for m, tags, _ in points if m == "ftte_update"]
+    accepted = [t["device"] for t in updates if t["reason"] == "accepted"]
+    assert len(accepted) == job.service.server.accepted
+    assert len(set(accepted)) >= 3
