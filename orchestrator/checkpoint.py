@@ -25,6 +25,9 @@ from ftte.fileio import atomic_write
 
 CHECKPOINT = "checkpoint.msgpack"
 JOURNAL = "journal.bin"
+# The journal's entries are (MQTT topic, payload) for updates, and this pseudo-topic (``$``
+# topics are the broker's, never a device's) for the engine's dispatch records.
+DISPATCH = "$ftte/dispatch"
 _ND = "__ndarray__"
 
 
@@ -69,6 +72,10 @@ class Journal:
         self.path = run_dir / JOURNAL
         self._file = self.path.open("ab")
 
+    def append_dispatch(self, record: dict[str, Any]) -> None:
+        """Persist one dispatch record durably (``TrainingServer.dispatch_record``)."""
+        self.append(DISPATCH, msgpack.packb(record, use_bin_type=True))
+
     def append(self, topic: str, payload: bytes) -> None:
         """Persist one received update durably (returns after fsync)."""
         head = topic.encode()
@@ -98,3 +105,9 @@ class Journal:
     def close(self) -> None:
         """Close the file."""
         self._file.close()
+
+
+def decode_dispatch(payload: bytes) -> dict[str, Any]:
+    """A dispatch record read back from the journal."""
+    record: dict[str, Any] = msgpack.unpackb(payload, raw=False)
+    return record

@@ -266,6 +266,48 @@ class TrainingServer:
                 assignments.append(assignment)
         return assignments
 
+    def dispatch_record(self, assignments: list[Assignment]) -> dict[str, Any]:
+        """What replaying a dispatch needs, for the driver to journal before sending it.
+
+        An answer to an assignment opened after the last checkpoint is only accepted after a
+        crash if the assignment can be reopened: the record holds the opened assignments,
+        the id counter and the strategy's selection state (FedAvg's round).
+        """
+        return {
+            "next_assignment": self._next_assignment,
+            "selection": self.strategy.selection_state(),
+            "opened": [
+                {
+                    "device_id": a.device_id,
+                    "budget_bytes": self.devices[a.device_id].budget_bytes,
+                    "id": a.assignment_id,
+                    "version": a.version,
+                    "trainable": list(a.trainable),
+                    "micro_batch": a.train.micro_batch,
+                }
+                for a in assignments
+            ],
+        }
+
+    def replay_dispatch(self, record: dict[str, Any], now: float) -> None:
+        """Reopen the assignments of a journaled dispatch (after a crash, in journal order)."""
+        for opened in record["opened"]:
+            device_id = opened["device_id"]
+            if device_id not in self.devices:  # its birth came after the checkpoint
+                self.register(device_id, opened["budget_bytes"])
+            device = self.devices[device_id]
+            device.open = OpenAssignment(
+                opened["id"],
+                opened["version"],
+                tuple(opened["trainable"]),
+                opened["micro_batch"],
+                now,
+            )
+            device.synced_version = opened["version"]
+            self._time(device, now)
+        self._next_assignment = max(self._next_assignment, int(record["next_assignment"]))
+        self.strategy.load_selection_state(record["selection"])
+
     def plan_for(self, device_id: str) -> SlicePlan:
         """The slice this device trains now (planned under its budget and the mode)."""
         record = self.devices[device_id]

@@ -28,7 +28,7 @@ from ftte.tasks import load_task
 from ftte.transport.mqtt import Inbound, MqttLink, PayloadTooLarge, Will
 from ftte.wire import encode_assignment
 from ftte.wire.control import GONE, HEARTBEAT_S, JobState, decode_status
-from orchestrator.checkpoint import Journal, load_state, save_state
+from orchestrator.checkpoint import DISPATCH, Journal, decode_dispatch, load_state, save_state
 from orchestrator.config import JobConfig
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
@@ -148,7 +148,7 @@ class OrchestratorService:
         """Process one message behind the boundary: it is acknowledged whatever happens."""
         try:
             self._dispatch_message(message.topic, message.payload, journal=True)
-        except Exception as exc:
+        except Exception as exc:  # one message, whatever it raised, must not stop the service
             self._set_aside(message.topic, message.payload, exc)
         finally:
             self.link.ack(message)
@@ -249,14 +249,19 @@ class OrchestratorService:
         # No checkpoint until every entry is re-applied: truncating the journal halfway
         # would lose the rest if we crashed again.
         self._replaying = True
-        for topic, payload in list(self.journal.entries()):
+        now = time.monotonic()
+        entries = list(self.journal.entries())
+        for topic, payload in entries:
             try:
-                self._dispatch_message(topic, payload, journal=False)
-            except Exception as exc:
+                if topic == DISPATCH:
+                    self.server.replay_dispatch(decode_dispatch(payload), now)
+                else:
+                    replayed += 1
+                    self._dispatch_message(topic, payload, journal=False)
+            except Exception as exc:  # the same boundary as for live messages
                 self._set_aside(topic, payload, exc)
-            replayed += 1
         self._replaying = False
-        if replayed:
+        if entries:
             self._checkpoint()
             log.info(
                 "replayed %d journaled updates: now at version %d with %d accepted updates",
@@ -270,7 +275,11 @@ class OrchestratorService:
     def _dispatch(self) -> None:
         fleet = self.config.job.fleet
         timeout = int(self.config.server.assignment_timeout_s)
-        for assignment in self.server.dispatch(self.rng, time.monotonic()):
+        assignments = self.server.dispatch(self.rng, time.monotonic())
+        if assignments:
+            # Journaled before sent: after a crash, answers to these must still be accepted.
+            self.journal.append_dispatch(self.server.dispatch_record(assignments))
+        for assignment in assignments:
             payload = encode_assignment(assignment, self.server.config.model_encoding)
             try:
                 self.link.publish(

@@ -79,12 +79,25 @@ class Strategy(ABC):
         """The updates waiting in the buffer, oldest first."""
 
     @abstractmethod
-    def state_dict(self) -> StrategyState:
-        """Everything needed to continue after a restart: the buffer and any round state."""
+    def selection_state(self) -> StrategyState:
+        """What ``select`` changes (small: journaled with every dispatch)."""
 
     @abstractmethod
+    def load_selection_state(self, state: StrategyState) -> None:
+        """Continue from a ``selection_state`` (replaying a journaled dispatch)."""
+
+    def state_dict(self) -> StrategyState:
+        """Everything needed to continue after a restart: the selection and the buffer."""
+        return {**self.selection_state(), "buffer": buffer_state(self.buffered())}
+
     def load_state_dict(self, state: StrategyState) -> None:
         """Continue from a ``state_dict`` of a strategy of the same class and parameters."""
+        self.load_selection_state(state)
+        self._load_buffer(load_buffer_state(state["buffer"]))
+
+    @abstractmethod
+    def _load_buffer(self, buffer: list[ReceivedUpdate]) -> None:
+        """Replace the buffer (from a checkpoint)."""
 
 
 def buffer_state(buffer: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:

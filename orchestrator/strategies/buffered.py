@@ -6,13 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from orchestrator.strategies.base import (
-    ReceivedUpdate,
-    Strategy,
-    StrategyState,
-    buffer_state,
-    load_buffer_state,
-)
+from orchestrator.strategies.base import ReceivedUpdate, Strategy, StrategyState
 
 
 class BufferedStrategy(Strategy):
@@ -71,15 +65,16 @@ class BufferedStrategy(Strategy):
         """The waiting updates, oldest first."""
         return list(self._buffer)
 
-    def state_dict(self) -> StrategyState:
-        """The buffer and the concurrency K follows, so a restored buffer is applied when
-        it would have been."""
-        return {"buffer": buffer_state(self._buffer), "concurrency": self._concurrency}
+    def selection_state(self) -> StrategyState:
+        """The concurrency K follows, so a restored buffer is applied when it would have been."""
+        return {"concurrency": self._concurrency}
 
-    def load_state_dict(self, state: StrategyState) -> None:
-        """Continue from ``state_dict``."""
-        self._buffer = load_buffer_state(state["buffer"])
+    def load_selection_state(self, state: StrategyState) -> None:
+        """Continue from ``selection_state``."""
         self._concurrency = int(state["concurrency"])
+
+    def _load_buffer(self, buffer: list[ReceivedUpdate]) -> None:
+        self._buffer = buffer
 
     def _take(self) -> list[ReceivedUpdate]:
         taken, self._buffer = self._buffer, []

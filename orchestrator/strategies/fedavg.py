@@ -17,8 +17,6 @@ from orchestrator.strategies.base import (
     Strategy,
     StrategyState,
     StrategyStateError,
-    buffer_state,
-    load_buffer_state,
 )
 
 
@@ -101,16 +99,14 @@ class FedAvgStrategy(Strategy):
         """Updates of the open round received so far."""
         return list(self._buffer)
 
-    def state_dict(self) -> StrategyState:
-        """The open round: whether one is open, whom it waits for, what has arrived."""
-        return {
-            "round_open": self._round_open,
-            "waiting": sorted(self._waiting),
-            "buffer": buffer_state(self._buffer),
-        }
+    def selection_state(self) -> StrategyState:
+        """The open round: whether one is open and whom it waits for."""
+        return {"round_open": self._round_open, "waiting": sorted(self._waiting)}
 
-    def load_state_dict(self, state: StrategyState) -> None:
-        """Continue the round ``state_dict`` saw, waiting for the same devices."""
+    def load_selection_state(self, state: StrategyState) -> None:
+        """Continue the round ``selection_state`` saw, waiting for the same devices."""
         self._round_open = bool(state["round_open"])
         self._waiting = set(state["waiting"])
-        self._buffer = load_buffer_state(state["buffer"])
+
+    def _load_buffer(self, buffer: list[ReceivedUpdate]) -> None:
+        self._buffer = buffer

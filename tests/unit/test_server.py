@@ -157,3 +157,23 @@ def test_timeout_bookkeeping_stays_proportional_to_the_devices_training():
             s.ingest(device_id, answer(a))
     assert s.accepted == 400
     assert len(s._deadlines) <= 2 * s.in_flight() + 64  # not one entry per assignment sent
+
+
+@pytest.mark.parametrize("strategy", ["ftte", "fedavg"])
+def test_an_answer_to_an_assignment_dispatched_after_the_checkpoint_counts_after_replay(
+    strategy, tmp_path
+):
+    """The journal holds the dispatch, so a crash between checkpoint and answer loses nothing."""
+    s = server(strategy)
+    save_state(tmp_path, s.state_dict())  # the checkpoint, before any dispatch
+    sent = dispatch(s)
+    record = s.dispatch_record(list(sent.values()))
+    restored = server(strategy)
+    restored.load_state_dict(load_state(tmp_path), now=0.0)
+    assert restored.ingest("d0", answer(sent["d0"])).reason is RejectReason.UNEXPECTED
+    restored = server(strategy)
+    restored.load_state_dict(load_state(tmp_path), now=0.0)
+    restored.replay_dispatch(record, now=0.0)
+    for device_id, a in sent.items():
+        assert restored.ingest(device_id, answer(a)).accepted
+    assert restored.in_flight() == 0 and restored.accepted == 4
