@@ -19,9 +19,20 @@ PER_STRATEGY = (
 )
 
 
+@pytest.fixture(scope="module")
+def resumed():
+    """One seed run, then resumed to two: the second seed is the only new work (one
+    benchmark of two seeds serves both tests; it is the slow part of this module)."""
+    one = BenchSize(devices=6, seeds=1, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
+    first = json.loads(json.dumps(paper_benchmark("digits", one)))  # as --json stores it
+    for runs in first["runs"].values():
+        runs[0]["marker"] = "kept"  # a rerun would not carry this
+    return paper_benchmark("digits", TINY, workers=2, previous=first)
+
+
 @pytest.mark.slow
-def test_report_has_every_strategy_metric_and_ratio():
-    results = paper_benchmark("digits", TINY, workers=2)
+def test_report_has_every_strategy_metric_and_ratio(resumed):
+    results = resumed
     assert set(results["strategies"]) == set(STRATEGIES)
     for name in STRATEGIES:
         s = results["strategies"][name]
@@ -46,12 +57,7 @@ def test_report_has_every_strategy_metric_and_ratio():
 
 
 @pytest.mark.slow
-def test_resume_reuses_earlier_runs_and_runs_only_the_missing_seeds():
-    one = BenchSize(devices=6, seeds=1, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
-    first = json.loads(json.dumps(paper_benchmark("digits", one)))  # as --json stores it
-    for runs in first["runs"].values():
-        runs[0]["marker"] = "kept"  # a rerun would not carry this
-    resumed = paper_benchmark("digits", TINY, workers=2, previous=first)
+def test_resume_reuses_earlier_runs_and_runs_only_the_missing_seeds(resumed):
     for name in STRATEGIES:
         seed0, seed1 = resumed["runs"][name]
         assert seed0["marker"] == "kept"
