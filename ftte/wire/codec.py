@@ -238,7 +238,6 @@ def _float(value: Any, name: str) -> float:
 def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
     if not isinstance(t, dict) or not {"dtype", "shape", "data"} <= set(t):
         raise Rejected(RejectReason.MALFORMED, f"tensor {name!r} is not a dtype/shape/data map")
-    _check_keys(t, f"tensor {name!r}")
     dtype = _DTYPES.get(t["dtype"]) if isinstance(t["dtype"], str) else None
     if dtype is None:
         raise Rejected(RejectReason.BAD_DTYPE, f"tensor {name!r}: dtype {t['dtype']!r}")

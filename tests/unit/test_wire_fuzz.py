@@ -2,9 +2,10 @@
 
 Property-based (hypothesis): structured mutations of valid messages (every field replaced by
 any msgpack or JSON value, keys of any type, tensors of any dtype/shape/data), and raw bytes.
-10,000 generated payloads per run (4,000 updates, 4,500 assignments, 1,500
-control messages, each decoded as status and as job state); derandomized so CI is reproducible (run with
-``--hypothesis-seed=random`` locally to explore further). Refused updates change nothing.
+10,000 generated payloads per run (4,000 updates, 4,500 assignments, 1,500 control
+messages, each decoded as status and as job state); derandomized so CI is reproducible
+(run with ``--hypothesis-seed=random`` locally to explore further). Refused updates change
+nothing.
 """
 
 import json
