@@ -70,6 +70,21 @@ class OpenAssignment:
     micro_batch: int
     dispatched_at: float
 
+    def saved(self) -> dict[str, Any]:
+        """Its checkpoint and journal form (the dispatch time is not kept: see ``restored``)."""
+        return {
+            "id": self.assignment_id,
+            "version": self.version,
+            "trainable": list(self.trainable),
+            "micro_batch": self.micro_batch,
+        }
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any], now: float) -> OpenAssignment:
+        """From ``saved``, timed from ``now`` (the device may have lost it while we were away)."""
+        trainable = tuple(saved["trainable"])
+        return cls(saved["id"], saved["version"], trainable, saved["micro_batch"], now)
+
 
 @dataclass
 class DeviceRecord:
@@ -280,10 +295,9 @@ class TrainingServer:
                 {
                     "device_id": a.device_id,
                     "budget_bytes": self.devices[a.device_id].budget_bytes,
-                    "id": a.assignment_id,
-                    "version": a.version,
-                    "trainable": list(a.trainable),
-                    "micro_batch": a.train.micro_batch,
+                    **OpenAssignment(
+                        a.assignment_id, a.version, a.trainable, a.train.micro_batch, 0.0
+                    ).saved(),
                 }
                 for a in assignments
             ],
@@ -296,13 +310,7 @@ class TrainingServer:
             if device_id not in self.devices:  # its birth came after the checkpoint
                 self.register(device_id, opened["budget_bytes"])
             device = self.devices[device_id]
-            device.open = OpenAssignment(
-                opened["id"],
-                opened["version"],
-                tuple(opened["trainable"]),
-                opened["micro_batch"],
-                now,
-            )
+            device.open = OpenAssignment.restored(opened, now)
             device.synced_version = opened["version"]
             self._time(device, now)
         self._next_assignment = max(self._next_assignment, int(record["next_assignment"]))
@@ -550,13 +558,7 @@ class TrainingServer:
             if opened is None:
                 self._file(record)
             else:
-                record.open = OpenAssignment(
-                    opened["id"],
-                    opened["version"],
-                    tuple(opened["trainable"]),
-                    opened["micro_batch"],
-                    now,
-                )
+                record.open = OpenAssignment.restored(opened, now)
                 self._time(record, now)
         self.strategy.load_state_dict(state["strategy"])
         self._scores_version = -1  # rescore the restored model before planning
@@ -575,7 +577,6 @@ class TrainingServer:
 
 
 def _record_state(d: DeviceRecord) -> dict[str, Any]:
-    opened = d.open
     return {
         "device_id": d.device_id,
         "budget_bytes": d.budget_bytes,
@@ -583,12 +584,5 @@ def _record_state(d: DeviceRecord) -> dict[str, Any]:
         "synced_version": d.synced_version,
         "last_closed": d.last_closed,
         "excluded": d.excluded,
-        "open": None
-        if opened is None
-        else {
-            "id": opened.assignment_id,
-            "version": opened.version,
-            "trainable": list(opened.trainable),
-            "micro_batch": opened.micro_batch,
-        },
+        "open": None if d.open is None else d.open.saved(),
     }
