@@ -98,6 +98,8 @@ class DeviceRecord:
     # Replay protection in O(devices): assignment ids only grow, an answer must name the
     # open one, and the one closed last is told apart as a replay.
     last_closed: str | None = None
+    # The update that closed it: sent again (its acknowledgement lost), it is a duplicate.
+    last_update: str | None = None
     plan: SlicePlan | None = None
     excluded: str | None = None  # why this device cannot take part, if it cannot
 
@@ -113,6 +115,7 @@ class Refusal:
     # The sender's own answer to its open assignment (refused, e.g. too stale): settling
     # it frees the device. Anything else leaves the open assignment alone.
     answers_open: bool = False
+    update_id: str | None = None  # the id its header names, if that much decoded
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,11 @@ class TrainingServer:
     def in_flight(self) -> int:
         """Devices currently training."""
         return len(self._training)
+
+    def open_assignment(self, device_id: str) -> OpenAssignment | None:
+        """The assignment ``device_id`` is answering now, if any."""
+        record = self.devices.get(device_id)
+        return None if record is None else record.open
 
     def devices_online(self) -> int:
         """Devices whose last word was that they are online."""
@@ -416,13 +424,34 @@ class TrainingServer:
         try:
             update = decode_update(payload, self.limits, expected)
         except Rejected as exc:
+            if self._settled(record, exc.device_id, exc.assignment_id, exc.update_id):
+                # A resend of the settled answer, checked against the slice now open.
+                reason, detail = RejectReason.DUPLICATE, f"update {exc.update_id!r} settled"
+                return Refusal(device_id, reason, detail, update_id=exc.update_id)
             answers = self._answers_open(record, exc.device_id, exc.assignment_id)
-            return Refusal(device_id, exc.reason, exc.detail, answers_open=answers)
+            return Refusal(
+                device_id, exc.reason, exc.detail, answers_open=answers, update_id=exc.update_id
+            )
         try:
             return self._validate(record, update)
         except Rejected as exc:
             answers = self._answers_open(record, update.device_id, update.assignment_id)
-            return Refusal(device_id, exc.reason, exc.detail, update, answers)
+            return Refusal(device_id, exc.reason, exc.detail, update, answers, update.update_id)
+
+    @staticmethod
+    def _settled(
+        record: DeviceRecord,
+        device_id: str | None,
+        assignment_id: str | None,
+        update_id: str | None,
+    ) -> bool:
+        """Whether a payload names the very update that closed ``record``'s last assignment."""
+        return (
+            device_id == record.device_id
+            and assignment_id == record.last_closed
+            and update_id is not None
+            and update_id == record.last_update
+        )
 
     @staticmethod
     def _answers_open(
@@ -448,7 +477,7 @@ class TrainingServer:
             self.rejected[admitted.reason.value] += 1
             if admitted.answers_open:
                 record = self.devices[admitted.device_id]
-                self._close(record)
+                self._close(record, admitted.update_id)
                 self.strategy.on_dropout(record.device_id)
             return Outcome(
                 accepted=False,
@@ -458,7 +487,7 @@ class TrainingServer:
             )
         record = self.devices[admitted.update.device_id]
         self.strategy.add(admitted)
-        self._close(record)
+        self._close(record, admitted.update.update_id)
         self.accepted += 1
         return Outcome(
             accepted=True,
@@ -467,9 +496,10 @@ class TrainingServer:
             aggregation=self.aggregate_if_ready(),
         )
 
-    def _close(self, record: DeviceRecord) -> None:
+    def _close(self, record: DeviceRecord, update_id: str | None) -> None:
         assert record.open is not None
         record.last_closed = record.open.assignment_id
+        record.last_update = update_id
         record.open = None
         self._file(record)
 
@@ -489,6 +519,8 @@ class TrainingServer:
                 RejectReason.UNKNOWN_DEVICE, f"{record.device_id} sent {update.device_id}'s update"
             )
         if update.assignment_id == record.last_closed:
+            if self._settled(record, update.device_id, update.assignment_id, update.update_id):
+                raise Rejected(RejectReason.DUPLICATE, f"update {update.update_id!r} settled")
             raise Rejected(RejectReason.REPLAYED, f"assignment {update.assignment_id!r} answered")
         assignment = record.open
         if assignment is None or assignment.assignment_id != update.assignment_id:
@@ -550,6 +582,7 @@ class TrainingServer:
                 online=saved["online"],
                 synced_version=saved["synced_version"],
                 last_closed=saved["last_closed"],
+                last_update=saved.get("last_update"),  # absent from older checkpoints
                 excluded=saved["excluded"],
             )
             self.devices[record.device_id] = record
@@ -583,6 +616,7 @@ def _record_state(d: DeviceRecord) -> dict[str, Any]:
         "online": d.online,
         "synced_version": d.synced_version,
         "last_closed": d.last_closed,
+        "last_update": d.last_update,
         "excluded": d.excluded,
         "open": None if d.open is None else d.open.saved(),
     }

@@ -341,10 +341,11 @@ def decode_update(
     _check_fields(doc, "update", _UPDATE_FIELDS)
     device_id = _str(doc["device_id"], "device_id")
     assignment_id = _str(doc["assignment_id"], "assignment_id")
+    update_id = _str(doc["update_id"], "update_id")
     try:
         return Update(
             device_id=device_id,
-            update_id=_str(doc["update_id"], "update_id"),
+            update_id=update_id,
             assignment_id=assignment_id,
             base_version=_int(doc["base_version"], "base_version", 0),
             num_samples=_int(doc["num_samples"], "num_samples", 1),
@@ -354,5 +355,9 @@ def decode_update(
         )
     except Rejected as exc:
         raise Rejected(
-            exc.reason, exc.detail, device_id=device_id, assignment_id=assignment_id
+            exc.reason,
+            exc.detail,
+            device_id=device_id,
+            assignment_id=assignment_id,
+            update_id=update_id,
         ) from None

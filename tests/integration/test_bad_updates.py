@@ -70,7 +70,8 @@ def test_bad_updates_are_rejected_with_reasons_and_change_nothing(tmp_path):
         client.publish(topic, update(assignment(2), wrong, "u-wrong"))
         third = assignment(3)
         client.publish(topic, update(third, good, "u-good"))
-        client.publish(topic, update(third, good, "u-good"))
+        # Another answer to the answered assignment is a replay (the same one, a duplicate).
+        client.publish(topic, update(third, good, "u-again"))
         expected = {
             "malformed": 1,
             "oversized": 1,

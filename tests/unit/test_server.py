@@ -42,12 +42,49 @@ def dispatch(s: TrainingServer, now: float = 0.0) -> dict[str, Assignment]:
     return {a.device_id: a for a in s.dispatch(np.random.default_rng(RNG_SEED), now)}
 
 
-def test_an_accepted_update_replayed_is_refused_as_replayed():
+def test_another_answer_to_an_answered_assignment_is_refused_as_replayed():
     s = server(buffer_size=4)
     a = dispatch(s)["d0"]
     assert s.ingest("d0", answer(a)).accepted
-    outcome = s.ingest("d0", answer(a))
+    outcome = s.ingest("d0", answer(a, update_id="another"))
     assert outcome.reason is RejectReason.REPLAYED and s.accepted == 1
+
+
+def test_the_accepted_update_sent_again_is_a_duplicate_not_a_replay():
+    s = server(buffer_size=4)
+    a = dispatch(s)["d0"]
+    payload = answer(a)
+    assert s.ingest("d0", payload).accepted
+    outcome = s.ingest("d0", payload)
+    assert outcome.reason is RejectReason.DUPLICATE and s.accepted == 1
+    assert s.rejected == {"duplicate": 1}
+
+
+def test_a_duplicate_is_recognised_while_another_slice_is_open_and_after_a_restart():
+    s = server(buffer_size=4)
+    first = dispatch(s)["d0"]
+    payload = answer(first)
+    assert s.ingest("d0", payload).accepted
+    restored = server(buffer_size=4)
+    restored.load_state_dict(s.state_dict(), now=0.0)
+    for engine in (s, restored):
+        # A smaller budget: the new slice, which the decoder now checks against, differs.
+        engine.register("d0", engine.full_model_peak() // 5, synced_version=0)
+        fresh = dispatch(engine)["d0"]
+        assert set(fresh.trainable) != set(first.trainable)
+        refusal = engine.admit("d0", payload)
+        assert refusal.reason is RejectReason.DUPLICATE
+        assert refusal.update_id == f"{first.assignment_id}.u"
+        assert engine.open_assignment("d0").assignment_id == fresh.assignment_id
+
+
+def test_open_assignment_names_what_a_device_answers_now():
+    s = server(buffer_size=4)
+    assert s.open_assignment("d0") is None and s.open_assignment("nobody") is None
+    a = dispatch(s)["d0"]
+    assert s.open_assignment("d0").assignment_id == a.assignment_id
+    assert s.ingest("d0", answer(a)).accepted
+    assert s.open_assignment("d0") is None
 
 
 def test_replay_protection_does_not_grow_with_accepted_updates():
