@@ -1,8 +1,11 @@
 """The edge agent: announce the device, train each assigned slice, publish the delta.
 
-One thread does the work (decode, train, encode, persist, publish); paho's network thread
-only queues messages and reports acknowledgements, so a long training never starves the
-keep-alive.
+One thread does the work (decode, train, encode, persist, publish, handle acknowledgements
+and resends); paho's network thread only queues messages and reports PUBACKs, so a long
+training never starves the keep-alive. A finished update stays in the outbox until the
+orchestrator acknowledges it (``edge_agent.delivery``). Every (re)connect announces the
+assignments the agent holds, so the orchestrator sends again one a broker crash lost, and
+an assignment that arrives twice is trained once.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from types import FrameType
 
@@ -19,6 +23,7 @@ import torch
 
 from edge_agent.config import AgentConfig, load_agent_config
 from edge_agent.data import load_local_data
+from edge_agent.delivery import UpdateDelivery
 from edge_agent.device import DeviceModel
 from edge_agent.outbox import Outbox
 from ftte import __version__, topics
@@ -26,11 +31,13 @@ from ftte.errors import Rejected
 from ftte.tasks import load_model_spec
 from ftte.transport.mqtt import MqttLink, Will
 from ftte.wire import decode_assignment, encode_update
-from ftte.wire.control import OFFLINE, DeviceStatus
+from ftte.wire.control import MAX_HELD, OFFLINE, DeviceStatus, decode_ack
+from ftte.wire.messages import Assignment
 
 log = logging.getLogger("ftte.agent")
 
 MEMORY_SHARE = 0.25  # of MemAvailable, when no budget is configured: the sensing app keeps the rest
+TAKEN_REMEMBERED = 64  # assignment ids remembered to train a re-sent assignment only once
 
 
 def measured_budget_bytes() -> int:
@@ -51,24 +58,33 @@ class EdgeAgent:
         self.budget = section.memory_budget_bytes or measured_budget_bytes()
         self.data = load_local_data(config.data)
         self.model = DeviceModel(load_model_spec(config.data.task).make_model)
-        self.outbox = Outbox(section.state_dir / "outbox")
         self.trained = 0
         self.refused = 0
+        self.duplicate_assignments = 0
         self._lock = threading.Lock()
-        self._in_flight: dict[int, str] = {}  # publish mid -> update id
-        self._early_acks: set[int] = set()
+        self._training: str | None = None  # the assignment being trained
+        self._taken: deque[str] = deque(maxlen=TAKEN_REMEMBERED)
         fleet = section.fleet
         self._assign_topic = topics.assign_topic(fleet, self.device_id)
+        self._ack_topic = topics.ack_topic(fleet, self.device_id)
         self._status_topic = topics.status_topic(fleet, self.device_id)
         self._update_topic = topics.update_topic(fleet, self.device_id)
         self.link = MqttLink(
             config.broker,
             client_id=self.device_id,
-            subscriptions=[(self._assign_topic, 1)],
+            subscriptions=[(self._assign_topic, 1), (self._ack_topic, 1)],
             will=Will(self._status_topic, OFFLINE),
             on_connect=self._announce,
-            on_published=self._acknowledged,
+            on_published=self._published,
         )
+        self.delivery = UpdateDelivery(
+            Outbox(section.state_dir / "outbox"),
+            self._publish_update,
+            section.resend_after_s,
+            section.resend_max_s,
+            time.monotonic(),
+        )
+        self._taken.extend(self.delivery.held())
 
     def run(self, stop: threading.Event) -> None:
         """Serve assignments until ``stop`` is set; then say goodbye and disconnect."""
@@ -78,12 +94,24 @@ class EdgeAgent:
                 try:
                     message = self.link.inbox.get(timeout=0.5)
                 except queue.Empty:
-                    continue
-                if message.topic == self._assign_topic:
+                    message = None
+                if message is not None and message.topic == self._assign_topic:
                     self._handle_assignment(message.payload, stop)
+                elif message is not None and message.topic == self._ack_topic:
+                    self._handle_ack(message.payload)
+                self.delivery.resend_due(time.monotonic())
         finally:
             self.link.publish(self._status_topic, OFFLINE, retain=True).wait_for_publish(2.0)
             self.link.stop()
+            d = self.delivery
+            log.info(
+                "delivery: %d sent, %d resent, refused %s, acknowledged %s, %d still held",
+                d.sent,
+                d.resent,
+                dict(d.refused),
+                dict(d.acks),
+                d.pending(),
+            )
 
     def _handle_assignment(self, payload: bytes, stop: threading.Event) -> None:
         try:
@@ -96,16 +124,35 @@ class EdgeAgent:
             self.refused += 1
             log.warning("assignment for %s arrived at %s", assignment.device_id, self.device_id)
             return
+        with self._lock:
+            again = assignment.assignment_id in self._taken
+            if not again:
+                self._taken.append(assignment.assignment_id)
+                self._training = assignment.assignment_id
+        if again:
+            # Sent again after a reconnect while it was on its way already: train it once.
+            self.duplicate_assignments += 1
+            log.info("assignment %s arrived again; already taken", assignment.assignment_id)
+            return
+        try:
+            self._train(assignment, stop)
+        finally:
+            with self._lock:
+                self._training = None
+
+    def _train(self, assignment: Assignment, stop: threading.Event) -> None:
         started = time.monotonic()
         update, result = self.model.train(assignment, self.data, seed=self.trained)
         self.trained += 1
         if self.config.agent.slowdown > 1.0:
             stop.wait((self.config.agent.slowdown - 1.0) * (time.monotonic() - started))
         encoded = encode_update(update, assignment.train.delta_encoding)
-        self.outbox.put(update.update_id, encoded)
-        self._publish_update(update.update_id, encoded)
+        self.delivery.submit(update.update_id, assignment.assignment_id, encoded, time.monotonic())
         log.info(
-            "trained %d tensors from version %d: loss %.3f, peak %d B of %d B budget",
+            "finished update %s for assignment %s: %d tensors from version %d, loss %.3f, "
+            "peak %d B of %d B budget",
+            update.update_id,
+            assignment.assignment_id,
             len(assignment.trainable),
             assignment.version,
             result.loss,
@@ -113,41 +160,42 @@ class EdgeAgent:
             self.budget,
         )
 
-    def _publish_update(self, update_id: str, encoded: bytes) -> None:
-        # Publish outside the lock (paho may call back into _acknowledged under its own
-        # mutex); an acknowledgement that beats us to the lock waits in _early_acks.
-        info = self.link.publish(self._update_topic, encoded, qos=1)
-        with self._lock:
-            acked = info.mid in self._early_acks
-            self._early_acks.discard(info.mid)
-            if not acked:
-                self._in_flight[info.mid] = update_id
-        if acked:
-            self.outbox.done(update_id)
+    def _handle_ack(self, payload: bytes) -> None:
+        try:
+            ack = decode_ack(payload)
+        except Rejected as exc:
+            self.refused += 1
+            log.warning("refused acknowledgement: %s", exc)
+            return
+        entry = self.delivery.on_ack(ack)
+        if entry is None:
+            log.info("update %s acknowledged again (%s)", ack.update_id, ack.verdict.value)
+            return
+        reason = f" ({ack.reason})" if ack.reason else ""
+        log.info("update %s %s%s", ack.update_id, ack.verdict.value, reason)
+
+    def _publish_update(self, payload: bytes) -> int:
+        return self.link.publish(self._update_topic, payload, qos=1).mid
+
+    def _published(self, mid: int, reason: int) -> None:
+        self.delivery.on_published(mid, reason, time.monotonic())
 
     def _announce(self) -> None:
-        """On every (re)connect: the retained birth message, then anything unacknowledged."""
+        """On every (re)connect: the retained birth with what the agent holds, then every
+        update not yet acknowledged."""
+        with self._lock:
+            training = [self._training] if self._training is not None else []
+        held = [*self.delivery.held(), *training][-MAX_HELD:]
         status = DeviceStatus(
             device_id=self.device_id,
             memory_budget_bytes=self.budget,
             compute_class=self.config.agent.compute_class,
             software_version=__version__,
             model_version=self.model.version,
+            assignments=tuple(held),
         )
         self.link.publish(self._status_topic, status.encode(), retain=True)
-        with self._lock:
-            waiting = set(self._in_flight.values())
-        for update_id, encoded in self.outbox.pending():
-            if update_id not in waiting:
-                self._publish_update(update_id, encoded)
-
-    def _acknowledged(self, mid: int) -> None:
-        with self._lock:
-            update_id = self._in_flight.pop(mid, None)
-            if update_id is None:
-                self._early_acks.add(mid)
-        if update_id is not None:
-            self.outbox.done(update_id)
+        self.delivery.on_connect(time.monotonic())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,13 @@ class AgentSection:
     compute_class: str = "unknown"
     # Demo only: stretch each training by this factor to imitate a slower device.
     slowdown: float = 1.0
+    # A finished update no acknowledgement settled this long after a send is sent again;
+    # the wait doubles after each resend up to resend_max_s. The orchestrator acknowledges
+    # within milliseconds unless it, or the way to it, is down: 30 s sends nothing twice in
+    # normal operation, and 8 min bounds the copies an hours-long outage queues at the broker
+    # to about ten per update.
+    resend_after_s: float = 30.0
+    resend_max_s: float = 480.0
 
     def __post_init__(self) -> None:
         validate_id(self.device_id, "agent.device_id")
@@ -29,6 +36,10 @@ class AgentSection:
             raise ValueError("memory_budget_bytes must be >= 0 (0 measures it)")
         if self.slowdown < 1.0:
             raise ValueError("slowdown is a factor >= 1.0")
+        if not self.resend_after_s > 0:
+            raise ValueError("resend_after_s must be positive (seconds)")
+        if not self.resend_max_s >= self.resend_after_s:
+            raise ValueError("resend_max_s must be >= resend_after_s (seconds)")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The agent's durable outbox: finished updates survive broker loss and agent restarts.
 
 paho keeps QoS 1 state only in memory, so an update is written here (atomically) before it
-is published and removed only when the broker has acknowledged it. After a reconnect or a
+is published and removed only when the orchestrator has acknowledged that it journaled it
+(``edge_agent.delivery``): the broker's PUBACK is not enough. After a reconnect or a
 restart everything still here is published again; a duplicate is harmless because the
-orchestrator refuses replayed update ids.
+orchestrator recognises it and never applies it twice.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ftte.fileio import atomic_write
 
 
 class Outbox:
-    """A folder of encoded updates waiting for the broker's acknowledgement."""
+    """A folder of encoded updates waiting for the orchestrator's acknowledgement."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -32,5 +33,5 @@ class Outbox:
         return [(p.stem, p.read_bytes()) for p in files]
 
     def done(self, update_id: str) -> None:
-        """The broker acknowledged this update: forget it."""
+        """The orchestrator acknowledged this update: forget it."""
         (self.folder / f"{update_id}.upd").unlink(missing_ok=True)

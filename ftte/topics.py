@@ -3,6 +3,7 @@
 ftte/v1/{fleet}/dev/{device}/status   retained birth (capabilities); last will "offline"
 ftte/v1/{fleet}/dev/{device}/assign   orchestrator -> device, QoS 1, message expiry
 ftte/v1/{fleet}/dev/{device}/update   device -> orchestrator, QoS 1
+ftte/v1/{fleet}/dev/{device}/ack      orchestrator -> device, QoS 1: the update is journaled
 ftte/v1/{fleet}/model                 retained model version and job state
 """
 
@@ -14,8 +15,11 @@ from typing import Literal
 from ftte.ids import validate_id
 
 ROOT = "ftte/v1"
-Kind = Literal["status", "assign", "update", "model"]
-DEVICE_KINDS = ("status", "assign", "update")
+Kind = Literal["status", "assign", "update", "ack", "model"]
+DEVICE_KINDS = ("status", "assign", "update", "ack")
+# Mosquitto's own counter of messages it dropped because a client's queue was full (it is
+# republished every ``sys_interval``); not a topic of the ftte scheme, but named once here.
+BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,11 @@ def assign_topic(fleet: str, device: str) -> str:
 def update_topic(fleet: str, device: str) -> str:
     """Where a device sends its delta."""
     return device_topic(fleet, device, "update")
+
+
+def ack_topic(fleet: str, device: str) -> str:
+    """Where the orchestrator tells a device that one of its updates is journaled (or settled)."""
+    return device_topic(fleet, device, "ack")
 
 
 def model_topic(fleet: str) -> str:

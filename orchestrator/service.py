@@ -2,8 +2,12 @@
 
 One worker thread owns all state. paho's network thread only queues messages; the worker
 hands each payload and the time to the engine (``TrainingServer``), journals an admitted
-update before it counts and before the broker is acknowledged, checkpoints after
-aggregations, dispatches assignments to idle devices and publishes the retained job state.
+update before it counts and before the broker is acknowledged, then tells the device so on
+its ack topic (the agent keeps the update until then: a PUBACK is not delivery), checkpoints
+after aggregations, dispatches assignments to idle devices and publishes the retained job
+state. An assignment a broker crash lost is sent again, unchanged, when the device's live
+birth does not name it or when the orchestrator itself reconnects, so no one waits for the
+assignment timeout; overflowing broker queues are counted from Mosquitto's ``$SYS`` counter.
 Every message passes one boundary: whatever happens while handling it, it is acknowledged,
 and a failure is counted by kind and the payload set aside in a bounded quarantine, so no
 payload can stop the orchestrator, now or when the journal is replayed after a restart.
@@ -23,11 +27,20 @@ import numpy as np
 from paho.mqtt.client import MQTTMessageInfo
 
 from ftte import topics
-from ftte.errors import Rejected
+from ftte.errors import Rejected, RejectReason
 from ftte.tasks import load_task
 from ftte.transport.mqtt import Inbound, MqttLink, PayloadTooLarge, Will
 from ftte.wire import encode_assignment
-from ftte.wire.control import GONE, HEARTBEAT_S, JobState, decode_status
+from ftte.wire.control import (
+    GONE,
+    HEARTBEAT_S,
+    DeviceStatus,
+    JobState,
+    UpdateAck,
+    Verdict,
+    decode_status,
+)
+from ftte.wire.messages import Assignment
 from orchestrator.checkpoint import DISPATCH, Journal, decode_dispatch, load_state, save_state
 from orchestrator.config import JobConfig
 from orchestrator.presets import make_server
@@ -40,6 +53,40 @@ log = logging.getLogger("ftte.orchestrator")
 
 ORCHESTRATOR_CLIENT_PREFIX = "ftte-orchestrator"
 HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
+
+
+class BrokerDrops:
+    """Mosquitto's count of messages it dropped from full queues (``topics.BROKER_DROPPED``,
+    republished every ``sys_interval``), turned into increments across broker restarts."""
+
+    def __init__(self) -> None:
+        self.seen = 0  # the broker's count at its last publication
+        self.total = 0  # drops noted so far, over every broker start
+        self.readings = 0
+
+    def note(self, payload: bytes) -> int:
+        """The messages dropped since the last reading; a ValueError if unreadable."""
+        text = payload.decode("ascii", errors="replace")
+        if not (0 < len(text) <= 20 and text.isdigit()):
+            raise ValueError(f"unreadable broker drop counter {text[:32]!r}")
+        count = int(text)
+        if count < self.seen:  # the broker restarted: its count did too
+            self.seen = 0
+        dropped, self.seen = count - self.seen, count
+        self.total += dropped
+        self.readings += 1
+        return dropped
+
+
+@dataclass(frozen=True)
+class SentAssignment:
+    """An open assignment's payload as sent, kept to send it again unchanged."""
+
+    assignment_id: str
+    payload: bytes
+    # The oldest model a device may hold for the payload to be complete: every tensor left
+    # out had last changed by this version. A device holding less gets a fresh assignment.
+    needs_version: int
 
 
 @dataclass(frozen=True)
@@ -84,6 +131,11 @@ class OrchestratorService:
         self.quarantine = Quarantine(self.run_dir / "quarantine")
         self.failures: Counter[str] = Counter()  # handler failures, by exception type
         self.status_refused: Counter[str] = Counter()  # refused status messages, by reason
+        # Acknowledgements by verdict, assignments sent again or withdrawn, broker drops.
+        self.delivery: Counter[str] = Counter()
+        self._sent: dict[str, SentAssignment] = {}  # by device: its open assignment as sent
+        self._connects_seen = 0
+        self.broker_drops = BrokerDrops()
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
@@ -96,6 +148,7 @@ class OrchestratorService:
             subscriptions=[
                 (topics.all_status_filter(job.fleet), 1),
                 (topics.all_updates_filter(job.fleet), 1),
+                (topics.BROKER_DROPPED, 0),
             ],
             manual_ack=True,
             # A dead orchestrator is told apart at once from a quiet one: the broker
@@ -124,6 +177,8 @@ class OrchestratorService:
                 if message is not None:
                     self.handle(message)
                 self._expire_overdue()
+                if self.link.connects != self._connects_seen:
+                    self._reconnected()
                 if self.link.connected.is_set():
                     self._dispatch()
                     if time.monotonic() - last_state > HEARTBEAT_S:
@@ -147,7 +202,7 @@ class OrchestratorService:
     def handle(self, message: Inbound) -> None:
         """Process one message behind the boundary: it is acknowledged whatever happens."""
         try:
-            self._dispatch_message(message.topic, message.payload, journal=True)
+            self._dispatch_message(message.topic, message.payload, True, message.retain)
         except Exception as exc:  # one message, whatever it raised, must not stop the service
             self._set_aside(message.topic, message.payload, exc)
         finally:
@@ -159,7 +214,13 @@ class OrchestratorService:
         log.error("handling a message on %s failed (%s: %s); set aside", topic, kind, exc)
         self.quarantine.put(topic, payload, "handler_error", f"{kind}: {exc}")
 
-    def _dispatch_message(self, topic: str, payload: bytes, journal: bool) -> None:
+    def _dispatch_message(
+        self, topic: str, payload: bytes, journal: bool, retained: bool = True
+    ) -> None:
+        """Route one message; ``journal`` is false on replay, ``retained`` for old births."""
+        if topic == topics.BROKER_DROPPED:
+            self._note_broker_drops(payload)
+            return
         try:
             ref = topics.parse(topic)
         except ValueError:
@@ -167,11 +228,11 @@ class OrchestratorService:
         if ref.device is None:
             return
         if ref.kind == "status":
-            self._handle_status(ref.device, payload)
+            self._handle_status(ref.device, payload, retained)
         elif ref.kind == "update":
             self._receive(ref.device, topic, payload, journal)
 
-    def _handle_status(self, device_id: str, payload: bytes) -> None:
+    def _handle_status(self, device_id: str, payload: bytes, retained: bool) -> None:
         try:
             status = decode_status(payload)
         except Rejected as exc:
@@ -189,18 +250,64 @@ class OrchestratorService:
         self.telemetry.device_status(
             device=device_id, online=True, budget_bytes=status.memory_budget_bytes
         )
+        # Only a live birth says what the device holds now; a retained one may be old.
+        if not retained and status.assignments is not None:
+            self._check_held(status)
+
+    def _check_held(self, status: DeviceStatus) -> None:
+        """A device just (re)connected: an open assignment it does not hold was lost."""
+        device_id = status.device_id
+        opened = self.server.open_assignment(device_id)
+        if opened is None or opened.assignment_id in (status.assignments or ()):
+            return
+        log.info("%s reconnected without %s", device_id, opened.assignment_id)
+        self._send_again(device_id, opened.assignment_id, status.model_version)
 
     def _receive(self, device_id: str, topic: str, payload: bytes, journal: bool) -> None:
-        """Admit, journal (if it will count), settle; telemetry for either fate."""
+        """Admit, journal (if it will count) and acknowledge, settle; telemetry for either
+        fate. On replay (``journal`` false) nothing is acknowledged: the agent sends it
+        again and is told it is a duplicate."""
         admitted = self.server.admit(device_id, payload)
-        if isinstance(admitted, Refusal) and admitted.update is None:
+        duplicate = isinstance(admitted, Refusal) and admitted.reason is RejectReason.DUPLICATE
+        if isinstance(admitted, Refusal) and admitted.update is None and not duplicate:
             # Not even decodable: keep a copy for whoever investigates the device.
             self.quarantine.put(topic, payload, admitted.reason.value, admitted.detail)
         if journal and not isinstance(admitted, Refusal):
             self.journal.append(topic, payload)
+            self._acknowledge(device_id, admitted.update.update_id, Verdict.JOURNALED)
         outcome = self.server.settle(admitted)
+        if journal and isinstance(admitted, Refusal) and admitted.update_id is not None:
+            # Settled either way: resending cannot change it, so the agent may forget it.
+            if duplicate:
+                self._acknowledge(device_id, admitted.update_id, Verdict.DUPLICATE)
+            else:
+                reason = admitted.reason.value
+                self._acknowledge(device_id, admitted.update_id, Verdict.REFUSED, reason)
         self._update_point(device_id, outcome, len(payload))
         self._after(outcome.aggregation)
+
+    def _acknowledge(
+        self, device_id: str, update_id: str, verdict: Verdict, reason: str = ""
+    ) -> None:
+        """Tell the device its update is settled (QoS 1; its resend is acknowledged again)."""
+        topic = topics.ack_topic(self.config.job.fleet, device_id)
+        self.link.publish(topic, UpdateAck(update_id, verdict, reason).encode(), qos=1)
+        self.delivery[f"ack_{verdict.value}"] += 1
+
+    def _note_broker_drops(self, payload: bytes) -> None:
+        try:
+            dropped = self.broker_drops.note(payload)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            return
+        if dropped:
+            self.delivery["broker_dropped"] += dropped
+            log.warning(
+                "the broker dropped %d messages from a full queue; agents send what is not "
+                "acknowledged again (%d since this orchestrator started)",
+                dropped,
+                self.delivery["broker_dropped"],
+            )
 
     def _update_point(self, device: str, outcome: Outcome, size: int) -> None:
         update = outcome.update
@@ -291,6 +398,54 @@ class OrchestratorService:
             except PayloadTooLarge as exc:
                 log.error("cannot send assignment: %s", exc)
                 self._after(self.server.withdraw(assignment.device_id))
+                continue
+            self._sent[assignment.device_id] = SentAssignment(
+                assignment.assignment_id, payload, self._needs_version(assignment)
+            )
+        # One entry per device that was ever sent work; keep those still open when they
+        # outnumber the devices training, so memory stays O(devices training).
+        if len(self._sent) > 2 * self.server.in_flight() + 64:
+            self._sent = {d: s for d, s in self._sent.items() if self._still_open(d, s)}
+
+    def _needs_version(self, assignment: Assignment) -> int:
+        stamps = self.server.stamps
+        left_out = (v for name, v in stamps.items() if name not in assignment.tensors)
+        return max(left_out, default=-1)
+
+    def _still_open(self, device_id: str, sent: SentAssignment) -> bool:
+        opened = self.server.open_assignment(device_id)
+        return opened is not None and opened.assignment_id == sent.assignment_id
+
+    def _send_again(self, device_id: str, assignment_id: str, model_version: int) -> None:
+        """Send an open assignment again unchanged, or, if its payload is not kept (this
+        process did not send it) or lacks tensors the device no longer holds, withdraw it
+        so the device gets a fresh one at the next dispatch."""
+        sent = self._sent.get(device_id)
+        if (
+            sent is not None
+            and sent.assignment_id == assignment_id
+            and model_version >= sent.needs_version
+        ):
+            timeout = int(self.config.server.assignment_timeout_s)
+            topic = topics.assign_topic(self.config.job.fleet, device_id)
+            self.link.publish(topic, sent.payload, qos=1, expiry_s=timeout)
+            self.delivery["assignments_resent"] += 1
+            return
+        self.delivery["assignments_withdrawn"] += 1
+        self._after(self.server.withdraw(device_id))
+
+    def _reconnected(self) -> None:
+        """After our own reconnect: a broker restarted from an older save may have lost
+        assignments in flight; send every open one again (a device trains it once)."""
+        first = self._connects_seen == 0
+        self._connects_seen = self.link.connects
+        if first:
+            return
+        log.info("reconnected to the broker: sending open assignments again")
+        for device_id, sent in list(self._sent.items()):
+            if self._still_open(device_id, sent):
+                held = self.server.devices[device_id].synced_version
+                self._send_again(device_id, sent.assignment_id, held)
 
     def _expire_overdue(self) -> None:
         expired = self.server.expire_overdue(time.monotonic())
@@ -314,7 +469,14 @@ class OrchestratorService:
             accepted=server.accepted,
             rejected=dict(server.rejected) | self._failure_count(),
             heartbeat_unix_s=time.time(),
+            delivery=self.delivery_counts(),
         )
+
+    def delivery_counts(self) -> dict[str, int]:
+        """Delivery counters: this service's and the link's refused publishes."""
+        # The last will's state is built before the link exists: nothing was refused yet.
+        refused = self.link.refused_publishes() if hasattr(self, "link") else {}
+        return dict(self.delivery) | {f"puback_{k}": n for k, n in refused.items()}
 
     def _failure_count(self) -> dict[str, int]:
         """Refusals that are not the engine's: status messages, and handler failures."""

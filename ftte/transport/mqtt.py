@@ -9,7 +9,12 @@ Known paho pitfalls designed around here:
   with a SessionExpiryInterval > 0, set on every CONNECT;
 - paho never checks the broker's maximum packet size, so ``publish`` refuses packets over
   the limit itself instead of having the broker drop the connection. The limit's default
-  is the broker's own (``ftte.wire.limits.mqtt_max_packet_bytes``).
+  is the broker's own (``ftte.wire.limits.mqtt_max_packet_bytes``);
+- a PUBACK is not delivery: its reason code may say the broker refused the message (>= 0x80)
+  or that nobody subscribes (0x10, the message is discarded unless retained), and even
+  "success" is lost if the broker crashes before saving it or drops it from a full queue.
+  The link reports the code with every acknowledgement and counts the refusals (>= 0x80);
+  ``delivered`` tells delivery apart for messages that need a subscriber.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import queue
 import ssl
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +32,28 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ftte.wire.limits import MQTT_MAX_PACKET_BYTES, PUBLISH_PROPERTIES_BYTES, publish_packet_bytes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600  # a sleeping field device keeps its session a week
+NO_MATCHING_SUBSCRIBERS = 0x10  # PUBACK: accepted, and discarded, for nobody subscribes
+
+
+def delivered(reason: int) -> bool:
+    """Whether a PUBACK reason code means the broker took the message for a subscriber."""
+    return reason < 0x80 and reason != NO_MATCHING_SUBSCRIBERS
+
+
+def reason_name(reason: int) -> str:
+    """A PUBACK reason code as a counter label, e.g. ``no_matching_subscribers``."""
+    try:
+        name = str(ReasonCode(PacketTypes.PUBACK, identifier=reason))
+    except (KeyError, ValueError):  # paho knows no name for it
+        return f"reason_{reason:#04x}"
+    return name.lower().replace(" ", "_")
 
 
 @dataclass(frozen=True)
@@ -85,13 +107,18 @@ class MqttLink:
         manual_ack: bool = False,
         persistent: bool = True,
         on_connect: Callable[[], None] | None = None,
-        on_published: Callable[[int], None] | None = None,
+        on_published: Callable[[int, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.persistent = persistent
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.connected = threading.Event()
+        # Set once the broker has granted this connection's subscriptions (SUBACK).
+        self.subscribed = threading.Event()
         self.connects = 0
+        self.session_present = False  # whether the broker still had our session last connect
+        self._refused: Counter[str] = Counter()  # PUBACKs refusing a publish, by reason
+        self._refused_lock = threading.Lock()
         self._subscriptions = subscriptions
         self._on_connect_hook = on_connect
         self._on_published = on_published
@@ -112,6 +139,7 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
         self.client = client
 
     def start(self) -> None:
@@ -157,6 +185,11 @@ class MqttLink:
             )
         return self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
 
+    def refused_publishes(self) -> dict[str, int]:
+        """PUBACKs so far that refused a publish (>= 0x80), by reason (``reason_name``)."""
+        with self._refused_lock:
+            return dict(self._refused)
+
     def ack(self, message: Inbound) -> None:
         """Acknowledge a QoS 1 message once its meaning is safely persisted."""
         if message.qos > 0:
@@ -168,13 +201,17 @@ class MqttLink:
         self.client.loop_stop()
 
     def _handle_connect(
-        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
         if reason.is_failure:
             log.warning("broker refused connection: %s", reason)
             return
+        self.session_present = bool(flags.session_present)
+        # Every time, session or not: a broker restarted from an old save may have lost it.
         if self._subscriptions:
             client.subscribe(self._subscriptions)
+        else:
+            self.subscribed.set()
         self.connects += 1
         self.connected.set()
         if self._on_connect_hook is not None:
@@ -184,14 +221,31 @@ class MqttLink:
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if reason != 0:
             log.info("disconnected from broker (%s); reconnecting", reason)
 
     def _handle_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.inbox.put(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain)))
 
-    def _handle_publish(
-        self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
+    def _handle_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any
     ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.warning("broker refused subscriptions: %s", refused)
+        self.subscribed.set()
+
+    def _handle_publish(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, reason: Any, _props: Any
+    ) -> None:
+        code = int(reason.value)
+        # 0x10 is routine for a retained message nobody subscribes to yet (it is kept): only
+        # the owner knows when it matters, as for an update (edge_agent.delivery).
+        if code >= 0x80:
+            name = reason_name(code)
+            with self._refused_lock:
+                self._refused[name] += 1
+            log.warning("broker refused publish %d: %s", mid, name)
         if self._on_published is not None:
-            self._on_published(mid)
+            self._on_published(mid, code)

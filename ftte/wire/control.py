@@ -1,4 +1,5 @@
-"""Control-plane messages: device status (birth/will) and the retained model/job state.
+"""Control-plane messages: device status (birth/will), update acknowledgements and the
+retained model/job state.
 
 They are small JSON documents, readable with ``mosquitto_sub`` by an operator, and parsed as
 untrusted input: bounded size, known fields, checked types.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from ftte.errors import Rejected, RejectReason
@@ -16,21 +18,60 @@ from ftte.ids import validate_id
 
 MAX_CONTROL_BYTES = 4096
 OFFLINE = b"offline"  # the last will's payload: short, fixed, recognisable
+MAX_REF_BYTES = 256  # an update or assignment id in a control message (the codec's string bound)
+MAX_HELD = 16  # assignment ids a birth may list; an agent holds one or two
 
 
 @dataclass(frozen=True)
 class DeviceStatus:
-    """A device's retained birth message: who it is and what it can take on."""
+    """A device's retained birth message: who it is and what it can take on.
+
+    ``assignments`` names what the agent holds at this (re)connect: the assignment it is
+    training and those whose update it has finished but not yet seen journaled. An open
+    assignment a live birth does not name was lost on the way (a broker crash) and is sent
+    again, instead of waiting for its timeout. ``None``: an agent that does not report it.
+    """
 
     device_id: str
     memory_budget_bytes: int
     compute_class: str
     software_version: str
     model_version: int  # version of the model values the device holds; -1: none
+    assignments: tuple[str, ...] | None = None
 
     def encode(self) -> bytes:
         """JSON bytes for the status topic."""
-        return json.dumps({"state": "online", **asdict(self)}).encode()
+        doc = {"state": "online", **asdict(self)}
+        if self.assignments is None:
+            del doc["assignments"]
+        else:
+            doc["assignments"] = list(self.assignments)
+        return json.dumps(doc).encode()
+
+
+class Verdict(StrEnum):
+    """What the orchestrator did with an update, as its acknowledgement tells the device."""
+
+    JOURNALED = "journaled"  # appended to the journal (fsync'd): it counts, even after a crash
+    DUPLICATE = "duplicate"  # the update that already answered its assignment, sent again
+    REFUSED = "refused"  # decided and not applied (``reason`` says why): resending cannot help
+
+
+@dataclass(frozen=True)
+class UpdateAck:
+    """Orchestrator to device (QoS 1, ``ack`` topic): this update is settled, forget it.
+
+    The application-level acknowledgement: the broker's PUBACK only says the broker took the
+    message, which a broker crash or a full queue can still lose.
+    """
+
+    update_id: str
+    verdict: Verdict
+    reason: str = ""  # the refusal's reason (a ``RejectReason`` value); "" unless refused
+
+    def encode(self) -> bytes:
+        """JSON bytes for the ack topic."""
+        return json.dumps(asdict(self)).encode()
 
 
 HEARTBEAT_S = 2.0  # the orchestrator republishes its state at least this often while running
@@ -54,6 +95,9 @@ class JobState:
     accepted: int
     rejected: dict[str, int]
     heartbeat_unix_s: float  # wall time of this publication
+    # Delivery counters: acknowledgements by verdict, assignments sent again or withdrawn
+    # after a reconnect, refused publishes by PUBACK reason, messages the broker dropped.
+    delivery: dict[str, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         """JSON bytes for the model topic."""
@@ -102,8 +146,29 @@ def _only(doc: dict[str, Any], fields: set[str], what: str) -> None:
         raise Rejected(RejectReason.MALFORMED, f"{what}: unknown fields {sorted(unknown)[:5]}")
 
 
+def _ref(value: Any, name: str) -> str:
+    """An update or assignment id: a non-empty UTF-8 string within the codec's string bound."""
+    try:
+        size = len(value.encode()) if type(value) is str else 0
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+        size = 0
+    if not 0 < size <= MAX_REF_BYTES:
+        raise Rejected(RejectReason.MALFORMED, f"{name} must be a string of 1-{MAX_REF_BYTES} B")
+    return str(value)
+
+
+def _counts(doc: dict[str, Any], name: str) -> dict[str, int]:
+    """``doc[name]``: a small map of labels to counts."""
+    counts = _field(doc, name, dict)
+    if len(counts) > 64 or not all(
+        isinstance(k, str) and type(v) is int and 0 <= v <= 2**53 for k, v in counts.items()
+    ):
+        raise Rejected(RejectReason.MALFORMED, f"{name} must map labels to counts")
+    return counts
+
+
 _STATUS_FIELDS = {"state", "device_id", "memory_budget_bytes", "compute_class"}
-_STATUS_FIELDS |= {"software_version", "model_version"}
+_STATUS_FIELDS |= {"software_version", "model_version", "assignments"}
 
 
 def decode_status(payload: bytes) -> DeviceStatus | None:
@@ -119,24 +184,46 @@ def decode_status(payload: bytes) -> DeviceStatus | None:
         validate_id(device_id, "device_id")
     except ValueError as exc:
         raise Rejected(RejectReason.MALFORMED, str(exc)) from None
+    held = None
+    if "assignments" in doc:
+        listed = _field(doc, "assignments", list)
+        if len(listed) > MAX_HELD:
+            raise Rejected(RejectReason.MALFORMED, f"assignments lists over {MAX_HELD} ids")
+        held = tuple(_ref(a, "assignments[]") for a in listed)
     return DeviceStatus(
         device_id=device_id,
         memory_budget_bytes=_field(doc, "memory_budget_bytes", int, minimum=1),
         compute_class=_field(doc, "compute_class", str)[:64],
         software_version=_field(doc, "software_version", str)[:64],
         model_version=_field(doc, "model_version", int, minimum=-1),
+        assignments=held,
     )
+
+
+_REASONS = {r.value for r in RejectReason}
+
+
+def decode_ack(payload: bytes) -> UpdateAck:
+    """Parse an update acknowledgement; a refusal names a known reason, other verdicts none."""
+    doc = _load(payload)
+    _only(doc, {"update_id", "verdict", "reason"}, "ack")
+    update_id = _ref(_field(doc, "update_id", str), "update_id")
+    verdict_name = _field(doc, "verdict", str)
+    try:
+        verdict = Verdict(verdict_name)
+    except ValueError:
+        raise Rejected(RejectReason.MALFORMED, f"unknown verdict {verdict_name[:32]!r}") from None
+    reason = _field(doc, "reason", str)
+    refused = verdict is Verdict.REFUSED
+    if (refused and reason not in _REASONS) or (not refused and reason):
+        raise Rejected(RejectReason.MALFORMED, "a refusal names a known reason; others none")
+    return UpdateAck(update_id, verdict, reason)
 
 
 def decode_job_state(payload: bytes) -> JobState:
     """Parse the retained model-topic payload."""
     doc = _load(payload)
     _only(doc, {f.name for f in fields(JobState)}, "job state")
-    rejected = _field(doc, "rejected", dict)
-    if len(rejected) > 64 or not all(
-        isinstance(k, str) and type(v) is int and 0 <= v <= 2**53 for k, v in rejected.items()
-    ):
-        raise Rejected(RejectReason.MALFORMED, "rejected must map reasons to counts")
     return JobState(
         job=_field(doc, "job", str),
         state=_field(doc, "state", str),
@@ -145,6 +232,8 @@ def decode_job_state(payload: bytes) -> JobState:
         buffer_fill=_field(doc, "buffer_fill", int, minimum=0),
         devices_online=_field(doc, "devices_online", int, minimum=0),
         accepted=_field(doc, "accepted", int, minimum=0),
-        rejected=rejected,
+        rejected=_counts(doc, "rejected"),
         heartbeat_unix_s=_field(doc, "heartbeat_unix_s", float, minimum=0),
+        # Optional: the retained state of an orchestrator from before delivery counters.
+        delivery=_counts(doc, "delivery") if "delivery" in doc else {},
     )

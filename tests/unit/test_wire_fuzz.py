@@ -3,9 +3,9 @@
 Property-based (hypothesis): structured mutations of valid messages (every field replaced by
 any msgpack or JSON value, keys of any type, tensors of any dtype/shape/data), and raw bytes.
 10,000 generated payloads per run (4,000 updates, 4,500 assignments, 1,500 control
-messages, each decoded as status and as job state); derandomized so CI is reproducible
-(run with ``--hypothesis-seed=random`` locally to explore further). Refused updates change
-nothing.
+messages, each decoded as status, as update acknowledgement and as job state); derandomized
+so CI is reproducible (run with ``--hypothesis-seed=random`` locally to explore further).
+Refused updates change nothing.
 """
 
 import json
@@ -25,7 +25,15 @@ from hypothesis import strategies as st
 from ftte.errors import Rejected
 from ftte.tasks import load_task
 from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
-from ftte.wire.control import DeviceStatus, JobState, decode_job_state, decode_status
+from ftte.wire.control import (
+    DeviceStatus,
+    JobState,
+    UpdateAck,
+    Verdict,
+    decode_ack,
+    decode_job_state,
+    decode_status,
+)
 from orchestrator.presets import make_server
 
 pytestmark = pytest.mark.slow  # ~1 min of 10,000 payloads: in `make test`, not the fast tier
@@ -162,8 +170,11 @@ JSON_ANY = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=6,
 )
-VALID_STATUS = json.loads(DeviceStatus("dev-0", 10**6, "pi", "1", 3).encode())
-VALID_STATE = json.loads(JobState("j", "running", 1, 0.5, 0, 3, 9, {"x": 1}, 1.0).encode())
+VALID_STATUS = json.loads(DeviceStatus("dev-0", 10**6, "pi", "1", 3, ("dev-0.4",)).encode())
+VALID_STATE = json.loads(
+    JobState("j", "running", 1, 0.5, 0, 3, 9, {"x": 1}, 1.0, {"ack_journaled": 2}).encode()
+)
+VALID_ACK = json.loads(UpdateAck("dev-0.4.u", Verdict.REFUSED, "too_stale").encode())
 
 
 def json_mutated(valid: dict) -> st.SearchStrategy[bytes]:
@@ -179,6 +190,7 @@ def json_mutated(valid: dict) -> st.SearchStrategy[bytes]:
 CONTROL = st.one_of(
     json_mutated(VALID_STATUS),
     json_mutated(VALID_STATE),
+    json_mutated(VALID_ACK),
     st.binary(max_size=128),
     st.integers(min_value=1, max_value=3000).map(lambda n: b"[" * n + b"]" * n),
     st.sampled_from([b"NaN", b"Infinity", b'{"state": "online", "memory_budget_bytes": 1e999}']),
@@ -189,6 +201,7 @@ CONTROL = st.one_of(
 @given(CONTROL)
 def test_any_control_payload_decodes_or_is_rejected(payload):
     decodes_or_is_rejected(decode_status, payload)
+    decodes_or_is_rejected(decode_ack, payload)
     decodes_or_is_rejected(decode_job_state, payload)
 
 
