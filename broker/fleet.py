@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ftte.config import ConfigError, load_section, read_toml
 from ftte.ids import validate_id
+from ftte.wire.limits import MQTT_MAX_PACKET_BYTES
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,20 @@ class FleetSection:
     persistence_dir: Path = Path("/var/lib/mosquitto")
     # Where the agent keeps its outbox and state on each device.
     agent_state_dir: Path = Path("/var/lib/ftte-agent")
+    # Memory the broker may hold queued for one client: in practice the orchestrator's
+    # backlog while it is away. Past it the broker drops messages; the orchestrator counts
+    # them and the agents send their unacknowledged updates again, so nothing is lost.
+    broker_queue_bytes: int = 256 * 2**20
 
     def __post_init__(self) -> None:
         validate_id(self.name, "fleet.name")
         if not 0 < self.broker_port < 65536:
             raise ValueError("fleet.broker_port must be a TCP port (1-65535)")
+        if self.broker_queue_bytes < MQTT_MAX_PACKET_BYTES:
+            raise ValueError(
+                f"fleet.broker_queue_bytes must hold one largest message: at least "
+                f"{MQTT_MAX_PACKET_BYTES} B"
+            )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from broker.fleet import Fleet
-from broker.generate import mosquitto_conf
+from broker.generate import SHIPPED_PERSISTENCE, Persistence, QueueLimits, mosquitto_conf
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
 
@@ -124,8 +124,16 @@ def _tls_ready(port: int, ca_file: Path) -> bool:
         return False
 
 
-def start_dev_broker(fleet: Fleet, config_dir: Path, port: int | None = None) -> RunningBroker:
-    """Start mosquitto on 127.0.0.1 with ``config_dir``'s generated files (from init_broker)."""
+def start_dev_broker(
+    fleet: Fleet,
+    config_dir: Path,
+    port: int | None = None,
+    *,
+    queue: QueueLimits | None = None,
+    persistence: Persistence = SHIPPED_PERSISTENCE,
+) -> RunningBroker:
+    """Start mosquitto on 127.0.0.1 with ``config_dir``'s generated files (from init_broker);
+    ``queue`` and ``persistence`` replace the generated ones (tests and benchmarks)."""
     port = port or free_port()
     data = config_dir / "dev-data"
     data.mkdir(exist_ok=True)
@@ -138,6 +146,8 @@ def start_dev_broker(fleet: Fleet, config_dir: Path, port: int | None = None) ->
             bind_address="127.0.0.1",
             persistence_dir=data.resolve(),
             run_as=getpass.getuser(),
+            queue=queue,
+            persistence=persistence,
         )
     )
     broker = RunningBroker(config_dir, port, conf_path, config_dir / "mosquitto.log")

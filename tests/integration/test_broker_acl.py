@@ -90,3 +90,24 @@ def test_plain_tcp_without_tls_is_refused(fleet_broker):
         except (TimeoutError, ConnectionResetError):
             reply = b""
     assert not reply.startswith(b"\x20")  # 0x20 is CONNACK
+
+
+def test_device_reads_only_its_own_ack_topic(clients):
+    dev = clients("dev-00")
+    dev.subscribe(topics.ack_topic(FLEET, "dev-01"))  # granted; the ACL filters delivery
+    assert dev.subscribe(topics.ack_topic(FLEET, "dev-00")) == 1
+    orch = clients("ftte_orchestrator")
+    assert orch.publish(topics.ack_topic(FLEET, "dev-01"), b"not yours") == 0
+    assert orch.publish(topics.ack_topic(FLEET, "dev-00"), b"sentinel") == 0
+    assert [m.payload for m in dev.wait_messages(1)] == [b"sentinel"]
+
+
+def test_device_cannot_forge_an_acknowledgement(clients):
+    dev = clients("dev-00")
+    assert dev.subscribe(topics.ack_topic(FLEET, "dev-00")) == 1
+    other = clients("dev-01")
+    assert other.publish(topics.ack_topic(FLEET, "dev-00"), b"forged") == NOT_AUTHORIZED
+    assert dev.publish(topics.ack_topic(FLEET, "dev-00"), b"own") == NOT_AUTHORIZED
+    orch = clients("ftte_orchestrator")
+    assert orch.publish(topics.ack_topic(FLEET, "dev-00"), b"sentinel") == 0
+    assert [m.payload for m in dev.wait_messages(1)] == [b"sentinel"]

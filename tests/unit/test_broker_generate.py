@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -10,7 +11,16 @@ from cryptography.x509.oid import NameOID
 
 import ftte.fileio
 from broker.fleet import DeviceEntry, Fleet, FleetSection, load_fleet
-from broker.generate import ORCHESTRATOR_USER, init_broker, mosquitto_hash, rotate_device
+from broker.generate import (
+    MIN_QUEUED_MESSAGES,
+    ORCHESTRATOR_USER,
+    QUEUED_PER_DEVICE,
+    SHIPPED_PERSISTENCE,
+    Persistence,
+    init_broker,
+    mosquitto_hash,
+    rotate_device,
+)
 from edge_agent.config import load_agent_config
 from ftte.config import ConfigError
 from tests.fixtures.mosquitto import make_fleet
@@ -42,6 +52,36 @@ def test_config_has_tls_auth_acl_limits_and_persistence(tmp_path):
     assert conf.count("listener ") == 1
 
 
+def directive(conf: str, name: str) -> str:
+    (line,) = [line for line in conf.splitlines() if line.startswith(name + " ")]
+    return line.split(" ", 1)[1]
+
+
+def test_queue_limits_grow_with_the_fleet_and_are_bounded_by_bytes(tmp_path):
+    small = init_broker(make_fleet(), tmp_path / "small").config.read_text()
+    assert directive(small, "max_queued_messages") == str(MIN_QUEUED_MESSAGES)
+    devices = [DeviceEntry(f"pi-{i}", 1000) for i in range(500)]
+    section = FleetSection(name="big", broker_queue_bytes=64 * 2**20)
+    big = init_broker(Fleet(section, devices), tmp_path / "big").config.read_text()
+    # 500 devices with 16 queued messages each: the 2,000 of issue 13 fit 4 times over.
+    assert directive(big, "max_queued_messages") == str(500 * QUEUED_PER_DEVICE) == "8000"
+    assert directive(big, "max_queued_bytes") == str(64 * 2**20)
+
+
+def test_a_queue_too_small_for_one_largest_message_is_refused():
+    with pytest.raises(ValueError, match="broker_queue_bytes"):
+        FleetSection(name="farm", broker_queue_bytes=1024)
+
+
+def test_the_shipped_persistence_and_the_drop_counter_interval(tmp_path):
+    conf = init_broker(make_fleet(), tmp_path).config.read_text()
+    assert SHIPPED_PERSISTENCE.directives(Path("/p"))[0] == "persistence true"
+    assert directive(conf, "autosave_interval") == str(SHIPPED_PERSISTENCE.autosave_interval)
+    assert directive(conf, "autosave_on_changes") == "false"
+    assert directive(conf, "sys_interval") == "10"
+    assert Persistence(enabled=False).directives(Path("/p")) == ["persistence false"]
+
+
 def test_the_longest_fleet_name_gets_a_ca(tmp_path):
     fleet = Fleet(FleetSection(name="f" * 64), [DeviceEntry("pi-1", 1000)])
     ca = x509.load_pem_x509_certificate(init_broker(fleet, tmp_path).ca_cert.read_bytes())
@@ -53,8 +93,16 @@ def test_acl_confines_each_device_to_its_own_topics(tmp_path):
     block = acl.split("user dev-03\n")[1].split("\n\n")[0]
     assert "topic write ftte/v1/test-fleet/dev/dev-03/update" in block
     assert "topic read ftte/v1/test-fleet/dev/dev-03/assign" in block
+    assert "topic read ftte/v1/test-fleet/dev/dev-03/ack" in block
     assert "dev-04" not in block and "+" not in block
     assert f"user {ORCHESTRATOR_USER}" in acl
+
+
+def test_the_orchestrator_may_acknowledge_to_every_device_and_read_the_drop_counter(tmp_path):
+    acl = init_broker(make_fleet(), tmp_path).acl_file.read_text()
+    block = acl.split(f"user {ORCHESTRATOR_USER}\n")[1].split("\n\n")[0]
+    assert "topic write ftte/v1/test-fleet/dev/+/ack" in block
+    assert "topic read $SYS/broker/publish/messages/dropped" in block
 
 
 def test_secrets_are_private(tmp_path):
