@@ -109,6 +109,21 @@ def _add_bench(commands: Any) -> None:
     state.add_argument("--every", type=int, default=100_000, help="measure every N updates")
     state.add_argument("--json", type=Path, default=Path("bench-state.json"))
     state.set_defaults(run=_run_bench_state)
+    delivery = which.add_parser(
+        "delivery", help="updates finished while the orchestrator is away; persistence costs"
+    )
+    delivery.add_argument("--devices", type=int, default=200)
+    delivery.add_argument("--per-device", type=int, default=10, help="updates each finishes")
+    delivery.add_argument("--resend-after", type=float, default=5.0, help="agent resend_after_s")
+    delivery.add_argument(
+        "--old-queue", action="store_true", help="also run with the 1,000-message queue of before"
+    )
+    delivery.add_argument("--persistence", action="store_true", help="also time persistence")
+    delivery.add_argument("--skip-outage", action="store_true", help="persistence part only")
+    delivery.add_argument("--pdevices", type=int, default=20, help="publishers, persistence part")
+    delivery.add_argument("--messages", type=int, default=2000, help="persistence part")
+    delivery.add_argument("--json", type=Path, default=Path("bench-delivery.json"))
+    delivery.set_defaults(run=_run_bench_delivery)
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
@@ -127,6 +142,12 @@ def _run_bench_state(args: argparse.Namespace) -> int:
     from ftte.bench.state import run_state_benchmark
 
     return run_state_benchmark(args)
+
+
+def _run_bench_delivery(args: argparse.Namespace) -> int:
+    from ftte.bench.delivery import run_delivery_benchmark
+
+    return run_delivery_benchmark(args)
 
 
 def _add_broker(commands: Any) -> None:
@@ -257,6 +278,8 @@ def _run_status(args: argparse.Namespace) -> int:
     )
     for reason, count in sorted(state["rejected"].items()):
         print(f"  rejected {reason}: {count}")
+    for counter, count in sorted(state["delivery"].items()):
+        print(f"  delivery {counter}: {count}")
     return 0
 
 
