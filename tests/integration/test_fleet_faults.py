@@ -126,7 +126,7 @@ def test_broker_restart_mid_training_reconnects_everyone(tmp_path):
 
 # Progress after a broker crash must come from the recovery, never from a timeout: the
 # assignment timeout is far beyond the whole test, and each restart gets this long to
-# produce two versions (measured: 3-6 s; paho reconnects after 1 s).
+# produce two versions and an answer from every device (paho reconnects after 1 s).
 RECOVERY_S = 30.0
 FINISHED = re.compile(r"finished update (\w+) for assignment (\S+):")
 ACKED = re.compile(r"update (\w+) (journaled|duplicate|refused)")
@@ -173,12 +173,21 @@ def test_broker_sigkill_at_five_random_moments_loses_no_acknowledged_update(tmp_
         wait_until(lambda: server.version >= 2, 120, "training under way")
         for _ in range(5):
             time.sleep(moments.uniform(0.0, 2.0))  # anywhere in a version's life
-            before = server.version
+            version = server.version
+            answered = {d: record.last_closed for d, record in server.devices.items()}
             broker.kill()
             killed = time.monotonic()
             broker.start()
-            target = before + 2
-            wait_until(lambda t=target: server.version >= t, RECOVERY_S, f"version {target}")
+            # Every device answers again (a device whose assignment or update the crash
+            # lost would wait for the timeout), and versions go on.
+            wait_until(
+                lambda v=version, a=answered: (
+                    server.version >= v + 2
+                    and all(server.devices[d].last_closed != last for d, last in a.items())
+                ),
+                RECOVERY_S,
+                "two versions and an answer from every device",
+            )
             progress.append(time.monotonic() - killed)
         job.stop.set()
         result = job.wait(timeout=60)
