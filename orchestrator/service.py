@@ -52,6 +52,10 @@ from orchestrator.telemetry import open_telemetry
 log = logging.getLogger("ftte.orchestrator")
 
 ORCHESTRATOR_CLIENT_PREFIX = "ftte-orchestrator"
+# Assignments sent again or withdrawn for one device between two of its answers. A broker
+# crash costs one or two; a device that floods births cannot make the orchestrator send it
+# assignments without end (past this it waits for the assignment timeout like before).
+MAX_RECOVERIES = 5
 HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
 
 
@@ -134,6 +138,7 @@ class OrchestratorService:
         # Acknowledgements by verdict, assignments sent again or withdrawn, broker drops.
         self.delivery: Counter[str] = Counter()
         self._sent: dict[str, SentAssignment] = {}  # by device: its open assignment as sent
+        self._recoveries: Counter[str] = Counter()  # by device, since its last answer
         self._connects_seen = 0
         self.broker_drops = BrokerDrops()
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
@@ -275,6 +280,7 @@ class OrchestratorService:
         if journal and not isinstance(admitted, Refusal):
             self.journal.append(topic, payload)
             self._acknowledge(device_id, admitted.update.update_id, Verdict.JOURNALED)
+            self._recoveries.pop(device_id, None)
         outcome = self.server.settle(admitted)
         if journal and isinstance(admitted, Refusal) and admitted.update_id is not None:
             # Settled either way: resending cannot change it, so the agent may forget it.
@@ -420,6 +426,11 @@ class OrchestratorService:
         """Send an open assignment again unchanged, or, if its payload is not kept (this
         process did not send it) or lacks tensors the device no longer holds, withdraw it
         so the device gets a fresh one at the next dispatch."""
+        if self._recoveries[device_id] >= MAX_RECOVERIES:
+            self.delivery["recoveries_capped"] += 1
+            log.warning("%s: no more recoveries before it answers; the timeout applies", device_id)
+            return
+        self._recoveries[device_id] += 1
         sent = self._sent.get(device_id)
         if (
             sent is not None

@@ -14,6 +14,7 @@ from ftte.wire.control import DeviceStatus, UpdateAck, Verdict, decode_ack
 from ftte.wire.messages import Assignment
 from orchestrator.localfleet import LocalFleet
 from orchestrator.server import ServerSettings
+from orchestrator.service import MAX_RECOVERIES
 from tests.fixtures.mosquitto import Client
 from tests.integration.fleet_helpers import ServiceThread, spec, wait_until
 from tests.integration.test_bad_updates import FakeBroker
@@ -191,6 +192,33 @@ def test_after_a_broker_sigkill_that_lost_its_session_the_orchestrator_subscribe
         device.birth()
         device.answer(decode_assignment(device.received("assign", 1)[0]), "u-1")
         assert decode_ack(device.received("ack", 1)[0]).verdict is Verdict.JOURNALED
+    finally:
+        if device is not None:
+            device.client.close()
+        job.stop.set()
+        job.thread.join(30)
+        fleet.broker.stop()
+
+
+def test_a_device_flooding_births_gets_its_assignment_again_a_bounded_number_of_times(tmp_path):
+    fleet = LocalFleet(spec(tmp_path, devices=1, server=NO_TIMEOUT))
+    fleet.start_broker()
+    job = ServiceThread(fleet)
+    device = None
+    try:
+        device = Device(fleet, "dev-0", job)
+        device.birth()
+        (sent,) = device.received("assign", 1)
+        for _ in range(MAX_RECOVERIES + 3):
+            device.birth(held=())
+        device.answer(decode_assignment(sent), "u-1")
+        # The ack was published after every resend the births caused: they arrived first.
+        assert decode_ack(device.received("ack", 1)[0]).verdict is Verdict.JOURNALED
+        assigned = [m for m in device.client.messages if m.topic.endswith("/assign")]
+        # The first, its resends, and the next assignment once the answer freed the device.
+        resends = [m for m in assigned if m.payload == sent][1:]
+        assert len(resends) == MAX_RECOVERIES
+        assert job.service.delivery["recoveries_capped"] == 3
     finally:
         if device is not None:
             device.client.close()
