@@ -109,6 +109,9 @@ def _add_bench(commands: Any) -> None:
     state.add_argument("--every", type=int, default=100_000, help="measure every N updates")
     state.add_argument("--json", type=Path, default=Path("bench-state.json"))
     state.set_defaults(run=_run_bench_state)
+    attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
+    attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
+    attack.set_defaults(run=_run_bench_attack)
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
@@ -127,6 +130,12 @@ def _run_bench_state(args: argparse.Namespace) -> int:
     from ftte.bench.state import run_state_benchmark
 
     return run_state_benchmark(args)
+
+
+def _run_bench_attack(args: argparse.Namespace) -> int:
+    from ftte.bench.attack import run_attack_benchmark
+
+    return run_attack_benchmark(args)
 
 
 def _add_broker(commands: Any) -> None:

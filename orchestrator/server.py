@@ -22,11 +22,12 @@ from ftte.memory import MemoryModel
 from ftte.tasks.base import Task
 from ftte.wire import WireLimits, decode_update
 from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
+from orchestrator.influence import InfluenceBound, InfluenceSettings
 from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner
 from orchestrator.scoring import gradient_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 1  # bump when the state_dict schema changes
+STATE_FORMAT = 2  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ServerConfig:
     model_encoding: DeltaEncoding = DeltaEncoding.FLOAT32  # model values sent to devices
     model_seed: int = 0
     settings: ServerSettings = field(default_factory=ServerSettings)
+    influence: InfluenceSettings = field(default_factory=InfluenceSettings)
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class TrainingServer:
         self.stamps = dict.fromkeys(self.params, 0)  # version at which each tensor last changed
         self.memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
         self.planner = SlicePlanner(self.memory, config.train.batch_size, config.train.momentum)
+        self.influence = InfluenceBound(config.influence)
         self.devices: dict[str, DeviceRecord] = {}
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
@@ -477,7 +480,7 @@ class TrainingServer:
         """Apply the buffer if the strategy says so; bump the version."""
         if not self.strategy.ready():
             return None
-        report = self.strategy.aggregate(self.params)
+        report = self.strategy.aggregate(self.params, self.influence)
         self.version += 1
         for name in report.changed:
             self.stamps[name] = self.version
@@ -523,6 +526,7 @@ class TrainingServer:
             "next_assignment": self._next_assignment,
             "devices": [_record_state(d) for d in self.devices.values()],
             "strategy": self.strategy.state_dict(),
+            "influence": self.influence.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], now: float) -> None:
@@ -561,6 +565,7 @@ class TrainingServer:
                 record.open = OpenAssignment.restored(opened, now)
                 self._time(record, now)
         self.strategy.load_state_dict(state["strategy"])
+        self.influence.load_state_dict(state["influence"])
         self._scores_version = -1  # rescore the restored model before planning
 
     # -- evaluation --------------------------------------------------------------------

@@ -67,6 +67,7 @@ class OrchestratorService:
             seed=job.seed,
             train=config.train,
             settings=config.server,
+            influence=config.influence,
             strategy_params=config.strategy,
         )
         self.run_dir = job.run_dir
@@ -233,6 +234,8 @@ class OrchestratorService:
             version=self.server.version,
             buffer_fill=len(self.server.strategy.buffered()),
             num_updates=len(report.weights),
+            clipped=len(report.clipped),
+            capped=len(report.capped),
             val_accuracy=self.accuracy,
             val_loss=loss,
             wall_time_s=time.monotonic() - started,

@@ -1,5 +1,6 @@
 """Generated configs are written by the TOML library: what is written loads back equal."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from ftte.config import ConfigError, dump_section, write_toml
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.config import load_job_config
+from orchestrator.influence import InfluenceSettings, RobustRule
 from orchestrator.localfleet import LocalFleet, LocalFleetSpec
 from orchestrator.server import ServerSettings
 from orchestrator.status import load_broker_account
@@ -91,6 +93,16 @@ def test_job_config_with_strategy_and_server_tables_loads_back_equal(tmp_path):
         )
     )
     assert load_job_config(fleet.write_job_file()) == fleet.job_config()
+
+
+def test_job_config_with_an_influence_table_loads_back_equal(tmp_path):
+    fleet = LocalFleet(LocalFleetSpec(run_dir=tmp_path / "fleet", devices=2))
+    config = replace(
+        fleet.job_config(),
+        influence=InfluenceSettings(clip_factor=4.0, robust_rule=RobustRule.TRIMMED_MEAN),
+    )
+    write_toml(tmp_path / "job.toml", dump_section(config))
+    assert load_job_config(tmp_path / "job.toml") == config
 
 
 def test_job_file_refuses_a_strategy_parameter_naming_the_field(tmp_path):

@@ -60,7 +60,9 @@ def test_replay_protection_does_not_grow_with_accepted_updates():
         state["params"] = {}  # the model's size is not what is measured here
         sizes.append(len(msgpack.packb(state, default=lambda a: a.tobytes())))
     assert s.accepted == 120
-    assert max(sizes) - min(sizes) < 200  # counters' digits, not one entry per update
+    # The influence bound's windows fill up over the first 64 updates (16 rounds), then
+    # only counters' digits change, not one entry per update.
+    assert max(sizes[20:]) - min(sizes[20:]) < 200
 
 
 def test_garbage_from_a_device_leaves_its_open_assignment_alone():
@@ -177,3 +179,20 @@ def test_an_answer_to_an_assignment_dispatched_after_the_checkpoint_counts_after
     for device_id, a in sent.items():
         assert restored.ingest(device_id, answer(a)).accepted
     assert restored.in_flight() == 0 and restored.accepted == 4
+
+
+def test_one_huge_finite_update_moves_the_model_no_more_than_an_honest_one():
+    s = server(buffer_size=4)
+    before = {n: p.copy() for n, p in s.params.items()}
+    assignments = dispatch(s)
+    outcomes = {
+        d: s.ingest(d, answer(a, value=3e38 if d == "d0" else 0.01)) for d, a in assignments.items()
+    }
+    report = list(outcomes.values())[-1].aggregation
+    assert all(o.accepted for o in outcomes.values()) and report is not None
+    assert report.clipped == {outcomes["d0"].update.update_id}
+    # Three honest deltas of 0.01 and one clipped to 3x their norm: at most 1.5 x 0.01 per value.
+    for name, value in s.params.items():
+        assert np.all(np.abs(value - before[name]) <= 0.015 + 1e-6), name
+    for device_id, a in dispatch(s).items():
+        assert s.ingest(device_id, answer(a)).accepted
