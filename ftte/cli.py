@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ftte.sim.fleet import FleetSpec
-from ftte.sim.run import SimConfig, simulate
-from ftte.sim.simulator import CurvePoint
-from ftte.tasks import TASKS
-from orchestrator.presets import PRESETS
+if TYPE_CHECKING:
+    from ftte.sim.simulator import CurvePoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     _add_demo(commands)
     _add_strategies(commands)
     args = parser.parse_args(argv)
-    # Tiny models gain nothing from intra-op threads, and OpenMP workers spinning in several
-    # processes on a 2-core gateway (orchestrator, agents, simulator) slow everyone 10x.
-    torch.set_num_threads(1)
     try:
         return int(args.run(args))
     except (ValueError, FileNotFoundError) as exc:
@@ -39,10 +32,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _single_threaded_torch() -> None:
+    """Import torch for a command that trains or evaluates, with one intra-op thread.
+
+    Tiny models gain nothing from intra-op threads, and OpenMP workers spinning in several
+    processes on a 2-core gateway (orchestrator, agents, simulator) slow everyone 10x.
+    Commands that only manage files or read the broker never import torch (a 3 s start-up
+    in every Ansible run and status poll).
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _add_sim(commands: Any) -> None:
     p = commands.add_parser("sim", help="simulate one strategy on a virtual fleet")
     p.add_argument("--task", default="digits", help="built-in task or package.module:factory")
-    p.add_argument("--strategy", default="ftte", choices=sorted(PRESETS))
+    p.add_argument("--strategy", default="ftte", help="a preset (see `ftte strategies`)")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--stragglers", type=float, default=0.9, help="fraction slowed down")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID concentration")
@@ -55,6 +61,10 @@ def _add_sim(commands: Any) -> None:
 
 
 def _run_sim(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
+    from ftte.sim.fleet import FleetSpec
+    from ftte.sim.run import SimConfig, simulate
+
     config = SimConfig(
         task=args.task,
         strategy=args.strategy,
@@ -77,7 +87,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         f"peak memory max {report['peak_mem_bytes_max']} B"
     )
     if args.json:
-        args.json.write_text(json.dumps({"config": vars_of(config), **report}, indent=1))
+        args.json.write_text(json.dumps({"config": asdict(config), **report}, indent=1))
     return 0
 
 
@@ -86,7 +96,7 @@ def _add_bench(commands: Any) -> None:
     which = p.add_subparsers(dest="bench", required=True)
     paper = which.add_parser("paper", help="FTTE vs FedBuff vs FedAvg on one simulated fleet")
     paper.add_argument("--quick", action="store_true", help="50 devices, 1 seed, < 10 min")
-    paper.add_argument("--task", choices=sorted(TASKS), default="digits")
+    paper.add_argument("--task", default="digits", help="digits or vibration")
     paper.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
     paper.add_argument(
         "--resume",
@@ -98,7 +108,7 @@ def _add_bench(commands: Any) -> None:
     paper.add_argument("--plots", type=Path, default=None, help="folder for PNG plots")
     paper.set_defaults(run=_run_bench_paper)
     agg = which.add_parser("aggregator", help="ingest throughput vs a raw decode+axpy loop")
-    agg.add_argument("--task", choices=sorted(TASKS), default="digits")
+    agg.add_argument("--task", default="digits", help="digits or vibration")
     agg.add_argument("--devices", type=int, default=300, help="updates per timed run")
     agg.add_argument("--repeats", type=int, default=7)
     agg.add_argument("--json", type=Path, default=Path("bench-aggregator.json"))
@@ -115,24 +125,28 @@ def _add_bench(commands: Any) -> None:
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from ftte.bench.paper import run_paper_benchmark
 
     return run_paper_benchmark(args)
 
 
 def _run_bench_aggregator(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from ftte.bench.aggregator import run_aggregator_benchmark
 
     return run_aggregator_benchmark(args)
 
 
 def _run_bench_state(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from ftte.bench.state import run_state_benchmark
 
     return run_state_benchmark(args)
 
 
 def _run_bench_attack(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from ftte.bench.attack import run_attack_benchmark
 
     return run_attack_benchmark(args)
@@ -208,6 +222,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    _single_threaded_torch()
     from orchestrator.config import load_job_config
     from orchestrator.service import OrchestratorService
 
@@ -231,6 +246,7 @@ def _add_strategies(commands: Any) -> None:
 
 
 def _run_strategies(_args: argparse.Namespace) -> int:
+    from orchestrator.presets import PRESETS
     from orchestrator.strategies import strategy_parameters
 
     for name, chosen in sorted(PRESETS.items()):
@@ -273,7 +289,7 @@ def _add_demo(commands: Any) -> None:
     p = commands.add_parser("demo", help="a local fleet: broker, orchestrator and agents")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--task", default="digits")
-    p.add_argument("--strategy", default="ftte", choices=sorted(PRESETS))
+    p.add_argument("--strategy", default="ftte", help="a preset (see `ftte strategies`)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo-…)")
     p.add_argument("--influx-url", default=None, help="InfluxDB v2 URL for telemetry")
     p.add_argument("--influx-token", default="")
@@ -283,6 +299,7 @@ def _add_demo(commands: Any) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from orchestrator.demo import run_demo
 
     return run_demo(args)
@@ -302,13 +319,6 @@ def _progress_line(label: str) -> Any:
             print(line.strip(), file=sys.stderr, flush=True)
 
     return show
-
-
-def vars_of(config: SimConfig) -> dict[str, Any]:
-    """A JSON-friendly view of a config."""
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 if __name__ == "__main__":
