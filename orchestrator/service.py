@@ -236,6 +236,7 @@ class OrchestratorService:
             num_updates=len(report.weights),
             clipped=len(report.clipped),
             capped=len(report.capped),
+            merged=len(report.merged),
             val_accuracy=self.accuracy,
             val_loss=loss,
             wall_time_s=time.monotonic() - started,

@@ -99,6 +99,7 @@ class PointTelemetry(ABC):
         num_updates: int,
         clipped: int,
         capped: int,
+        merged: int,
         val_accuracy: float,
         val_loss: float,
         wall_time_s: float,
@@ -111,6 +112,7 @@ class PointTelemetry(ABC):
             .field("num_updates", num_updates)
             .field("clipped", clipped)
             .field("capped", capped)
+            .field("merged", merged)
             .field("val_accuracy", float(val_accuracy))
             .field("val_loss", float(val_loss))
             .field("wall_time_s", float(wall_time_s))

@@ -3,9 +3,11 @@
 For FTTE, FedBuff and FedAvg on the same simulated fleet (digits, 20 devices, 90 %
 stragglers, seed 0), each strategy runs honest, honest with another seed (the noise floor:
 how far two honest runs drift apart), and with f = 1, 2, 3 hostile devices of each kind in
-``ftte.sim.attacks``. Reported per run, against the strategy's honest run in points: the
-accuracy at the strategy's time horizon and the mean gap between the two accuracy curves
-over the horizon (positive: the attacked run is worse).
+``ftte.sim.attacks``, under the default combination rule (the strategy's weighted mean) and
+under the coordinate-wise median (``[influence] robust_rule``). Reported per run, against
+the strategy's honest run with the default rule, in points: the accuracy at the strategy's
+time horizon and the mean gap between the two accuracy curves over the horizon (positive:
+the attacked run is worse).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ftte.bench import publish
 from ftte.sim.attacks import Attack, AttackSpec
 from ftte.sim.fleet import FleetSpec
 from ftte.sim.run import SimConfig, simulate
+from orchestrator.influence import InfluenceSettings, RobustRule
 
 DEVICES = 20
 # Virtual seconds each strategy runs: FTTE and FedBuff pass 0.90 on this fleet within 40 s,
@@ -32,6 +35,9 @@ DEVICES = 20
 HORIZON_S = {"ftte": 60.0, "fedbuff": 60.0, "fedavg": 600.0}
 HOSTILE = (1, 2, 3)
 KINDS = (Attack.ALL, Attack.FLIP)
+RULES = (RobustRule.MEAN, RobustRule.MEDIAN)
+
+Job = tuple[str, int, RobustRule, AttackSpec | None]  # strategy, seed, rule, attack
 GRID_POINTS = 20  # times over the horizon at which the curves are compared
 
 
@@ -45,11 +51,16 @@ def run_attack_benchmark(args: argparse.Namespace) -> int:
 
 
 def attack_benchmark(workers: int = 1) -> dict[str, Any]:
-    """Every strategy honest, with another seed, and under every (kind, f); gaps in points."""
-    jobs: list[tuple[str, int, AttackSpec | None]] = []
+    """Every strategy honest, with another seed, and under every (rule, kind, f); gaps in
+    points to the honest run with the default rule."""
+    mean = RobustRule.MEAN
+    jobs: list[Job] = []
     for strategy in HORIZON_S:
-        jobs += [(strategy, 0, None), (strategy, 1, None)]
-        jobs += [(strategy, 0, AttackSpec(kind, f)) for kind in KINDS for f in HOSTILE]
+        jobs += [(strategy, 0, mean, None), (strategy, 1, mean, None)]
+        for rule in RULES:
+            if rule is not mean:
+                jobs.append((strategy, 0, rule, None))
+            jobs += [(strategy, 0, rule, AttackSpec(kind, f)) for kind in KINDS for f in HOSTILE]
     if workers > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a torch-loaded parent
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -59,14 +70,16 @@ def attack_benchmark(workers: int = 1) -> dict[str, Any]:
     rows = []
     for strategy in HORIZON_S:
         mine = [(job, run) for job, run in zip(jobs, runs, strict=True) if job[0] == strategy]
-        honest = next(run for (_, seed, attack), run in mine if seed == 0 and attack is None)
-        for (_, seed, attack), run in mine:
-            if seed == 0 and attack is None:
+        baseline = (0, mean, None)
+        honest = next(run for (_, *case), run in mine if tuple(case) == baseline)
+        for (_, seed, rule, attack), run in mine:
+            if (seed, rule, attack) == baseline:
                 continue
             rows.append(
                 {
                     "strategy": strategy,
-                    "case": "honest, seed 1" if attack is None else attack.kind.value,
+                    "rule": rule.value,
+                    "case": f"honest, seed {seed}" if attack is None else attack.kind.value,
                     "hostile": 0 if attack is None else attack.devices,
                     "acc_at_horizon": run["acc_at_budget"],
                     "honest_acc_at_horizon": honest["acc_at_budget"],
@@ -89,10 +102,10 @@ def _at(run: dict[str, Any], time_s: float) -> float:
     return before[-1] if before else 0.0
 
 
-def _run_one(job: tuple[str, int, AttackSpec | None]) -> dict[str, Any]:
-    strategy, seed, attack = job
+def _run_one(job: Job) -> dict[str, Any]:
+    strategy, seed, rule, attack = job
     torch.set_num_threads(1)  # one process per core; more threads only contend
-    print(f"[attack] {strategy} seed {seed} {attack}", file=sys.stderr, flush=True)
+    print(f"[attack] {strategy} seed {seed} {rule} {attack}", file=sys.stderr, flush=True)
     horizon = HORIZON_S[strategy]
     config = SimConfig(
         strategy=strategy,
@@ -103,6 +116,7 @@ def _run_one(job: tuple[str, int, AttackSpec | None]) -> dict[str, Any]:
         min_time_s=horizon,
         max_updates=1_000_000,
         attack=attack,
+        influence=InfluenceSettings(robust_rule=rule),
     )
     return simulate(config)
 
@@ -110,12 +124,13 @@ def _run_one(job: tuple[str, int, AttackSpec | None]) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     """One line per run: strategy, case, f, accuracy and the gaps to the honest run."""
     lines = [
-        f"{'strategy':9} {'case':15} {'f':>2} {'acc':>6} {'honest':>6} {'drop pts':>8} "
-        f"{'curve gap pts':>13}"
+        f"{'strategy':9} {'rule':6} {'case':15} {'f':>2} {'acc':>6} {'honest':>6} "
+        f"{'drop pts':>8} {'curve gap pts':>13}"
     ]
     for r in results["rows"]:
         lines.append(
-            f"{r['strategy']:9} {r['case']:15} {r['hostile']:2d} {r['acc_at_horizon']:6.3f} "
+            f"{r['strategy']:9} {r['rule']:6} {r['case']:15} {r['hostile']:2d} "
+            f"{r['acc_at_horizon']:6.3f} "
             f"{r['honest_acc_at_horizon']:6.3f} {r['acc_drop_points']:+8.1f} "
             f"{r['mean_curve_gap_points']:+13.1f}"
         )

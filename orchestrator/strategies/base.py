@@ -45,6 +45,7 @@ class AggregationReport:
     ages: dict[str, int] = field(default_factory=dict)  # update_id -> age
     clipped: frozenset[str] = frozenset()  # update ids with a delta clipped in norm
     capped: frozenset[str] = frozenset()  # update ids whose sample count was capped
+    merged: frozenset[str] = frozenset()  # update ids folded into a newer one of their device
 
 
 class Strategy(ABC):

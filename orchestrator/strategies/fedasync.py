@@ -60,4 +60,5 @@ class FedAsyncStrategy(BufferedStrategy):
             ages={r.update.update_id: r.age for r in taken},
             clipped=bounded.clipped,
             capped=bounded.capped,
+            merged=bounded.merged,
         )

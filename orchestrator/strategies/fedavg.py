@@ -100,6 +100,7 @@ class FedAvgStrategy(Strategy):
             ages={r.update.update_id: r.age for r in taken},
             clipped=bounded.clipped,
             capped=bounded.capped,
+            merged=bounded.merged,
         )
 
     def buffered(self) -> list[ReceivedUpdate]:

@@ -63,4 +63,5 @@ class FedBuffStrategy(BufferedStrategy):
             ages={r.update.update_id: r.age for r in taken},
             clipped=bounded.clipped,
             capped=bounded.capped,
+            merged=bounded.merged,
         )

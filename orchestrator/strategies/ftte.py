@@ -86,4 +86,5 @@ class FTTEStrategy(BufferedStrategy):
             ages={r.update.update_id: r.age for r in taken},
             clipped=bounded.clipped,
             capped=bounded.capped,
+            merged=bounded.merged,
         )

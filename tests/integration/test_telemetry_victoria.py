@@ -43,6 +43,7 @@ def write_some(telemetry) -> None:
         num_updates=5,
         clipped=1,
         capped=0,
+        merged=0,
         val_accuracy=0.81,
         val_loss=0.6,
         wall_time_s=0.01,

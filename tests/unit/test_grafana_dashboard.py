@@ -39,6 +39,7 @@ def written_schema(tmp_path) -> dict[str, tuple[set[str], set[str]]]:
         num_updates=5,
         clipped=1,
         capped=0,
+        merged=0,
         val_accuracy=0.8,
         val_loss=0.6,
         wall_time_s=0.1,

@@ -1,5 +1,7 @@
 """Bounded influence: what one update can do to the model, whatever it claims."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -8,9 +10,10 @@ from orchestrator.influence import InfluenceBound, InfluenceSettings, RobustRule
 from orchestrator.strategies.base import ReceivedUpdate
 
 
-def upd(uid: str, a: list[float], n: int = 60) -> ReceivedUpdate:
+def upd(uid: str, a: list[float], n: int = 60, device: str | None = None) -> ReceivedUpdate:
     delta = {"a": np.asarray(a, dtype=np.float32)}
-    return ReceivedUpdate(Update(uid, uid, f"{uid}.1", 0, n, 0.1, 0, delta), 0)
+    device = device or uid
+    return ReceivedUpdate(Update(device, uid, f"{device}.1", 0, n, 0.1, 0, delta), 0)
 
 
 HONEST = [upd(f"h{i}", [0.01 * (1 + i % 3), -0.01]) for i in range(6)]
@@ -38,6 +41,17 @@ def test_with_no_history_a_lone_update_is_held_to_the_absolute_rms_cap():
     bound = InfluenceBound(InfluenceSettings(max_delta_rms=0.5))
     (alone,) = bound.apply([upd("x", [1e30, 1e30])]).updates
     np.testing.assert_allclose(alone.update.delta["a"], [0.5, 0.5], rtol=1e-6)
+
+
+def test_a_fast_device_sending_many_updates_cannot_move_the_bound():
+    bound = InfluenceBound(InfluenceSettings())
+    bound.apply(HONEST)
+    for i in range(50):  # one device, fifty batches of its own huge updates
+        bound.apply([upd(f"x{i}", [5.0, 5.0], n=10_000, device="x")])
+    (probe,) = bound.apply([upd("x-last", [5.0, 5.0], n=10_000, device="x")]).updates
+    honest_median = np.median([np.linalg.norm(r.update.delta["a"]) for r in HONEST])
+    assert np.linalg.norm(probe.update.delta["a"]) <= 3 * honest_median * 1.0001
+    assert probe.update.num_samples == 120
 
 
 def test_the_window_remembers_honest_norms_for_a_later_lone_update():
@@ -75,3 +89,17 @@ def test_settings_name_the_field_and_the_bound():
         InfluenceSettings(clip_factor=0.5)
     with pytest.raises(ValueError, match="trim_fraction"):
         InfluenceSettings(trim_fraction=0.5)
+
+
+def test_a_device_with_several_updates_in_a_batch_gets_one_row():
+    fast = [
+        ReceivedUpdate(replace(upd(f"f{i}", [1.0, 1.0]).update, device_id="fast"), age=i)
+        for i in range(3)
+    ]
+    bounded = InfluenceBound(InfluenceSettings(max_delta_rms=1e9, clip_factor=1e9)).apply(
+        [*fast, *HONEST]
+    )
+    assert len(bounded.updates) == 1 + len(HONEST)
+    folded = bounded.updates[0]
+    assert folded.update.update_id == "f2" and folded.age == 2
+    assert bounded.merged == {"f0", "f1"}

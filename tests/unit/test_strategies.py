@@ -15,7 +15,11 @@ from orchestrator.strategies.fedbuff import FedBuffStrategy
 from orchestrator.strategies.ftte import FTTEStrategy
 
 
-def upd(uid: str, delta: dict, n: int = 1, age: int = 0, device: str = "d") -> ReceivedUpdate:
+def upd(
+    uid: str, delta: dict, n: int = 1, age: int = 0, device: str | None = None
+) -> ReceivedUpdate:
+    """An update from ``device`` (by default a device of its own, as in a buffer of K)."""
+    device = device or f"dev-{uid}"
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in delta.items()}
     return ReceivedUpdate(Update(device, uid, f"{device}.1", 0, n, 0.1, 0, arrays), age)
 
