@@ -3,8 +3,9 @@
 For FTTE, FedBuff and FedAvg on the same simulated fleet (digits, 20 devices, 90 %
 stragglers, seed 0), each strategy runs honest, honest with another seed (the noise floor:
 how far two honest runs drift apart), and with f = 1, 2, 3 hostile devices of each kind in
-``ftte.sim.attacks``, under the default combination rule (the strategy's weighted mean) and
-under the coordinate-wise median (``[influence] robust_rule``). Reported per run, against
+``ftte.sim.attacks`` under the default combination rule (the strategy's weighted mean), and
+honest and with f = 1, 2, 3 devices doing every attack at once under the coordinate-wise
+median (``[influence] robust_rule``). Reported per run, against
 the strategy's honest run with the default rule, in points: the accuracy at the strategy's
 time horizon and the mean gap between the two accuracy curves over the horizon (positive:
 the attacked run is worse).
@@ -30,12 +31,11 @@ from ftte.sim.run import SimConfig, simulate
 from orchestrator.influence import InfluenceSettings, RobustRule
 
 DEVICES = 20
-# Virtual seconds each strategy runs: FTTE and FedBuff pass 0.90 on this fleet within 40 s,
-# FedAvg (waiting for its stragglers) within 400 s.
-HORIZON_S = {"ftte": 60.0, "fedbuff": 60.0, "fedavg": 600.0}
+# Virtual seconds each strategy runs: honest, FTTE passes 0.88 on this fleet by 40 s and
+# FedAvg (waiting for its stragglers) 0.96 by 400 s.
+HORIZON_S = {"ftte": 60.0, "fedbuff": 60.0, "fedavg": 400.0}
 HOSTILE = (1, 2, 3)
 KINDS = (Attack.ALL, Attack.FLIP)
-RULES = (RobustRule.MEAN, RobustRule.MEDIAN)
 
 Job = tuple[str, int, RobustRule, AttackSpec | None]  # strategy, seed, rule, attack
 GRID_POINTS = 20  # times over the horizon at which the curves are compared
@@ -57,10 +57,10 @@ def attack_benchmark(workers: int = 1) -> dict[str, Any]:
     jobs: list[Job] = []
     for strategy in HORIZON_S:
         jobs += [(strategy, 0, mean, None), (strategy, 1, mean, None)]
-        for rule in RULES:
-            if rule is not mean:
-                jobs.append((strategy, 0, rule, None))
-            jobs += [(strategy, 0, rule, AttackSpec(kind, f)) for kind in KINDS for f in HOSTILE]
+        jobs += [(strategy, 0, mean, AttackSpec(kind, f)) for kind in KINDS for f in HOSTILE]
+        # The median's own cost and what it adds against the strongest attack.
+        jobs.append((strategy, 0, RobustRule.MEDIAN, None))
+        jobs += [(strategy, 0, RobustRule.MEDIAN, AttackSpec(Attack.ALL, f)) for f in HOSTILE]
     if workers > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a torch-loaded parent
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
