@@ -38,7 +38,6 @@ from orchestrator.telemetry import open_telemetry
 
 log = logging.getLogger("ftte.orchestrator")
 
-ORCHESTRATOR_CLIENT_PREFIX = "ftte-orchestrator"
 HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
 
 
@@ -93,7 +92,6 @@ class OrchestratorService:
         self.history: deque[tuple[float, int, float]] = deque(maxlen=HISTORY_POINTS)
         self.link = MqttLink(
             config.broker,
-            client_id=f"{ORCHESTRATOR_CLIENT_PREFIX}-{job.name}",
             subscriptions=[
                 (topics.all_status_filter(job.fleet), 1),
                 (topics.all_updates_filter(job.fleet), 1),

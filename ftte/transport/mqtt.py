@@ -7,6 +7,10 @@ Known paho pitfalls designed around here:
   after it has persisted what the message means;
 - in MQTT v5 a session (subscriptions and queued QoS 1 messages) survives a disconnect only
   with a SessionExpiryInterval > 0, set on every CONNECT;
+- the broker makes the client id the username (``use_username_as_clientid``), so the link
+  connects with its username as client id: two links of one account share one session,
+  and the second to connect takes it over from the first (Mosquitto 2.0.11 just closes
+  the first one's socket, without a DISCONNECT saying why);
 - paho never checks the broker's maximum packet size, so ``publish`` refuses packets over
   the limit itself instead of having the broker drop the connection. The limit's default
   is the broker's own (``ftte.wire.limits.mqtt_max_packet_bytes``).
@@ -78,7 +82,6 @@ class MqttLink:
     def __init__(
         self,
         settings: BrokerSettings,
-        client_id: str,
         subscriptions: list[tuple[str, int]],
         *,
         will: Will | None = None,
@@ -97,7 +100,7 @@ class MqttLink:
         self._on_published = on_published
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=settings.username,
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
