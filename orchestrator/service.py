@@ -8,6 +8,12 @@ Every message passes one boundary: whatever happens while handling it, it is ack
 and a failure is counted by kind and the payload set aside in a bounded quarantine, so no
 payload can stop the orchestrator, now or when the journal is replayed after a restart.
 Telemetry is handed to a batching writer and never waits on the database.
+
+The broker makes the username the client id, so the service's MQTT session is the fleet's
+one orchestrator session. A job that starts fresh (nothing in its run folder) discards at
+its first connect whatever an earlier job left there (subscriptions, queued updates that
+answer that job's assignments); a resumed job takes the session over with the updates
+queued while it was down.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ class OrchestratorService:
                 (topics.all_updates_filter(job.fleet), 1),
             ],
             manual_ack=True,
+            fresh_session=state is None and self.journal.is_empty(),
             # A dead orchestrator is told apart at once from a quiet one: the broker
             # publishes this (retained) when the connection dies without a goodbye.
             will=Will(topics.model_topic(job.fleet), self.job_state(GONE).encode()),

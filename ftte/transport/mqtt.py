@@ -77,7 +77,11 @@ class PayloadTooLarge(ValueError):
 
 
 class MqttLink:
-    """A connected client that resubscribes on every (re)connect and queues what arrives."""
+    """A connected client that resubscribes on every (re)connect and queues what arrives.
+
+    ``persistent`` keeps the session across disconnects; ``fresh_session`` also discards,
+    at the first connect only, whatever session the broker still holds for this account.
+    """
 
     def __init__(
         self,
@@ -87,11 +91,13 @@ class MqttLink:
         will: Will | None = None,
         manual_ack: bool = False,
         persistent: bool = True,
+        fresh_session: bool = False,
         on_connect: Callable[[], None] | None = None,
         on_published: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.persistent = persistent
+        self.fresh_session = fresh_session
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.connected = threading.Event()
         self.connects = 0
@@ -121,11 +127,14 @@ class MqttLink:
         """Connect in the background; paho's loop thread reconnects with backoff."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s if self.persistent else 0
+        clean_start: mqtt.CleanStartOption = not self.persistent
+        if self.persistent and self.fresh_session:
+            clean_start = mqtt.MQTT_CLEAN_START_FIRST_ONLY
         self.client.connect_async(
             self.settings.host,
             self.settings.port,
             keepalive=self.settings.keepalive_s,
-            clean_start=not self.persistent,
+            clean_start=clean_start,
             properties=props,
         )
         self.client.loop_start()

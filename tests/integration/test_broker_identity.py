@@ -19,6 +19,7 @@ from tests.integration.fleet_helpers import ServiceThread, wait_until
 PROBE = "dev-01"  # whose credentials the probes use
 SESSION_S = 600
 QUEUED = [f"queued-{i}".encode() for i in range(5)]
+ACCEPTED = (0x00, 0x10)  # success, or "no matching subscribers" (retained all the same)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,31 @@ def test_ftte_status_while_the_orchestrator_runs_leaves_its_connection(fleet_bro
         assert device.publish(topics.status_topic(FLEET, "dev-03"), birth) == 0
         wait_until(lambda: "dev-03" in job.service.server.devices, 10, "dev-03's birth")
         assert link.connects == 1
+    finally:
+        device.close()
+        job.stop.set()
+        job.thread.join(30)
+
+
+def test_a_fresh_job_does_not_get_what_an_earlier_job_left_queued(fleet_broker, tmp_path):
+    """One account, so one session per fleet: a new job must not inherit the old queue."""
+    earlier = Client(fleet_broker, ORCHESTRATOR_USER)
+    assert earlier.connect(session_expiry_s=SESSION_S)
+    assert earlier.subscribe(topics.all_updates_filter(FLEET)) == 1
+    earlier.close()
+    device = Client(fleet_broker, "dev-03")
+    assert device.connect()
+    update = topics.update_topic(FLEET, "dev-03")
+    assert device.publish(update, b"an answer to the earlier job's assignment") == 0
+    birth = DeviceStatus("dev-03", 10**9, "test", "0", -1).encode()
+    assert device.publish(topics.status_topic(FLEET, "dev-03"), birth, retain=True) in ACCEPTED
+    job = ServiceThread(fleet_broker.job_config(tmp_path / "run", name="later"))
+    try:
+        # A resumed session delivers its queue right after CONNACK, before the retained
+        # birth that follows the SUBACK: once dev-03 is registered, the queue is handled.
+        wait_until(lambda: "dev-03" in job.service.server.devices, 10, "dev-03's birth")
+        assert not job.service.server.rejected
+        assert job.service.quarantine.files() == []
     finally:
         device.close()
         job.stop.set()
