@@ -30,6 +30,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ftte.wire.limits import MQTT_MAX_PACKET_BYTES, PUBLISH_PROPERTIES_BYTES, publish_packet_bytes
 
@@ -79,6 +80,7 @@ class PayloadTooLarge(ValueError):
 class MqttLink:
     """A connected client that resubscribes on every (re)connect and queues what arrives.
 
+    ``subscriptions`` pairs a filter with a QoS or with paho's ``SubscribeOptions``.
     ``persistent`` keeps the session across disconnects; ``fresh_session`` also discards,
     at the first connect only, whatever session the broker still holds for this account.
     """
@@ -86,7 +88,7 @@ class MqttLink:
     def __init__(
         self,
         settings: BrokerSettings,
-        subscriptions: list[tuple[str, int]],
+        subscriptions: list[tuple[str, int | SubscribeOptions]],
         *,
         will: Will | None = None,
         manual_ack: bool = False,
@@ -100,8 +102,12 @@ class MqttLink:
         self.fresh_session = fresh_session
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # this connection's subscriptions are in place
         self.connects = 0
-        self._subscriptions = subscriptions
+        self._subscriptions = [
+            (topic, o if isinstance(o, SubscribeOptions) else SubscribeOptions(qos=o))
+            for topic, o in subscriptions
+        ]
         self._on_connect_hook = on_connect
         self._on_published = on_published
         client = mqtt.Client(
@@ -121,6 +127,7 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
         self.client = client
 
     def start(self) -> None:
@@ -196,11 +203,19 @@ class MqttLink:
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if reason != 0:
             log.info("disconnected from broker (%s); reconnecting", reason)
 
     def _handle_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.inbox.put(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain)))
+
+    def _handle_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, _mid: int, _reasons: Any, _props: Any
+    ) -> None:
+        # The broker has queued any retained messages for these filters by now: whatever
+        # is published from here on reaches this client after them.
+        self.subscribed.set()
 
     def _handle_publish(
         self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
