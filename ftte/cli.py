@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ftte.sim.simulator import CurvePoint
+    from ftte.transport.mqtt import BrokerSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,17 +182,31 @@ def _run_broker_init(args: argparse.Namespace) -> int:
     print(f"broker config: {files.config}")
     print(f"agent configs: {len(files.device_configs)} in {args.out / 'devices'}")
     print(f"orchestrator credentials: {files.orchestrator_credentials}")
+    print(f"operator credentials: {files.operator_credentials}")
     # Deploy tools key on this line (Ansible's changed_when): keep its wording.
     print(f"changed files: {len(files.changed)}")
     return 0
 
 
+def _operator_account(out: Path) -> BrokerSettings:
+    """The operator's read-only broker account from the folder `ftte broker init` wrote."""
+    from orchestrator.status import load_broker_account
+
+    path = out / "operator.toml"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run `ftte broker init` again (broker files written before "
+            "the operator account existed lack it) and restart the broker"
+        )
+    return load_broker_account(path)
+
+
 def _run_broker_wait_online(args: argparse.Namespace) -> int:
     from broker.fleet import load_fleet
-    from orchestrator.status import load_broker_account, wait_online
+    from orchestrator.status import wait_online
 
     fleet = load_fleet(args.fleet).fleet.name
-    account = load_broker_account(args.out / "orchestrator.toml")
+    account = _operator_account(args.out)
     try:
         status = wait_online(account, fleet, args.device, args.timeout, args.version)
     except TimeoutError as exc:
@@ -261,17 +276,19 @@ def _run_strategies(_args: argparse.Namespace) -> int:
 
 def _add_status(commands: Any) -> None:
     p = commands.add_parser("status", help="the job's retained state from the broker")
-    p.add_argument("--config", type=Path, required=True, help="job file (TOML)")
+    p.add_argument("--fleet", type=Path, required=True, help="fleet inventory (TOML)")
+    p.add_argument("--out", type=Path, required=True, help="folder `broker init` wrote")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(run=_run_status)
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_job_config
+    from broker.fleet import load_fleet
     from orchestrator.status import read_status
 
-    state = read_status(load_job_config(args.config), args.timeout)
+    fleet = load_fleet(args.fleet).fleet.name
+    state = read_status(_operator_account(args.out), fleet, args.timeout)
     if args.json:
         print(json.dumps(state, indent=1))
         return 0

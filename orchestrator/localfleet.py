@@ -29,6 +29,7 @@ from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.config import JobConfig, JobSection
 from orchestrator.server import ServerSettings
+from orchestrator.status import load_broker_account
 from orchestrator.telemetry import InfluxConfig
 
 
@@ -145,6 +146,10 @@ class LocalFleet:
             strategy=s.strategy_params,
             influx=s.influx,
         )
+
+    def operator_account(self) -> BrokerSettings:
+        """The read-only operator account (``ftte status``) on this fleet's broker."""
+        return load_broker_account(self.files.operator_credentials)
 
     def write_job_file(self) -> Path:
         """The job as a TOML file, for ``ftte orchestrator --config``."""

@@ -8,6 +8,12 @@ Every message passes one boundary: whatever happens while handling it, it is ack
 and a failure is counted by kind and the payload set aside in a bounded quarantine, so no
 payload can stop the orchestrator, now or when the journal is replayed after a restart.
 Telemetry is handed to a batching writer and never waits on the database.
+
+The broker makes the username the client id, so the service's MQTT session is the fleet's
+one orchestrator session. A job that starts fresh (nothing in its run folder) discards at
+its first connect whatever an earlier job left there (subscriptions, queued updates that
+answer that job's assignments); a resumed job takes the session over with the updates
+queued while it was down.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from paho.mqtt.client import MQTTMessageInfo
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ftte import topics
 from ftte.errors import Rejected
@@ -38,8 +45,17 @@ from orchestrator.telemetry import open_telemetry
 
 log = logging.getLogger("ftte.orchestrator")
 
-ORCHESTRATOR_CLIENT_PREFIX = "ftte-orchestrator"
 HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
+RETAINED_UPDATE = "update_retained"  # refusal reason: a retained publish on an update topic
+# No local: the clear of a retained update is not echoed back. Retain as published: a live
+# retained publish is told from a normal one. Retained messages only for a new subscription:
+# a resumed session gets what was published meanwhile from its queue, not a second time.
+UPDATE_SUBSCRIPTION = SubscribeOptions(
+    qos=1,
+    noLocal=True,
+    retainAsPublished=True,
+    retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB,
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,7 @@ class OrchestratorService:
         self.quarantine = Quarantine(self.run_dir / "quarantine")
         self.failures: Counter[str] = Counter()  # handler failures, by exception type
         self.status_refused: Counter[str] = Counter()  # refused status messages, by reason
+        self.retained_updates = 0  # retained publishes on update topics, ignored and cleared
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
@@ -93,12 +110,12 @@ class OrchestratorService:
         self.history: deque[tuple[float, int, float]] = deque(maxlen=HISTORY_POINTS)
         self.link = MqttLink(
             config.broker,
-            client_id=f"{ORCHESTRATOR_CLIENT_PREFIX}-{job.name}",
             subscriptions=[
                 (topics.all_status_filter(job.fleet), 1),
-                (topics.all_updates_filter(job.fleet), 1),
+                (topics.all_updates_filter(job.fleet), UPDATE_SUBSCRIPTION),
             ],
             manual_ack=True,
+            fresh_session=state is None and self.journal.is_empty(),
             # A dead orchestrator is told apart at once from a quiet one: the broker
             # publishes this (retained) when the connection dies without a goodbye.
             will=Will(topics.model_topic(job.fleet), self.job_state(GONE).encode()),
@@ -148,7 +165,9 @@ class OrchestratorService:
     def handle(self, message: Inbound) -> None:
         """Process one message behind the boundary: it is acknowledged whatever happens."""
         try:
-            self._dispatch_message(message.topic, message.payload, journal=True)
+            self._dispatch_message(
+                message.topic, message.payload, journal=True, retained=message.retain
+            )
         except Exception as exc:  # one message, whatever it raised, must not stop the service
             self._set_aside(message.topic, message.payload, exc)
         finally:
@@ -160,7 +179,9 @@ class OrchestratorService:
         log.error("handling a message on %s failed (%s: %s); set aside", topic, kind, exc)
         self.quarantine.put(topic, payload, "handler_error", f"{kind}: {exc}")
 
-    def _dispatch_message(self, topic: str, payload: bytes, journal: bool) -> None:
+    def _dispatch_message(
+        self, topic: str, payload: bytes, journal: bool, retained: bool = False
+    ) -> None:
         try:
             ref = topics.parse(topic)
         except ValueError:
@@ -169,8 +190,30 @@ class OrchestratorService:
             return
         if ref.kind == "status":
             self._handle_status(ref.device, payload)
+        elif ref.kind == "update" and retained:
+            self._refuse_retained(ref.device, topic, payload)
         elif ref.kind == "update":
             self._receive(ref.device, topic, payload, journal)
+
+    def _refuse_retained(self, device_id: str, topic: str, payload: bytes) -> None:
+        """Ignore a retained update and clear it: the broker would replay it to every new
+        subscriber, e.g. each restart of this service. Agents never retain updates."""
+        self.retained_updates += 1
+        log.warning("retained update from %s ignored and cleared from the broker", device_id)
+        if payload:  # a zero-length retained publish is itself MQTT's clear: nothing is kept
+            self.link.publish(topic, b"", qos=1, retain=True)
+        self.quarantine.put(topic, payload, RETAINED_UPDATE, "retained publish on an update topic")
+        self.telemetry.update(
+            device=device_id,
+            update_id="",
+            age=0,
+            weight=None,
+            bytes_=len(payload),
+            loss=float("nan"),
+            accepted=False,
+            reason=RETAINED_UPDATE,
+            peak_mem_bytes=0,
+        )
 
     def _handle_status(self, device_id: str, payload: bytes) -> None:
         try:
@@ -321,8 +364,11 @@ class OrchestratorService:
         )
 
     def _failure_count(self) -> dict[str, int]:
-        """Refusals that are not the engine's: status messages, and handler failures."""
+        """Refusals that are not the engine's: status messages, retained updates, and handler
+        failures."""
         counts = {f"status_{reason}": n for reason, n in self.status_refused.items()}
+        if self.retained_updates:
+            counts[RETAINED_UPDATE] = self.retained_updates
         failed = sum(self.failures.values())
         return counts | ({"handler_error": failed} if failed else {})
 

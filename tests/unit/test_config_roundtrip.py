@@ -74,10 +74,14 @@ def test_generated_agent_config_is_what_the_fleet_says(tmp_path):
     assert config.data == DataSection(task="vibration", partition=1, num_partitions=2)
 
 
-def test_generated_orchestrator_account_loads_with_its_ca(tmp_path):
+@pytest.mark.parametrize(
+    ("credentials", "user"),
+    [("orchestrator_credentials", "ftte_orchestrator"), ("operator_credentials", "ftte_operator")],
+)
+def test_generated_accounts_load_with_their_ca(tmp_path, credentials, user):
     files = init_broker(Fleet(FleetSection(name="farm-a", broker_port=8884)), tmp_path)
-    account = load_broker_account(files.orchestrator_credentials)
-    assert (account.username, account.port) == ("ftte_orchestrator", 8884)
+    account = load_broker_account(getattr(files, credentials))
+    assert (account.username, account.port) == (user, 8884)
     assert account.ca_file == files.ca_cert
 
 
