@@ -10,6 +10,7 @@ the math that is benchmarked is the math that runs in the field. ``state_dict`` 
 from __future__ import annotations
 
 import heapq
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -166,6 +167,10 @@ class TrainingServer:
         self._scores: dict[str, float] = {}
         self._scores_version = -1
         self._plans: dict[int, SlicePlan] = {}
+        # Assignment ids carry a tag drawn when a job starts afresh (kept across restarts):
+        # the counter restarts at 1 in every job, and agents still holding an earlier job's
+        # assignment would otherwise answer one of this job's with the same id.
+        self._run_tag = f"{secrets.randbits(32):08x}"
         self._next_assignment = 1
         # Kept in step with the records, so no call is proportional to the fleet size:
         # registration order (dispatch order is reproducible), idle and training devices,
@@ -341,7 +346,7 @@ class TrainingServer:
         assignment = Assignment(
             job=self.config.job,
             device_id=record.device_id,
-            assignment_id=f"{record.device_id}.{self._next_assignment}",
+            assignment_id=f"{record.device_id}.{self._run_tag}.{self._next_assignment}",
             version=self.version,
             trainable=plan.trainable,
             tensors=tensors,
@@ -524,6 +529,7 @@ class TrainingServer:
             "accepted": self.accepted,
             "rejected": dict(self.rejected),
             "next_assignment": self._next_assignment,
+            "run_tag": self._run_tag,
             "devices": [_record_state(d) for d in self.devices.values()],
             "strategy": self.strategy.state_dict(),
             "influence": self.influence.state_dict(),
@@ -545,6 +551,7 @@ class TrainingServer:
         self.accepted = int(state["accepted"])
         self.rejected = Counter(state["rejected"])
         self._next_assignment = int(state["next_assignment"])
+        self._run_tag = str(state["run_tag"])
         self.devices, self._order = {}, {}
         self._idle, self._training, self._deadlines = set(), set(), []
         for saved in state["devices"]:
