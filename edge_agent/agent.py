@@ -71,7 +71,6 @@ class EdgeAgent:
         self._update_topic = topics.update_topic(fleet, self.device_id)
         self.link = MqttLink(
             config.broker,
-            client_id=self.device_id,
             subscriptions=[(self._assign_topic, 1), (self._ack_topic, 1)],
             will=Will(self._status_topic, OFFLINE),
             on_connect=self._announce,

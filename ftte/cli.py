@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ftte.sim.fleet import FleetSpec
-from ftte.sim.run import SimConfig, simulate
-from ftte.sim.simulator import CurvePoint
-from ftte.tasks import TASKS
-from orchestrator.presets import PRESETS
+if TYPE_CHECKING:
+    from ftte.sim.simulator import CurvePoint
+    from ftte.transport.mqtt import BrokerSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     _add_demo(commands)
     _add_strategies(commands)
     args = parser.parse_args(argv)
-    # Tiny models gain nothing from intra-op threads, and OpenMP workers spinning in several
-    # processes on a 2-core gateway (orchestrator, agents, simulator) slow everyone 10x.
-    torch.set_num_threads(1)
     try:
         return int(args.run(args))
     except (ValueError, FileNotFoundError) as exc:
@@ -39,10 +33,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _single_threaded_torch() -> None:
+    """Import torch for a command that trains or evaluates, with one intra-op thread.
+
+    Tiny models gain nothing from intra-op threads, and OpenMP workers spinning in several
+    processes on a 2-core gateway (orchestrator, agents, simulator) slow everyone 10x.
+    Commands that only manage files or read the broker never import torch (a 3 s start-up
+    in every Ansible run and status poll).
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _add_sim(commands: Any) -> None:
     p = commands.add_parser("sim", help="simulate one strategy on a virtual fleet")
     p.add_argument("--task", default="digits", help="built-in task or package.module:factory")
-    p.add_argument("--strategy", default="ftte", choices=sorted(PRESETS))
+    p.add_argument("--strategy", default="ftte", help="a preset (see `ftte strategies`)")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--stragglers", type=float, default=0.9, help="fraction slowed down")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID concentration")
@@ -55,6 +62,10 @@ def _add_sim(commands: Any) -> None:
 
 
 def _run_sim(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
+    from ftte.sim.fleet import FleetSpec
+    from ftte.sim.run import SimConfig, simulate
+
     config = SimConfig(
         task=args.task,
         strategy=args.strategy,
@@ -77,7 +88,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         f"peak memory max {report['peak_mem_bytes_max']} B"
     )
     if args.json:
-        args.json.write_text(json.dumps({"config": vars_of(config), **report}, indent=1))
+        args.json.write_text(json.dumps({"config": asdict(config), **report}, indent=1))
     return 0
 
 
@@ -86,7 +97,7 @@ def _add_bench(commands: Any) -> None:
     which = p.add_subparsers(dest="bench", required=True)
     paper = which.add_parser("paper", help="FTTE vs FedBuff vs FedAvg on one simulated fleet")
     paper.add_argument("--quick", action="store_true", help="50 devices, 1 seed, < 10 min")
-    paper.add_argument("--task", choices=sorted(TASKS), default="digits")
+    paper.add_argument("--task", default="digits", help="digits or vibration")
     paper.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
     paper.add_argument(
         "--resume",
@@ -98,7 +109,7 @@ def _add_bench(commands: Any) -> None:
     paper.add_argument("--plots", type=Path, default=None, help="folder for PNG plots")
     paper.set_defaults(run=_run_bench_paper)
     agg = which.add_parser("aggregator", help="ingest throughput vs a raw decode+axpy loop")
-    agg.add_argument("--task", choices=sorted(TASKS), default="digits")
+    agg.add_argument("--task", default="digits", help="digits or vibration")
     agg.add_argument("--devices", type=int, default=300, help="updates per timed run")
     agg.add_argument("--repeats", type=int, default=7)
     agg.add_argument("--json", type=Path, default=Path("bench-aggregator.json"))
@@ -124,21 +135,27 @@ def _add_bench(commands: Any) -> None:
     delivery.add_argument("--messages", type=int, default=2000, help="persistence part")
     delivery.add_argument("--json", type=Path, default=Path("bench-delivery.json"))
     delivery.set_defaults(run=_run_bench_delivery)
+    attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
+    attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
+    attack.set_defaults(run=_run_bench_attack)
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from ftte.bench.paper import run_paper_benchmark
 
     return run_paper_benchmark(args)
 
 
 def _run_bench_aggregator(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from ftte.bench.aggregator import run_aggregator_benchmark
 
     return run_aggregator_benchmark(args)
 
 
 def _run_bench_state(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from ftte.bench.state import run_state_benchmark
 
     return run_state_benchmark(args)
@@ -148,6 +165,13 @@ def _run_bench_delivery(args: argparse.Namespace) -> int:
     from ftte.bench.delivery import run_delivery_benchmark
 
     return run_delivery_benchmark(args)
+
+
+def _run_bench_attack(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
+    from ftte.bench.attack import run_attack_benchmark
+
+    return run_attack_benchmark(args)
 
 
 def _add_broker(commands: Any) -> None:
@@ -179,17 +203,31 @@ def _run_broker_init(args: argparse.Namespace) -> int:
     print(f"broker config: {files.config}")
     print(f"agent configs: {len(files.device_configs)} in {args.out / 'devices'}")
     print(f"orchestrator credentials: {files.orchestrator_credentials}")
+    print(f"operator credentials: {files.operator_credentials}")
     # Deploy tools key on this line (Ansible's changed_when): keep its wording.
     print(f"changed files: {len(files.changed)}")
     return 0
 
 
+def _operator_account(out: Path) -> BrokerSettings:
+    """The operator's read-only broker account from the folder `ftte broker init` wrote."""
+    from orchestrator.status import load_broker_account
+
+    path = out / "operator.toml"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run `ftte broker init` again (broker files written before "
+            "the operator account existed lack it) and restart the broker"
+        )
+    return load_broker_account(path)
+
+
 def _run_broker_wait_online(args: argparse.Namespace) -> int:
     from broker.fleet import load_fleet
-    from orchestrator.status import load_broker_account, wait_online
+    from orchestrator.status import wait_online
 
     fleet = load_fleet(args.fleet).fleet.name
-    account = load_broker_account(args.out / "orchestrator.toml")
+    account = _operator_account(args.out)
     try:
         status = wait_online(account, fleet, args.device, args.timeout, args.version)
     except TimeoutError as exc:
@@ -220,6 +258,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    _single_threaded_torch()
     from orchestrator.config import load_job_config
     from orchestrator.service import OrchestratorService
 
@@ -243,6 +282,7 @@ def _add_strategies(commands: Any) -> None:
 
 
 def _run_strategies(_args: argparse.Namespace) -> int:
+    from orchestrator.presets import PRESETS
     from orchestrator.strategies import strategy_parameters
 
     for name, chosen in sorted(PRESETS.items()):
@@ -257,17 +297,19 @@ def _run_strategies(_args: argparse.Namespace) -> int:
 
 def _add_status(commands: Any) -> None:
     p = commands.add_parser("status", help="the job's retained state from the broker")
-    p.add_argument("--config", type=Path, required=True, help="job file (TOML)")
+    p.add_argument("--fleet", type=Path, required=True, help="fleet inventory (TOML)")
+    p.add_argument("--out", type=Path, required=True, help="folder `broker init` wrote")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(run=_run_status)
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_job_config
+    from broker.fleet import load_fleet
     from orchestrator.status import read_status
 
-    state = read_status(load_job_config(args.config), args.timeout)
+    fleet = load_fleet(args.fleet).fleet.name
+    state = read_status(_operator_account(args.out), fleet, args.timeout)
     if args.json:
         print(json.dumps(state, indent=1))
         return 0
@@ -287,7 +329,7 @@ def _add_demo(commands: Any) -> None:
     p = commands.add_parser("demo", help="a local fleet: broker, orchestrator and agents")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--task", default="digits")
-    p.add_argument("--strategy", default="ftte", choices=sorted(PRESETS))
+    p.add_argument("--strategy", default="ftte", help="a preset (see `ftte strategies`)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo-…)")
     p.add_argument("--influx-url", default=None, help="InfluxDB v2 URL for telemetry")
     p.add_argument("--influx-token", default="")
@@ -297,6 +339,7 @@ def _add_demo(commands: Any) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
     from orchestrator.demo import run_demo
 
     return run_demo(args)
@@ -316,13 +359,6 @@ def _progress_line(label: str) -> Any:
             print(line.strip(), file=sys.stderr, flush=True)
 
     return show
-
-
-def vars_of(config: SimConfig) -> dict[str, Any]:
-    """A JSON-friendly view of a config."""
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
+from torch.autograd.profiler import profile
 
 FLOAT_BYTES = 4  # weights, gradients and optimizer state are float32 on the device
 PROFILE_BATCH = 4  # activations scale linearly in the batch; a small batch keeps profiling cheap
@@ -231,7 +231,7 @@ def _module_transients(model: nn.Sequential, x: torch.Tensor) -> list[tuple[int,
     with torch.no_grad(), _quiet_native_stderr():
         h = x
         for module in model:
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with allocator_trace() as prof:
                 out = module(h)
             size = h.untyped_storage().nbytes()
             transients.append((size + allocation_peak(prof), size))
@@ -239,12 +239,21 @@ def _module_transients(model: nn.Sequential, x: torch.Tensor) -> list[tuple[int,
     return transients
 
 
+def allocator_trace() -> profile:
+    """A profiler that records every allocation of torch's CPU allocator.
+
+    The autograd profiler, not ``torch.profiler.profile``: the latter imports
+    ``torch._inductor`` on entry (3.4 s of start-up in every process that plans slices).
+    """
+    return profile(use_cpu=True, profile_memory=True)
+
+
 def allocation_peak(prof: profile) -> int:
     """Largest sum of live allocations torch's CPU allocator reported inside ``prof``."""
     # The public event list drops most allocation records; kineto's raw results keep them all.
-    results: Any = prof.profiler.kineto_results if prof.profiler else None
+    results: Any = prof.kineto_results
     if results is None:
-        raise RuntimeError("torch profiler returned no results; was profile_memory=True set?")
+        raise RuntimeError("torch profiler returned no results; use allocator_trace()")
     events = [e for e in results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     live = peak = 0

@@ -96,6 +96,10 @@ class Journal:
             yield topic, data[offset + 8 + head_len : end]
             offset = end
 
+    def is_empty(self) -> bool:
+        """Whether nothing, not even a torn entry, was ever appended since the last truncate."""
+        return self.path.stat().st_size == 0
+
     def truncate(self) -> None:
         """Forget everything: a checkpoint now holds it."""
         self._file.truncate(0)

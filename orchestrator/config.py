@@ -10,6 +10,7 @@ from ftte.config import load_section, read_toml, resolve
 from ftte.ids import validate_id
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
+from orchestrator.influence import InfluenceSettings
 from orchestrator.presets import PRESETS, preset_strategy
 from orchestrator.server import ServerSettings
 from orchestrator.telemetry import InfluxConfig
@@ -53,6 +54,7 @@ class JobConfig:
     broker: BrokerSettings
     train: TrainSettings = field(default_factory=TrainSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    influence: InfluenceSettings = field(default_factory=InfluenceSettings)
     strategy: dict[str, Any] = field(default_factory=dict)
     influx: InfluxConfig | None = None
 

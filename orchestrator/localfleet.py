@@ -24,11 +24,12 @@ from broker.generate import BrokerFiles, init_broker
 from broker.launcher import RunningBroker, free_port, start_dev_broker
 from ftte.config import dump_section, write_toml
 from ftte.memory import MemoryModel
-from ftte.tasks import load_model_spec
+from ftte.tasks import load_model_spec, load_task
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.config import JobConfig, JobSection
 from orchestrator.server import ServerSettings
+from orchestrator.status import load_broker_account
 from orchestrator.telemetry import InfluxConfig
 
 
@@ -80,6 +81,8 @@ class LocalFleet:
         slow = rng.random(spec.devices) < spec.slow_fraction
         slowdowns = np.where(slow, rng.uniform(2.0, spec.max_slowdown, spec.devices), 1.0)
         width = len(str(spec.devices - 1))
+        ids = [f"dev-{i:0{width}d}" for i in range(spec.devices)]
+        data_files = self._write_device_data(ids)
         self.fleet = Fleet(
             FleetSection(
                 name="local",
@@ -90,13 +93,28 @@ class LocalFleet:
                 agent_state_dir=self.run_dir / "agents",
             ),
             [
-                DeviceEntry(f"dev-{i:0{width}d}", budgets[i], "demo", None, round(s, 2))
-                for i, s in enumerate(slowdowns)
+                DeviceEntry(device_id, budget, "demo", data_files[device_id], round(slow, 2))
+                for device_id, budget, slow in zip(ids, budgets, slowdowns, strict=True)
             ],
         )
         self.files: BrokerFiles = init_broker(self.fleet, self.run_dir / "broker")
         self.broker: RunningBroker | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _write_device_data(self, device_ids: list[str]) -> dict[str, Path]:
+        """Each device's partition of the task as its own data file, as a field device has.
+
+        The orchestrator builds the same partitions from the same seed for nothing but
+        validation; an agent reads only its file and never builds the task's dataset.
+        """
+        task = load_task(self.spec.task, num_devices=len(device_ids), seed=self.spec.seed)
+        folder = self.run_dir / "data"
+        folder.mkdir(exist_ok=True)
+        files = {}
+        for device_id, data in zip(device_ids, task.devices, strict=True):
+            files[device_id] = folder / f"{device_id}.npz"
+            np.savez(files[device_id], x=data.x, y=data.y)
+        return files
 
     def job_config(self) -> JobConfig:
         """The orchestrator's job, wired to this fleet's broker and credentials."""
@@ -128,6 +146,10 @@ class LocalFleet:
             strategy=s.strategy_params,
             influx=s.influx,
         )
+
+    def operator_account(self) -> BrokerSettings:
+        """The read-only operator account (``ftte status``) on this fleet's broker."""
+        return load_broker_account(self.files.operator_credentials)
 
     def write_job_file(self) -> Path:
         """The job as a TOML file, for ``ftte orchestrator --config``."""

@@ -15,6 +15,7 @@ from typing import Any
 from ftte.tasks.base import Task
 from ftte.training import TrainSettings
 from ftte.wire.messages import DeltaEncoding, TrainConfig
+from orchestrator.influence import InfluenceSettings
 from orchestrator.planner import PlanMode
 from orchestrator.server import ServerConfig, ServerSettings, TrainingServer
 from orchestrator.strategies import make_strategy
@@ -58,6 +59,7 @@ def make_server(
     seed: int = 0,
     train: TrainSettings | None = None,
     settings: ServerSettings | None = None,
+    influence: InfluenceSettings | None = None,
     strategy_params: Mapping[str, Any] | None = None,
 ) -> TrainingServer:
     """A training server running preset ``name`` on ``task`` with the job's settings.
@@ -74,6 +76,7 @@ def make_server(
         model_encoding=chosen.model_encoding,
         model_seed=seed,
         settings=settings or ServerSettings(),
+        influence=influence or InfluenceSettings(),
     )
     return TrainingServer(task, preset_strategy(name, strategy_params or {}), config)
 

@@ -10,6 +10,7 @@ the math that is benchmarked is the math that runs in the field. ``state_dict`` 
 from __future__ import annotations
 
 import heapq
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,11 +23,12 @@ from ftte.memory import MemoryModel
 from ftte.tasks.base import Task
 from ftte.wire import WireLimits, decode_update
 from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
+from orchestrator.influence import InfluenceBound, InfluenceSettings
 from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner
 from orchestrator.scoring import gradient_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 1  # bump when the state_dict schema changes
+STATE_FORMAT = 2  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ServerConfig:
     model_encoding: DeltaEncoding = DeltaEncoding.FLOAT32  # model values sent to devices
     model_seed: int = 0
     settings: ServerSettings = field(default_factory=ServerSettings)
+    influence: InfluenceSettings = field(default_factory=InfluenceSettings)
 
 
 @dataclass(frozen=True)
@@ -160,12 +163,17 @@ class TrainingServer:
         self.stamps = dict.fromkeys(self.params, 0)  # version at which each tensor last changed
         self.memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
         self.planner = SlicePlanner(self.memory, config.train.batch_size, config.train.momentum)
+        self.influence = InfluenceBound(config.influence)
         self.devices: dict[str, DeviceRecord] = {}
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self._scores: dict[str, float] = {}
         self._scores_version = -1
         self._plans: dict[int, SlicePlan] = {}
+        # Assignment ids carry a tag drawn when a job starts afresh (kept across restarts):
+        # the counter restarts at 1 in every job, and agents still holding an earlier job's
+        # assignment would otherwise answer one of this job's with the same id.
+        self._run_tag = f"{secrets.randbits(32):08x}"
         self._next_assignment = 1
         # Kept in step with the records, so no call is proportional to the fleet size:
         # registration order (dispatch order is reproducible), idle and training devices,
@@ -346,7 +354,7 @@ class TrainingServer:
         assignment = Assignment(
             job=self.config.job,
             device_id=record.device_id,
-            assignment_id=f"{record.device_id}.{self._next_assignment}",
+            assignment_id=f"{record.device_id}.{self._run_tag}.{self._next_assignment}",
             version=self.version,
             trainable=plan.trainable,
             tensors=tensors,
@@ -507,7 +515,7 @@ class TrainingServer:
         """Apply the buffer if the strategy says so; bump the version."""
         if not self.strategy.ready():
             return None
-        report = self.strategy.aggregate(self.params)
+        report = self.strategy.aggregate(self.params, self.influence)
         self.version += 1
         for name in report.changed:
             self.stamps[name] = self.version
@@ -553,8 +561,10 @@ class TrainingServer:
             "accepted": self.accepted,
             "rejected": dict(self.rejected),
             "next_assignment": self._next_assignment,
+            "run_tag": self._run_tag,
             "devices": [_record_state(d) for d in self.devices.values()],
             "strategy": self.strategy.state_dict(),
+            "influence": self.influence.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], now: float) -> None:
@@ -573,6 +583,7 @@ class TrainingServer:
         self.accepted = int(state["accepted"])
         self.rejected = Counter(state["rejected"])
         self._next_assignment = int(state["next_assignment"])
+        self._run_tag = str(state["run_tag"])
         self.devices, self._order = {}, {}
         self._idle, self._training, self._deadlines = set(), set(), []
         for saved in state["devices"]:
@@ -594,6 +605,7 @@ class TrainingServer:
                 record.open = OpenAssignment.restored(opened, now)
                 self._time(record, now)
         self.strategy.load_state_dict(state["strategy"])
+        self.influence.load_state_dict(state["influence"])
         self._scores_version = -1  # rescore the restored model before planning
 
     # -- evaluation --------------------------------------------------------------------

@@ -12,6 +12,12 @@ Every message passes one boundary: whatever happens while handling it, it is ack
 and a failure is counted by kind and the payload set aside in a bounded quarantine, so no
 payload can stop the orchestrator, now or when the journal is replayed after a restart.
 Telemetry is handed to a batching writer and never waits on the database.
+
+The broker makes the username the client id, so the service's MQTT session is the fleet's
+one orchestrator session. A job that starts fresh (nothing in its run folder) discards at
+its first connect whatever an earlier job left there (subscriptions, queued updates that
+answer that job's assignments); a resumed job takes the session over with the updates
+queued while it was down.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from paho.mqtt.client import MQTTMessageInfo
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ftte import topics
 from ftte.errors import Rejected, RejectReason
 from ftte.tasks import load_task
-from ftte.transport.mqtt import Inbound, MqttLink, PayloadTooLarge, Will
+from ftte.transport.mqtt import BrokerDrops, Inbound, MqttLink, PayloadTooLarge, Will
 from ftte.wire import encode_assignment
 from ftte.wire.control import (
     GONE,
@@ -51,35 +58,21 @@ from orchestrator.telemetry import open_telemetry
 
 log = logging.getLogger("ftte.orchestrator")
 
-ORCHESTRATOR_CLIENT_PREFIX = "ftte-orchestrator"
 # Assignments sent again or withdrawn for one device between two of its answers. A broker
 # crash costs one or two; a device that floods births cannot make the orchestrator send it
 # assignments without end (past this it waits for the assignment timeout like before).
 MAX_RECOVERIES = 5
 HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
-
-
-class BrokerDrops:
-    """Mosquitto's count of messages it dropped from full queues (``topics.BROKER_DROPPED``,
-    republished every ``sys_interval``), turned into increments across broker restarts."""
-
-    def __init__(self) -> None:
-        self.seen = 0  # the broker's count at its last publication
-        self.total = 0  # drops noted so far, over every broker start
-        self.readings = 0
-
-    def note(self, payload: bytes) -> int:
-        """The messages dropped since the last reading; a ValueError if unreadable."""
-        text = payload.decode("ascii", errors="replace")
-        if not (0 < len(text) <= 20 and text.isdigit()):
-            raise ValueError(f"unreadable broker drop counter {text[:32]!r}")
-        count = int(text)
-        if count < self.seen:  # the broker restarted: its count did too
-            self.seen = 0
-        dropped, self.seen = count - self.seen, count
-        self.total += dropped
-        self.readings += 1
-        return dropped
+RETAINED_UPDATE = "update_retained"  # refusal reason: a retained publish on an update topic
+# No local: the clear of a retained update is not echoed back. Retain as published: a live
+# retained publish is told from a normal one. Retained messages only for a new subscription:
+# a resumed session gets what was published meanwhile from its queue, not a second time.
+UPDATE_SUBSCRIPTION = SubscribeOptions(
+    qos=1,
+    noLocal=True,
+    retainAsPublished=True,
+    retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB,
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +111,7 @@ class OrchestratorService:
             seed=job.seed,
             train=config.train,
             settings=config.server,
+            influence=config.influence,
             strategy_params=config.strategy,
         )
         self.run_dir = job.run_dir
@@ -141,6 +135,7 @@ class OrchestratorService:
         self._recoveries: Counter[str] = Counter()  # by device, since its last answer
         self._connects_seen = 0
         self.broker_drops = BrokerDrops()
+        self.retained_updates = 0  # retained publishes on update topics, ignored and cleared
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
@@ -149,13 +144,13 @@ class OrchestratorService:
         self.history: deque[tuple[float, int, float]] = deque(maxlen=HISTORY_POINTS)
         self.link = MqttLink(
             config.broker,
-            client_id=f"{ORCHESTRATOR_CLIENT_PREFIX}-{job.name}",
             subscriptions=[
                 (topics.all_status_filter(job.fleet), 1),
-                (topics.all_updates_filter(job.fleet), 1),
+                (topics.all_updates_filter(job.fleet), UPDATE_SUBSCRIPTION),
                 (topics.BROKER_DROPPED, 0),
             ],
             manual_ack=True,
+            fresh_session=state is None and self.journal.is_empty(),
             # A dead orchestrator is told apart at once from a quiet one: the broker
             # publishes this (retained) when the connection dies without a goodbye.
             will=Will(topics.model_topic(job.fleet), self.job_state(GONE).encode()),
@@ -207,7 +202,9 @@ class OrchestratorService:
     def handle(self, message: Inbound) -> None:
         """Process one message behind the boundary: it is acknowledged whatever happens."""
         try:
-            self._dispatch_message(message.topic, message.payload, True, message.retain)
+            self._dispatch_message(
+                message.topic, message.payload, journal=True, retained=message.retain
+            )
         except Exception as exc:  # one message, whatever it raised, must not stop the service
             self._set_aside(message.topic, message.payload, exc)
         finally:
@@ -220,9 +217,10 @@ class OrchestratorService:
         self.quarantine.put(topic, payload, "handler_error", f"{kind}: {exc}")
 
     def _dispatch_message(
-        self, topic: str, payload: bytes, journal: bool, retained: bool = True
+        self, topic: str, payload: bytes, journal: bool, retained: bool = False
     ) -> None:
-        """Route one message; ``journal`` is false on replay, ``retained`` for old births."""
+        """Route one message; ``journal`` is false on replay; ``retained``: delivered from the
+        broker's retained store (an old birth), or a live retained publish on an update topic."""
         if topic == topics.BROKER_DROPPED:
             self._note_broker_drops(payload)
             return
@@ -234,8 +232,30 @@ class OrchestratorService:
             return
         if ref.kind == "status":
             self._handle_status(ref.device, payload, retained)
+        elif ref.kind == "update" and retained:
+            self._refuse_retained(ref.device, topic, payload)
         elif ref.kind == "update":
             self._receive(ref.device, topic, payload, journal)
+
+    def _refuse_retained(self, device_id: str, topic: str, payload: bytes) -> None:
+        """Ignore a retained update and clear it: the broker would replay it to every new
+        subscriber, e.g. each restart of this service. Agents never retain updates."""
+        self.retained_updates += 1
+        log.warning("retained update from %s ignored and cleared from the broker", device_id)
+        if payload:  # a zero-length retained publish is itself MQTT's clear: nothing is kept
+            self.link.publish(topic, b"", qos=1, retain=True)
+        self.quarantine.put(topic, payload, RETAINED_UPDATE, "retained publish on an update topic")
+        self.telemetry.update(
+            device=device_id,
+            update_id="",
+            age=0,
+            weight=None,
+            bytes_=len(payload),
+            loss=float("nan"),
+            accepted=False,
+            reason=RETAINED_UPDATE,
+            peak_mem_bytes=0,
+        )
 
     def _handle_status(self, device_id: str, payload: bytes, retained: bool) -> None:
         try:
@@ -346,6 +366,9 @@ class OrchestratorService:
             version=self.server.version,
             buffer_fill=len(self.server.strategy.buffered()),
             num_updates=len(report.weights),
+            clipped=len(report.clipped),
+            capped=len(report.capped),
+            merged=len(report.merged),
             val_accuracy=self.accuracy,
             val_loss=loss,
             wall_time_s=time.monotonic() - started,
@@ -490,8 +513,11 @@ class OrchestratorService:
         return dict(self.delivery) | {f"puback_{k}": n for k, n in refused.items()}
 
     def _failure_count(self) -> dict[str, int]:
-        """Refusals that are not the engine's: status messages, and handler failures."""
+        """Refusals that are not the engine's: status messages, retained updates, and handler
+        failures."""
         counts = {f"status_{reason}": n for reason, n in self.status_refused.items()}
+        if self.retained_updates:
+            counts[RETAINED_UPDATE] = self.retained_updates
         failed = sum(self.failures.values())
         return counts | ({"handler_error": failed} if failed else {})
 

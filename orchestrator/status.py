@@ -1,4 +1,11 @@
-"""Retained state on the broker: the job's (``ftte status``) and one device's (deploy checks)."""
+"""Retained state on the broker: the job's (``ftte status``) and one device's (deploy checks).
+
+Both read with the operator's account (``broker-files/operator.toml``), never the
+orchestrator's: the broker makes the username the client id, so a second connection as
+``ftte_orchestrator`` would take over the running orchestrator's session. The operator's
+sessions are not persistent; two operator commands at once take the connection from each
+other (each reconnects and reads the retained message again).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,6 @@ from ftte.wire.control import (
     decode_job_state,
     decode_status,
 )
-from orchestrator.config import JobConfig
 
 STALE_AFTER_S = 5 * HEARTBEAT_S  # a running orchestrator this quiet is reported unresponsive
 
@@ -36,21 +42,17 @@ def liveness(state: JobState, now_unix_s: float) -> str:
     return state.state
 
 
-def read_status(config: JobConfig, timeout_s: float) -> dict[str, Any]:
-    """The retained job state as a dict, with its ``liveness``; a clear error if none
-    arrives in time."""
-    link = MqttLink(
-        config.broker,
-        client_id=f"ftte-status-{config.job.name}",
-        subscriptions=[(topics.model_topic(config.job.fleet), 1)],
-        persistent=False,
-    )
+def read_status(settings: BrokerSettings, fleet: str, timeout_s: float) -> dict[str, Any]:
+    """The retained job state of ``fleet`` as a dict, with its ``liveness``; a clear error if
+    none arrives in time."""
+    topic = topics.model_topic(fleet)
+    link = MqttLink(settings, subscriptions=[(topic, 1)], persistent=False)
     link.start()
     try:
         message = link.inbox.get(timeout=timeout_s)
     except queue.Empty as exc:
         raise TimeoutError(
-            f"no job state on {topics.model_topic(config.job.fleet)} within {timeout_s} s; "
+            f"no job state on {topic} within {timeout_s} s; "
             "is the orchestrator running and the broker reachable?"
         ) from exc
     finally:
@@ -60,7 +62,7 @@ def read_status(config: JobConfig, timeout_s: float) -> dict[str, Any]:
 
 
 def load_broker_account(path: Path) -> BrokerSettings:
-    """The ``[broker]`` table of a credentials file such as ``broker-files/orchestrator.toml``."""
+    """The ``[broker]`` table of a credentials file such as ``broker-files/operator.toml``."""
     settings = load_section(BrokerSettings, read_toml(path).get("broker"), str(path), "broker")
     return dataclasses.replace(settings, ca_file=resolve(path, settings.ca_file))
 
@@ -80,12 +82,7 @@ def wait_online(
     config, TLS, password and ACL on the device together.
     """
     topic = topics.status_topic(fleet, device)
-    link = MqttLink(
-        settings,
-        client_id=f"ftte-wait-{device}",
-        subscriptions=[(topic, 1)],
-        persistent=False,
-    )
+    link = MqttLink(settings, subscriptions=[(topic, 1)], persistent=False)
     deadline = time.monotonic() + timeout_s
     last_seen = "nothing"
     link.start()

@@ -97,16 +97,22 @@ class PointTelemetry(ABC):
         version: int,
         buffer_fill: int,
         num_updates: int,
+        clipped: int,
+        capped: int,
+        merged: int,
         val_accuracy: float,
         val_loss: float,
         wall_time_s: float,
     ) -> None:
-        """One applied buffer: the new version and how good it is."""
+        """One applied buffer: the new version, what the influence bound cut, how good it is."""
         self._send(
             self._point("ftte_aggregation")
             .field("version", version)
             .field("buffer_fill", buffer_fill)
             .field("num_updates", num_updates)
+            .field("clipped", clipped)
+            .field("capped", capped)
+            .field("merged", merged)
             .field("val_accuracy", float(val_accuracy))
             .field("val_loss", float(val_loss))
             .field("wall_time_s", float(wall_time_s))

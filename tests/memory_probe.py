@@ -10,10 +10,9 @@ import json
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from edge_agent.trainer import train_slice
-from ftte.memory import allocation_peak
+from ftte.memory import allocation_peak, allocator_trace
 from ftte.tasks import load_task
 from ftte.tasks.base import Dataset
 from ftte.wire.messages import TrainConfig
@@ -25,7 +24,7 @@ def measure(spec: dict, trainable: list[str]) -> int:
     n = spec["batch"] * spec["steps"]
     data = Dataset(task.devices[0].x[:n].copy(), task.devices[0].y[:n].copy())
     config = TrainConfig(epochs=1, batch_size=spec["batch"], lr=0.01, momentum=spec["momentum"])
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with allocator_trace() as prof:
         torch.manual_seed(0)
         model = task.model.make_model()
         train_slice(model, trainable, data, config, seed=0)

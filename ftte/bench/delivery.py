@@ -49,12 +49,11 @@ from edge_agent.outbox import Outbox
 from ftte import topics
 from ftte.bench import publish
 from ftte.errors import Rejected
-from ftte.transport.mqtt import BrokerSettings, Inbound, MqttLink
+from ftte.transport.mqtt import BrokerDrops, BrokerSettings, Inbound, MqttLink
 from ftte.wire import decode_update, encode_update
 from ftte.wire.control import UpdateAck, Verdict, decode_ack
 from ftte.wire.messages import DeltaEncoding, Update
 from orchestrator.checkpoint import Journal
-from orchestrator.service import ORCHESTRATOR_CLIENT_PREFIX, BrokerDrops
 from orchestrator.status import load_broker_account
 
 FLEET = "bench"
@@ -103,7 +102,6 @@ class BenchDevice:
         self._update_topic = topics.update_topic(FLEET, device_id)
         self.link = MqttLink(
             settings,
-            client_id=device_id,
             subscriptions=[(topics.ack_topic(FLEET, device_id), 1)],
             on_connect=lambda: self.delivery.on_connect(time.monotonic()),
             on_published=self._published,
@@ -144,7 +142,6 @@ class Journaler:
     def __init__(self, settings: BrokerSettings, run_dir: Path) -> None:
         self.link = MqttLink(
             settings,
-            client_id=f"{ORCHESTRATOR_CLIENT_PREFIX}-bench",
             subscriptions=[(topics.all_updates_filter(FLEET), 1), (topics.BROKER_DROPPED, 0)],
             manual_ack=True,
         )
@@ -391,7 +388,6 @@ def _throughput(
     fleet_devices: list[BenchDevice] = []
     sink = MqttLink(
         bench.orchestrator,
-        client_id=f"{ORCHESTRATOR_CLIENT_PREFIX}-bench",
         subscriptions=[(topics.all_updates_filter(FLEET), 1)],
     )
     try:

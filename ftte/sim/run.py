@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from ftte.sim.attacks import AttackSpec, hostile_devices
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.simulator import FleetSimulator, ProgressFn, SimResult
 from ftte.tasks import load_task
 from ftte.tasks.base import Task
 from ftte.training import TrainSettings
+from orchestrator.influence import InfluenceSettings
 from orchestrator.presets import make_server
 from orchestrator.server import ServerSettings, TrainingServer
 
@@ -32,7 +34,9 @@ class SimConfig:
     max_updates: int = 20_000
     train: TrainSettings = field(default_factory=TrainSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    influence: InfluenceSettings = field(default_factory=InfluenceSettings)
     strategy_params: dict[str, Any] = field(default_factory=dict)  # the strategy's own defaults
+    attack: AttackSpec | None = None  # hostile devices among the fleet
 
 
 def build_task(config: SimConfig) -> Task:
@@ -58,11 +62,15 @@ def simulate(
         seed=config.seed,
         train=config.train,
         settings=config.server,
+        influence=config.influence,
         strategy_params=config.strategy_params,
     )
     full_peak = server.full_model_peak()
     profiles = make_fleet(config.fleet, full_peak, config.seed)
-    simulator = FleetSimulator(server, profiles, config.fleet, config.seed)
+    hostile = {}
+    if config.attack is not None:
+        hostile = hostile_devices([p.device_id for p in profiles], config.attack, config.seed)
+    simulator = FleetSimulator(server, profiles, config.fleet, config.seed, hostile)
     target = config.target_accuracy if config.target_accuracy is not None else task.target_accuracy
     result = simulator.run(
         time_limit_s=config.time_limit_s,

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_agent.device import DeviceModel
 from ftte.compute import ComputeModel
+from ftte.sim.attacks import Attack, corrupt
 from ftte.sim.fleet import DeviceProfile, FleetSpec
 from ftte.wire import decode_assignment, encode_assignment, encode_update
 from orchestrator.server import TrainingServer
@@ -76,6 +77,7 @@ class FleetSimulator:
         profiles: list[DeviceProfile],
         spec: FleetSpec,
         seed: int,
+        hostile: Mapping[str, Attack] | None = None,
     ) -> None:
         if len(profiles) > len(server.task.devices):
             raise ValueError("the task has fewer device partitions than the fleet has devices")
@@ -83,6 +85,7 @@ class FleetSimulator:
         self.profiles = {p.device_id: p for p in profiles}
         self.data = {p.device_id: server.task.devices[i] for i, p in enumerate(profiles)}
         self.spec = spec
+        self.hostile = dict(hostile or {})
         self.rng = np.random.default_rng(seed)
         self.compute = ComputeModel.profile(
             server.task.model.make_model(), server.task.model.input_shape
@@ -187,6 +190,8 @@ class FleetSimulator:
             update, trained = self.models[device_id].train(
                 received, self.data[device_id], seed, update_id=f"{received.assignment_id}.u"
             )
+            if device_id in self.hostile:
+                update = corrupt(update, self.hostile[device_id])
             up = encode_update(update, received.train.delta_encoding)
             self.result.bytes_down.append(len(down))
             peaks = self.result.peak_mem_bytes

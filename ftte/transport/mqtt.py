@@ -7,6 +7,10 @@ Known paho pitfalls designed around here:
   after it has persisted what the message means;
 - in MQTT v5 a session (subscriptions and queued QoS 1 messages) survives a disconnect only
   with a SessionExpiryInterval > 0, set on every CONNECT;
+- the broker makes the client id the username (``use_username_as_clientid``), so the link
+  connects with its username as client id: two links of one account share one session,
+  and the second to connect takes it over from the first (Mosquitto 2.0.11 just closes
+  the first one's socket, without a DISCONNECT saying why);
 - paho never checks the broker's maximum packet size, so ``publish`` refuses packets over
   the limit itself instead of having the broker drop the connection. The limit's default
   is the broker's own (``ftte.wire.limits.mqtt_max_packet_bytes``);
@@ -33,6 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ftte.wire.limits import MQTT_MAX_PACKET_BYTES, PUBLISH_PROPERTIES_BYTES, publish_packet_bytes
 
@@ -90,41 +95,73 @@ class Will:
     retain: bool = True
 
 
+class BrokerDrops:
+    """Mosquitto's count of messages it dropped from full queues
+    (``$SYS/broker/publish/messages/dropped``, ``ftte.topics.BROKER_DROPPED``, republished
+    every ``sys_interval``), turned into increments across broker restarts."""
+
+    def __init__(self) -> None:
+        self.seen = 0  # the broker's count at its last publication
+        self.total = 0  # drops noted so far, over every broker start
+        self.readings = 0
+
+    def note(self, payload: bytes) -> int:
+        """The messages dropped since the last reading; a ValueError if unreadable."""
+        text = payload.decode("ascii", errors="replace")
+        if not (0 < len(text) <= 20 and text.isdigit()):
+            raise ValueError(f"unreadable broker drop counter {text[:32]!r}")
+        count = int(text)
+        if count < self.seen:  # the broker restarted: its count did too
+            self.seen = 0
+        dropped, self.seen = count - self.seen, count
+        self.total += dropped
+        self.readings += 1
+        return dropped
+
+
 class PayloadTooLarge(ValueError):
     """A payload over the broker's maximum packet size; it was not sent."""
 
 
 class MqttLink:
-    """A connected client that resubscribes on every (re)connect and queues what arrives."""
+    """A connected client that resubscribes on every (re)connect and queues what arrives.
+
+    ``subscriptions`` pairs a filter with a QoS or with paho's ``SubscribeOptions``.
+    ``persistent`` keeps the session across disconnects; ``fresh_session`` also discards,
+    at the first connect only, whatever session the broker still holds for this account.
+    """
 
     def __init__(
         self,
         settings: BrokerSettings,
-        client_id: str,
-        subscriptions: list[tuple[str, int]],
+        subscriptions: list[tuple[str, int | SubscribeOptions]],
         *,
         will: Will | None = None,
         manual_ack: bool = False,
         persistent: bool = True,
+        fresh_session: bool = False,
         on_connect: Callable[[], None] | None = None,
         on_published: Callable[[int, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.persistent = persistent
+        self.fresh_session = fresh_session
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.connected = threading.Event()
-        # Set once the broker has granted this connection's subscriptions (SUBACK).
-        self.subscribed = threading.Event()
+        self.subscribed = threading.Event()  # this connection's subscriptions are in place
         self.connects = 0
         self.session_present = False  # whether the broker still had our session last connect
         self._refused: Counter[str] = Counter()  # PUBACKs refusing a publish, by reason
         self._refused_lock = threading.Lock()
-        self._subscriptions = subscriptions
+        self._subscriptions = [
+            (topic, o if isinstance(o, SubscribeOptions) else SubscribeOptions(qos=o))
+            for topic, o in subscriptions
+        ]
         self._on_connect_hook = on_connect
         self._on_published = on_published
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=settings.username,
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
@@ -146,11 +183,14 @@ class MqttLink:
         """Connect in the background; paho's loop thread reconnects with backoff."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s if self.persistent else 0
+        clean_start: mqtt.CleanStartOption = not self.persistent
+        if self.persistent and self.fresh_session:
+            clean_start = mqtt.MQTT_CLEAN_START_FIRST_ONLY
         self.client.connect_async(
             self.settings.host,
             self.settings.port,
             keepalive=self.settings.keepalive_s,
-            clean_start=not self.persistent,
+            clean_start=clean_start,
             properties=props,
         )
         self.client.loop_start()
@@ -234,6 +274,8 @@ class MqttLink:
         refused = [r for r in reasons if r.is_failure]
         if refused:
             log.warning("broker refused subscriptions: %s", refused)
+        # The broker has queued any retained messages for these filters by now: whatever
+        # is published from here on reaches this client after them.
         self.subscribed.set()
 
     def _handle_publish(

@@ -5,12 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ftte.wire import decode_update, encode_update
 from ftte.wire.messages import DeltaEncoding, TensorDict, Update
+
+if TYPE_CHECKING:
+    from orchestrator.influence import InfluenceBound
 
 StrategyState = dict[str, Any]
 """A strategy's ``state_dict``: msgpack-able values (str, int, float, bool, bytes, lists, dicts)."""
@@ -40,6 +43,9 @@ class AggregationReport:
     weights: dict[str, float]  # update_id -> staleness/sample weight actually applied
     changed: frozenset[str]
     ages: dict[str, int] = field(default_factory=dict)  # update_id -> age
+    clipped: frozenset[str] = frozenset()  # update ids with a delta clipped in norm
+    capped: frozenset[str] = frozenset()  # update ids whose sample count was capped
+    merged: frozenset[str] = frozenset()  # update ids folded into a newer one of their device
 
 
 class Strategy(ABC):
@@ -71,8 +77,12 @@ class Strategy(ABC):
         """Whether ``aggregate`` should run now."""
 
     @abstractmethod
-    def aggregate(self, params: TensorDict) -> AggregationReport:
-        """Apply the buffered updates to ``params`` in place and empty the buffer."""
+    def aggregate(self, params: TensorDict, bound: InfluenceBound) -> AggregationReport:
+        """Apply the buffered updates to ``params`` in place and empty the buffer.
+
+        Every strategy bounds the buffer with ``bound.apply`` first and combines each
+        tensor's holders with ``bound.combine``: one policy on what an update can do.
+        """
 
     @abstractmethod
     def buffered(self) -> list[ReceivedUpdate]:

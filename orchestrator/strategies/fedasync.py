@@ -6,12 +6,17 @@ Implementation based on Xie, Koyejo and Gupta, "Asynchronous Federated Optimizat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ftte.wire.messages import TensorDict
 from orchestrator.staleness import PolynomialStaleness
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.strategies.buffered import BufferedStrategy
+
+if TYPE_CHECKING:
+    from orchestrator.influence import InfluenceBound
 
 
 class FedAsyncStrategy(BufferedStrategy):
@@ -39,9 +44,10 @@ class FedAsyncStrategy(BufferedStrategy):
         super().__init__(1, alpha, max_concurrency, buffer_fraction=0.0)  # K = 1: no buffer
         self.staleness = PolynomialStaleness(staleness_exponent)
 
-    def aggregate(self, params: TensorDict) -> AggregationReport:
-        """Apply the one waiting update."""
-        taken = self._take()
+    def aggregate(self, params: TensorDict, bound: InfluenceBound) -> AggregationReport:
+        """Apply the one waiting update, bounded."""
+        bounded = bound.apply(self._take())
+        taken = bounded.updates
         weights = {}
         for r in taken:
             w = self.server_lr * self.staleness(r.age, 1.0)
@@ -52,4 +58,7 @@ class FedAsyncStrategy(BufferedStrategy):
             weights=weights,
             changed=frozenset(n for r in taken for n in r.update.delta),
             ages={r.update.update_id: r.age for r in taken},
+            clipped=bounded.clipped,
+            capped=bounded.capped,
+            merged=bounded.merged,
         )

@@ -7,6 +7,7 @@ from Decentralized Data", AISTATS 2017 (arXiv:1602.05629).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from orchestrator.strategies.base import (
     StrategyState,
     StrategyStateError,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.influence import InfluenceBound
 
 
 class FedAvgStrategy(Strategy):
@@ -77,22 +81,26 @@ class FedAvgStrategy(Strategy):
         """Every selected device has answered or dropped out."""
         return self._round_open and not self._waiting
 
-    def aggregate(self, params: TensorDict) -> AggregationReport:
-        """Sample-weighted mean of the round's deltas; closes the round."""
-        taken, self._buffer = self._buffer, []
+    def aggregate(self, params: TensorDict, bound: InfluenceBound) -> AggregationReport:
+        """Sample-weighted mean of the round's bounded deltas; closes the round."""
+        bounded = bound.apply(self._buffer)
+        taken, self._buffer = bounded.updates, []
         self._round_open = False
         total = sum(r.update.num_samples for r in taken)
         names = sorted({n for r in taken for n in r.update.delta})
         for name in names:
-            acc = np.zeros_like(params[name], dtype=np.float64)
-            for r in taken:
-                if name in r.update.delta:
-                    acc += r.update.num_samples * r.update.delta[name]
-            params[name] += (self.server_lr * acc / total).astype(np.float32)
+            holders = [r for r in taken if name in r.update.delta]
+            stacked = np.stack([r.update.delta[name].ravel() for r in holders])
+            coefs = np.array([r.update.num_samples for r in holders], dtype=np.float64)
+            step = bound.combine(stacked, coefs * (self.server_lr / total))
+            params[name] += step.reshape(params[name].shape).astype(np.float32)
         return AggregationReport(
             weights={r.update.update_id: r.update.num_samples / total for r in taken},
             changed=frozenset(names),
             ages={r.update.update_id: r.age for r in taken},
+            clipped=bounded.clipped,
+            capped=bounded.capped,
+            merged=bounded.merged,
         )
 
     def buffered(self) -> list[ReceivedUpdate]:

@@ -6,12 +6,17 @@ Aggregation", AISTATS 2022 (arXiv:2106.06639), as in Meta's FLSim and Flower.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ftte.wire.messages import TensorDict
 from orchestrator.staleness import PolynomialStaleness
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.strategies.buffered import BufferedStrategy
+
+if TYPE_CHECKING:
+    from orchestrator.influence import InfluenceBound
 
 
 class FedBuffStrategy(BufferedStrategy):
@@ -40,19 +45,23 @@ class FedBuffStrategy(BufferedStrategy):
         super().__init__(buffer_size, server_lr, max_concurrency, buffer_fraction)
         self.staleness = PolynomialStaleness(staleness_exponent)
 
-    def aggregate(self, params: TensorDict) -> AggregationReport:
-        """Average the staleness-weighted deltas over K and apply them."""
-        taken = self._take()
+    def aggregate(self, params: TensorDict, bound: InfluenceBound) -> AggregationReport:
+        """Average the bounded, staleness-weighted deltas over K and apply them."""
+        bounded = bound.apply(self._take())
+        taken = bounded.updates
         weights = {r.update.update_id: self.staleness(r.age, 1.0) for r in taken}
         names = sorted({n for r in taken for n in r.update.delta})
         for name in names:
-            total = np.zeros_like(params[name], dtype=np.float64)
-            for r in taken:
-                if name in r.update.delta:
-                    total += weights[r.update.update_id] * r.update.delta[name]
-            params[name] += (self.server_lr * total / len(taken)).astype(np.float32)
+            holders = [r for r in taken if name in r.update.delta]
+            stacked = np.stack([r.update.delta[name].ravel() for r in holders])
+            coefs = np.array([weights[r.update.update_id] for r in holders])
+            step = bound.combine(stacked, coefs * (self.server_lr / len(taken)))
+            params[name] += step.reshape(params[name].shape).astype(np.float32)
         return AggregationReport(
             weights=weights,
             changed=frozenset(names),
             ages={r.update.update_id: r.age for r in taken},
+            clipped=bounded.clipped,
+            capped=bounded.capped,
+            merged=bounded.merged,
         )

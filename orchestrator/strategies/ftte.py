@@ -8,12 +8,17 @@ per-tensor averaging and the weight form below are our documented choices.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ftte.wire.messages import TensorDict
 from orchestrator.staleness import AgeVarianceStaleness
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.strategies.buffered import BufferedStrategy
+
+if TYPE_CHECKING:
+    from orchestrator.influence import InfluenceBound
 
 
 class FTTEStrategy(BufferedStrategy):
@@ -52,9 +57,10 @@ class FTTEStrategy(BufferedStrategy):
         super().__init__(buffer_size, server_lr, max_concurrency, buffer_fraction)
         self.staleness = AgeVarianceStaleness(staleness_exponent, variance_coef)
 
-    def aggregate(self, params: TensorDict) -> AggregationReport:
-        """Apply the buffer tensor by tensor; report each update's mean weight."""
-        taken = self._take()
+    def aggregate(self, params: TensorDict, bound: InfluenceBound) -> AggregationReport:
+        """Apply the bounded buffer tensor by tensor; report each update's mean weight."""
+        bounded = bound.apply(self._take())
+        taken = bounded.updates
         per_update: dict[str, list[float]] = {r.update.update_id: [] for r in taken}
         names = sorted({n for r in taken for n in r.update.delta})
         for name in names:
@@ -72,10 +78,13 @@ class FTTEStrategy(BufferedStrategy):
                 per_update[r.update.update_id].append(s)
                 weighted[i] = s * r.update.num_samples
             samples = sum(r.update.num_samples for r in holders)
-            step = (weighted @ stacked) * (self.server_lr / samples)
+            step = bound.combine(stacked, weighted * (self.server_lr / samples))
             params[name] += step.reshape(params[name].shape).astype(np.float32)
         return AggregationReport(
             weights={uid: float(np.mean(w)) for uid, w in per_update.items()},
             changed=frozenset(names),
             ages={r.update.update_id: r.age for r in taken},
+            clipped=bounded.clipped,
+            capped=bounded.capped,
+            merged=bounded.merged,
         )

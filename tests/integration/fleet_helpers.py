@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from orchestrator.config import JobConfig
 from orchestrator.localfleet import LocalFleet, LocalFleetSpec
 from orchestrator.service import JobResult, OrchestratorService
 
@@ -17,8 +18,9 @@ from orchestrator.service import JobResult, OrchestratorService
 class ServiceThread:
     """The orchestrator service running in a background thread of the test process."""
 
-    def __init__(self, fleet: LocalFleet) -> None:
-        self.service = OrchestratorService(fleet.job_config())
+    def __init__(self, fleet: LocalFleet | JobConfig) -> None:
+        config = fleet if isinstance(fleet, JobConfig) else fleet.job_config()
+        self.service = OrchestratorService(config)
         self.stop = threading.Event()
         self.result: JobResult | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -8,6 +8,7 @@ from ftte import topics
 from tests.fixtures.mosquitto import FLEET, Client
 
 NOT_AUTHORIZED = 0x87
+ACCEPTED = (0x00, 0x10)  # success, or "no matching subscribers"
 
 
 @pytest.fixture
@@ -60,6 +61,51 @@ def test_device_reads_its_own_assign_topic(clients):
     assert dev.subscribe(topics.assign_topic(FLEET, "dev-00")) == 1
     clients("ftte_orchestrator").publish(topics.assign_topic(FLEET, "dev-00"), b"slice")
     assert [m.payload for m in dev.wait_messages(1)] == [b"slice"]
+
+
+def test_operator_reads_status_and_model(clients):
+    dev = clients("dev-00")
+    status = topics.status_topic(FLEET, "dev-00")
+    assert dev.publish(status, b"birth", retain=True) in ACCEPTED
+    orch = clients("ftte_orchestrator")
+    assert orch.publish(topics.model_topic(FLEET), b"job state", retain=True) in ACCEPTED
+    operator = clients("ftte_operator")
+    assert operator.subscribe(topics.all_status_filter(FLEET)) == 1
+    assert operator.subscribe(topics.model_topic(FLEET)) == 1
+    assert sorted(m.payload for m in operator.wait_messages(2)) == [b"birth", b"job state"]
+
+
+def test_operator_cannot_read_updates_or_assignments(clients):
+    operator = clients("ftte_operator")
+    for topic in (topics.all_updates_filter(FLEET), topics.assign_topic(FLEET, "dev-00")):
+        operator.subscribe(topic)  # granted; the ACL is enforced on delivery
+    assert operator.subscribe(topics.all_status_filter(FLEET)) == 1
+    dev = clients("dev-00")
+    assert dev.publish(topics.update_topic(FLEET, "dev-00"), b"delta") in ACCEPTED
+    orch = clients("ftte_orchestrator")
+    assert orch.publish(topics.assign_topic(FLEET, "dev-00"), b"slice") in ACCEPTED
+    # Published after both secrets and acknowledged after them, so delivered after them.
+    assert dev.publish(topics.status_topic(FLEET, "dev-00"), b"sentinel") == 0
+    assert [m.payload for m in operator.wait_messages(1)] == [b"sentinel"]
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        topics.model_topic(FLEET),
+        topics.status_topic(FLEET, "dev-00"),
+        topics.assign_topic(FLEET, "dev-00"),
+        topics.update_topic(FLEET, "dev-00"),
+    ],
+    ids=["model", "status", "assign", "update"],
+)
+def test_operator_cannot_publish(clients, topic):
+    assert clients("ftte_operator").publish(topic, b"x") == NOT_AUTHORIZED
+
+
+def test_orchestrator_cannot_publish_device_status(clients):
+    orch = clients("ftte_orchestrator")
+    assert orch.publish(topics.status_topic(FLEET, "dev-00"), b"forged") == NOT_AUTHORIZED
 
 
 def test_unknown_user_cannot_connect(fleet_broker):

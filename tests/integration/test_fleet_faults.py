@@ -258,7 +258,7 @@ def test_status_reads_the_retained_job_state(tmp_path):
         job = ServiceThread(fleet)
         fleet.start_agents()
         job.wait(timeout=120)
-        state = read_status(fleet.job_config(), timeout_s=5)
+        state = read_status(fleet.operator_account(), fleet.fleet.fleet.name, timeout_s=5)
     finally:
         fleet.stop()
     assert state["state"] == "done" and state["version"] == 3

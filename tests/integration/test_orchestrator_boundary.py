@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from broker.generate import ORCHESTRATOR_USER
 from ftte import topics
 from ftte.transport.mqtt import Inbound
 from ftte.wire import encode_update
@@ -11,7 +12,7 @@ from ftte.wire.messages import Update
 from orchestrator.checkpoint import Journal, load_state
 from orchestrator.localfleet import LocalFleet
 from orchestrator.service import OrchestratorService
-from tests.fixtures.mosquitto import Client
+from tests.fixtures.mosquitto import FLEET, Client
 from tests.integration.fleet_helpers import ServiceThread, spec, wait_until
 from tests.integration.test_bad_updates import FakeBroker
 
@@ -97,6 +98,78 @@ def test_a_journaled_update_that_raises_on_replay_is_set_aside_and_start_up_comp
     assert len(service.quarantine.files()) == 2
     assert not list(Journal(run_dir).entries())  # checkpointed, so no replay loop on restart
     assert load_state(run_dir) is not None
+
+
+ACCEPTED = (0x00, 0x10)  # success, or "no matching subscribers" (retained all the same)
+
+
+@pytest.mark.parametrize("published", ["before-a-fresh-job", "while-running", "while-stopped"])
+def test_a_retained_update_is_ignored_counted_and_cleared(fleet_broker, tmp_path, published):
+    """Retained, it would be replayed to every new subscriber: each restart, each new job."""
+    topic = topics.update_topic(FLEET, "dev-03")
+    device = Client(fleet_broker, "dev-03")
+    assert device.connect()
+    birth = DeviceStatus("dev-03", 10**9, "test", "0", -1).encode()
+    assert device.publish(topics.status_topic(FLEET, "dev-03"), birth, retain=True) in ACCEPTED
+    if published == "before-a-fresh-job":
+        assert device.publish(topic, b"hostile", retain=True) in ACCEPTED
+    config = fleet_broker.job_config(tmp_path / "run")
+    job = ServiceThread(config)
+    if published == "while-stopped":  # the restarted job resumes its session: queued for it
+        wait_until(lambda: "dev-03" in job.service.server.devices, 10, "dev-03's birth")
+        job.stop.set()
+        job.thread.join(30)
+        assert device.publish(topic, b"hostile", retain=True) == 0
+        job = ServiceThread(config)
+        assert job.service.resumed
+    service = job.service
+    try:
+        if published == "while-running":
+            # Registered, so subscribed: what is published now is delivered live.
+            wait_until(lambda: "dev-03" in service.server.devices, 10, "dev-03's birth")
+            assert device.publish(topic, b"hostile", retain=True) == 0
+        wait_until(lambda: service.retained_updates == 1, 10, "the retained update")
+        # After the subscription, so after any second copy of the retained update: the
+        # engine refuses this one (not an answer to anything), and nothing came twice.
+        assert service.link.subscribed.wait(10)
+        assert device.publish(topic, b"sentinel") == 0
+        wait_until(lambda: service.server.rejected.total() == 1, 10, "the sentinel")
+    finally:
+        job.stop.set()
+        job.thread.join(30)
+    assert service.job_state("running").rejected == {"update_retained": 1, "malformed": 1}
+    kept = [p.name for p in service.quarantine.files()]
+    assert len(kept) == 2 and kept[0].endswith("-update_retained.msgpack")
+    # Cleared: a new subscriber's first message is the device's next one, not the old.
+    reader = Client(fleet_broker, ORCHESTRATOR_USER)  # the service has disconnected
+    try:
+        assert reader.connect() and reader.subscribe(topic) == 1
+        assert device.publish(topic, b"second sentinel") == 0
+        assert [m.payload for m in reader.wait_messages(1)] == [b"second sentinel"]
+    finally:
+        reader.close()
+        device.close()
+
+
+def test_a_retained_hostile_status_is_refused_at_start_and_serving_goes_on(fleet_broker, tmp_path):
+    """Status topics stay retained (births): garbage a device left there is refused on each
+    start, and the device's next birth still registers it."""
+    status = topics.status_topic(FLEET, "dev-03")
+    device = Client(fleet_broker, "dev-03")
+    assert device.connect()
+    assert device.publish(status, DEEP_JSON, retain=True) in ACCEPTED
+    job = ServiceThread(fleet_broker.job_config(tmp_path / "run"))
+    service = job.service
+    try:
+        wait_until(lambda: service.status_refused == {"malformed": 1}, 10, "the refusal")
+        birth = DeviceStatus("dev-03", 10**9, "test", "0", -1).encode()
+        assert device.publish(status, birth, retain=True) == 0
+        wait_until(lambda: "dev-03" in service.server.devices, 10, "dev-03's birth")
+        assert job.thread.is_alive() and not service.failures
+    finally:
+        device.close()
+        job.stop.set()
+        job.thread.join(30)
 
 
 def test_a_live_message_that_raises_is_still_acknowledged(tmp_path, monkeypatch):

@@ -21,10 +21,10 @@ def test_a_running_state_with_an_old_heartbeat_is_unresponsive():
     assert liveness(state("done", 100.0), 10_000.0) == "done"
 
 
-def seen(job, within_s: float) -> str | None:
+def seen(fleet: LocalFleet, within_s: float) -> str | None:
     """What ``ftte status`` reports, or None while no job state is retained yet."""
     try:
-        return read_status(job, within_s)["liveness"]
+        return read_status(fleet.operator_account(), fleet.fleet.fleet.name, within_s)["liveness"]
     except TimeoutError:
         return None
 
@@ -33,14 +33,13 @@ def seen(job, within_s: float) -> str | None:
 def test_status_reports_a_killed_orchestrator_as_gone_within_ten_seconds(tmp_path):
     fleet = LocalFleet(spec(tmp_path, devices=2))
     fleet.start_broker()
-    job = fleet.job_config()
     process = start_orchestrator_process(fleet.write_job_file(), tmp_path / "orch.log")
     try:
-        wait_until(lambda: seen(job, 5.0) == "running", 90, "running")
+        wait_until(lambda: seen(fleet, 5.0) == "running", 90, "running")
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         killed = time.monotonic()
-        wait_until(lambda: seen(job, 2.0) == "gone", 10, "gone")
+        wait_until(lambda: seen(fleet, 2.0) == "gone", 10, "gone")
         assert time.monotonic() - killed <= 10.0
     finally:
         process.kill()

@@ -38,7 +38,15 @@ def write_some(telemetry) -> None:
         peak_mem_bytes=0,
     )
     telemetry.aggregation(
-        version=7, buffer_fill=0, num_updates=5, val_accuracy=0.81, val_loss=0.6, wall_time_s=0.01
+        version=7,
+        buffer_fill=0,
+        num_updates=5,
+        clipped=1,
+        capped=0,
+        merged=0,
+        val_accuracy=0.81,
+        val_loss=0.6,
+        wall_time_s=0.01,
     )
 
 

@@ -23,8 +23,8 @@ def _announce(fleet_broker, payload: bytes) -> None:
 
 
 def _account(fleet_broker):
-    account = load_broker_account(fleet_broker.files.orchestrator_credentials)
-    assert account.username == "ftte_orchestrator"
+    account = load_broker_account(fleet_broker.files.operator_credentials)
+    assert account.username == "ftte_operator"
     return replace(account, host="127.0.0.1", port=fleet_broker.port)
 
 

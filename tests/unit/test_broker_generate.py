@@ -13,6 +13,7 @@ import ftte.fileio
 from broker.fleet import DeviceEntry, Fleet, FleetSection, load_fleet
 from broker.generate import (
     MIN_QUEUED_MESSAGES,
+    OPERATOR_USER,
     ORCHESTRATOR_USER,
     QUEUED_PER_DEVICE,
     SHIPPED_PERSISTENCE,
@@ -82,6 +83,13 @@ def test_the_shipped_persistence_and_the_drop_counter_interval(tmp_path):
     assert Persistence(enabled=False).directives(Path("/p")) == ["persistence false"]
 
 
+def test_the_listener_makes_each_username_its_client_id(tmp_path):
+    lines = init_broker(make_fleet(), tmp_path).config.read_text().splitlines()
+    listener = next(i for i, line in enumerate(lines) if line.startswith("listener "))
+    # A listener option: before the listener line it would not apply to it.
+    assert lines.index("use_username_as_clientid true") > listener
+
+
 def test_the_longest_fleet_name_gets_a_ca(tmp_path):
     fleet = Fleet(FleetSection(name="f" * 64), [DeviceEntry("pi-1", 1000)])
     ca = x509.load_pem_x509_certificate(init_broker(fleet, tmp_path).ca_cert.read_bytes())
@@ -95,6 +103,7 @@ def test_acl_confines_each_device_to_its_own_topics(tmp_path):
     assert "topic read ftte/v1/test-fleet/dev/dev-03/assign" in block
     assert "topic read ftte/v1/test-fleet/dev/dev-03/ack" in block
     assert "dev-04" not in block and "+" not in block
+    assert "topic write ftte/v1/test-fleet/dev/dev-03/status" in block  # never read back
     assert f"user {ORCHESTRATOR_USER}" in acl
 
 
@@ -105,9 +114,29 @@ def test_the_orchestrator_may_acknowledge_to_every_device_and_read_the_drop_coun
     assert "topic read $SYS/broker/publish/messages/dropped" in block
 
 
+def test_acl_lets_the_operator_only_read_status_and_model(tmp_path):
+    acl = init_broker(make_fleet(), tmp_path).acl_file.read_text()
+    block = acl.split(f"user {OPERATOR_USER}\n")[1].split("\n\n")[0]
+    assert block.splitlines() == [
+        "topic read ftte/v1/test-fleet/dev/+/status",
+        "topic read ftte/v1/test-fleet/model",
+    ]
+
+
+def test_every_account_has_a_password_hash(tmp_path):
+    files = init_broker(make_fleet(), tmp_path)
+    users = [line.split(":")[0] for line in files.password_file.read_text().splitlines()]
+    assert users == [ORCHESTRATOR_USER, OPERATOR_USER, *files.device_configs]
+
+
 def test_secrets_are_private(tmp_path):
     files = init_broker(make_fleet(), tmp_path)
-    for path in (files.server_key, files.orchestrator_credentials, *files.device_configs.values()):
+    for path in (
+        files.server_key,
+        files.orchestrator_credentials,
+        files.operator_credentials,
+        *files.device_configs.values(),
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -126,6 +155,8 @@ def test_rerun_keeps_ca_keys_and_passwords(tmp_path):
             first.ca_cert,
             first.server_key,
             first.password_file,
+            first.orchestrator_credentials,
+            first.operator_credentials,
             *first.device_configs.values(),
         )
     }

@@ -1,5 +1,6 @@
 """Generated configs are written by the TOML library: what is written loads back equal."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from ftte.config import ConfigError, dump_section, write_toml
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.config import load_job_config
+from orchestrator.influence import InfluenceSettings, RobustRule
 from orchestrator.localfleet import LocalFleet, LocalFleetSpec
 from orchestrator.server import ServerSettings
 from orchestrator.status import load_broker_account
@@ -72,10 +74,14 @@ def test_generated_agent_config_is_what_the_fleet_says(tmp_path):
     assert config.data == DataSection(task="vibration", partition=1, num_partitions=2)
 
 
-def test_generated_orchestrator_account_loads_with_its_ca(tmp_path):
+@pytest.mark.parametrize(
+    ("credentials", "user"),
+    [("orchestrator_credentials", "ftte_orchestrator"), ("operator_credentials", "ftte_operator")],
+)
+def test_generated_accounts_load_with_their_ca(tmp_path, credentials, user):
     files = init_broker(Fleet(FleetSection(name="farm-a", broker_port=8884)), tmp_path)
-    account = load_broker_account(files.orchestrator_credentials)
-    assert (account.username, account.port) == ("ftte_orchestrator", 8884)
+    account = load_broker_account(getattr(files, credentials))
+    assert (account.username, account.port) == (user, 8884)
     assert account.ca_file == files.ca_cert
 
 
@@ -91,6 +97,16 @@ def test_job_config_with_strategy_and_server_tables_loads_back_equal(tmp_path):
         )
     )
     assert load_job_config(fleet.write_job_file()) == fleet.job_config()
+
+
+def test_job_config_with_an_influence_table_loads_back_equal(tmp_path):
+    fleet = LocalFleet(LocalFleetSpec(run_dir=tmp_path / "fleet", devices=2))
+    config = replace(
+        fleet.job_config(),
+        influence=InfluenceSettings(clip_factor=4.0, robust_rule=RobustRule.TRIMMED_MEAN),
+    )
+    write_toml(tmp_path / "job.toml", dump_section(config))
+    assert load_job_config(tmp_path / "job.toml") == config
 
 
 def test_job_file_refuses_a_strategy_parameter_naming_the_field(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from ftte import topics
 from ftte.errors import Rejected, RejectReason
-from ftte.transport.mqtt import delivered, reason_name
+from ftte.transport.mqtt import BrokerDrops, delivered, reason_name
 from ftte.wire.control import (
     MAX_HELD,
     DeviceStatus,
@@ -18,7 +18,6 @@ from ftte.wire.control import (
     decode_job_state,
     decode_status,
 )
-from orchestrator.service import BrokerDrops
 
 
 @pytest.mark.parametrize(

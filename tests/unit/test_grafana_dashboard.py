@@ -34,7 +34,15 @@ def written_schema(tmp_path) -> dict[str, tuple[set[str], set[str]]]:
             peak_mem_bytes=300_000,
         )
     telemetry.aggregation(
-        version=7, buffer_fill=0, num_updates=5, val_accuracy=0.8, val_loss=0.6, wall_time_s=0.1
+        version=7,
+        buffer_fill=0,
+        num_updates=5,
+        clipped=1,
+        capped=0,
+        merged=0,
+        val_accuracy=0.8,
+        val_loss=0.6,
+        wall_time_s=0.1,
     )
     telemetry.device_status(device="dev-01", online=True, budget_bytes=400_000)
     telemetry.device_status(device="dev-01", online=False, budget_bytes=None)

@@ -31,7 +31,7 @@ def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def unstarted_link(ca_file: Path) -> MqttLink:
     """A link that never connects: paho frames and queues what is published."""
     settings = BrokerSettings("127.0.0.1", 1, "dev-00", "secret", ca_file)
-    return MqttLink(settings, "dev-00", [])
+    return MqttLink(settings, [])
 
 
 def test_longest_id_is_the_longest_the_id_rule_accepts():

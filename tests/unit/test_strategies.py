@@ -5,6 +5,7 @@ import pytest
 
 from ftte.wire.messages import Update
 from orchestrator.checkpoint import load_state, save_state
+from orchestrator.influence import InfluenceBound, InfluenceSettings
 from orchestrator.staleness import AgeVarianceStaleness, PolynomialStaleness
 from orchestrator.strategies import make_strategy
 from orchestrator.strategies.base import ReceivedUpdate, StrategyStateError
@@ -14,9 +15,18 @@ from orchestrator.strategies.fedbuff import FedBuffStrategy
 from orchestrator.strategies.ftte import FTTEStrategy
 
 
-def upd(uid: str, delta: dict, n: int = 1, age: int = 0, device: str = "d") -> ReceivedUpdate:
+def upd(
+    uid: str, delta: dict, n: int = 1, age: int = 0, device: str | None = None
+) -> ReceivedUpdate:
+    """An update from ``device`` (by default a device of its own, as in a buffer of K)."""
+    device = device or f"dev-{uid}"
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in delta.items()}
     return ReceivedUpdate(Update(device, uid, f"{device}.1", 0, n, 0.1, 0, arrays), age)
+
+
+def unbounded() -> InfluenceBound:
+    """Bounds far beyond these hand-made updates: the strategies' arithmetic alone."""
+    return InfluenceBound(InfluenceSettings(sample_factor=1e9, clip_factor=1e9, max_delta_rms=1e9))
 
 
 def params() -> dict:
@@ -62,7 +72,7 @@ def test_ftte_averages_each_tensor_over_the_updates_that_hold_it():
     assert s.ready()
     p = params()
     c_before = p["c"].copy()
-    report = s.aggregate(p)
+    report = s.aggregate(p, unbounded())
     # a: (1*1*[1,1] + 0.5*3*[3,3]) / (1+3) = [5.5/4] = 1.375 ; s(3) = 0.5
     np.testing.assert_allclose(p["a"], [1.375, 1.375])
     # b: only u1 holds it: 1*1*[2,4] / 1
@@ -78,7 +88,7 @@ def test_ftte_gives_the_noisier_update_less_weight():
     s.add(upd("calm", {"a": [1, -1]}))  # variance 1
     s.add(upd("noisy", {"a": [3, -3]}))  # variance 9; mean 5 -> ratios 0.2 and 1.8
     p = params()
-    report = s.aggregate(p)
+    report = s.aggregate(p, unbounded())
     # weights: calm 1, noisy 1/(1 + 0.8) = 5/9; a = (1*[1,-1] + 5/9*[3,-3]) / 2
     assert report.weights["noisy"] == pytest.approx(5 / 9)
     np.testing.assert_allclose(p["a"], [(1 + 5 / 3) / 2, -(1 + 5 / 3) / 2], rtol=1e-6)
@@ -88,7 +98,7 @@ def test_ftte_server_learning_rate_scales_the_step():
     s = FTTEStrategy(buffer_size=1, server_lr=0.5, variance_coef=0.0)
     s.add(upd("u", {"a": [2, 2]}))
     p = params()
-    s.aggregate(p)
+    s.aggregate(p, unbounded())
     np.testing.assert_allclose(p["a"], [1.0, 1.0])
 
 
@@ -97,7 +107,7 @@ def test_fedbuff_divides_staleness_weighted_sum_by_k():
     s.add(upd("u1", {"a": [2, 2], "b": [1, 1]}, age=0))
     s.add(upd("u2", {"a": [4, 4], "b": [1, 1]}, age=3))
     p = params()
-    s.aggregate(p)
+    s.aggregate(p, unbounded())
     # a: (1*2 + 0.5*4) / 2 = 2 ; b: (1 + 0.5) / 2 = 0.75
     np.testing.assert_allclose(p["a"], [2.0, 2.0])
     np.testing.assert_allclose(p["b"], [0.75, 0.75])
@@ -113,7 +123,7 @@ def test_fedavg_weights_by_samples():
     s.add(upd("u2", {"a": [5, 5]}, n=3, device=chosen[1]))
     assert s.ready()
     p = params()
-    s.aggregate(p)
+    s.aggregate(p, unbounded())
     # (1*1 + 3*5) / 4 = 4
     np.testing.assert_allclose(p["a"], [4.0, 4.0])
 
@@ -140,7 +150,7 @@ def test_fedavg_round_closes_when_its_devices_drop_out():
     s.on_dropout(b)
     assert s.ready()
     p = params()
-    s.aggregate(p)
+    s.aggregate(p, unbounded())
     np.testing.assert_allclose(p["a"], [2.0, 2.0])
     assert s.select(["x", "y"], 0, rng) != []
 
@@ -157,7 +167,7 @@ def test_fedasync_applies_each_update_at_once():
     s.add(upd("u1", {"a": [1, 1]}, age=3))
     assert s.ready()
     p = params()
-    s.aggregate(p)
+    s.aggregate(p, unbounded())
     # 0.6 * (1+3)^-0.5 * 1 = 0.3
     np.testing.assert_allclose(p["a"], [0.3, 0.3])
 
@@ -186,7 +196,7 @@ def test_a_restored_strategy_continues_exactly_as_the_original(name, tmp_path):
             s.add(upd("u2", {"a": [4, -2], "b": [1, 1]}, n=1, age=0, device="y"))
         assert s.ready()
         p = params()
-        report = s.aggregate(p)
+        report = s.aggregate(p, unbounded())
         params_of[run] = (p, report.weights)
         assert not s.buffered()
     original, restored = params_of["original"], params_of["restored"]

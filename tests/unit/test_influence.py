@@ -1,0 +1,105 @@
+"""Bounded influence: what one update can do to the model, whatever it claims."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from ftte.wire.messages import Update
+from orchestrator.influence import InfluenceBound, InfluenceSettings, RobustRule
+from orchestrator.strategies.base import ReceivedUpdate
+
+
+def upd(uid: str, a: list[float], n: int = 60, device: str | None = None) -> ReceivedUpdate:
+    delta = {"a": np.asarray(a, dtype=np.float32)}
+    device = device or uid
+    return ReceivedUpdate(Update(device, uid, f"{device}.1", 0, n, 0.1, 0, delta), 0)
+
+
+HONEST = [upd(f"h{i}", [0.01 * (1 + i % 3), -0.01]) for i in range(6)]
+
+
+def test_a_huge_sample_count_is_capped_at_twice_the_median():
+    bounded = InfluenceBound(InfluenceSettings()).apply([*HONEST, upd("x", [0.01, -0.01], 2**53)])
+    assert bounded.updates[-1].update.num_samples == 120
+    assert bounded.capped == {"x"}
+    assert [r.update.num_samples for r in bounded.updates[:-1]] == [60] * 6
+
+
+def test_a_huge_delta_is_clipped_to_three_times_the_median_norm():
+    bound = InfluenceBound(InfluenceSettings())
+    bounded = bound.apply([*HONEST, upd("x", [3e38, -3e38])])
+    norms = [float(np.linalg.norm(r.update.delta["a"])) for r in bounded.updates]
+    assert norms[-1] == pytest.approx(3 * np.median([*norms[:-1], np.hypot(3e38, 3e38)]), 1e-5)
+    assert np.all(np.isfinite(bounded.updates[-1].update.delta["a"]))
+    assert bounded.clipped == {"x"} and norms[:-1] == pytest.approx(
+        [np.linalg.norm(r.update.delta["a"]) for r in HONEST]
+    )
+
+
+def test_with_no_history_a_lone_update_is_held_to_the_absolute_rms_cap():
+    bound = InfluenceBound(InfluenceSettings(max_delta_rms=0.5))
+    (alone,) = bound.apply([upd("x", [1e30, 1e30])]).updates
+    np.testing.assert_allclose(alone.update.delta["a"], [0.5, 0.5], rtol=1e-6)
+
+
+def test_a_fast_device_sending_many_updates_cannot_move_the_bound():
+    bound = InfluenceBound(InfluenceSettings())
+    bound.apply(HONEST)
+    for i in range(50):  # one device, fifty batches of its own huge updates
+        bound.apply([upd(f"x{i}", [5.0, 5.0], n=10_000, device="x")])
+    (probe,) = bound.apply([upd("x-last", [5.0, 5.0], n=10_000, device="x")]).updates
+    honest_median = np.median([np.linalg.norm(r.update.delta["a"]) for r in HONEST])
+    assert np.linalg.norm(probe.update.delta["a"]) <= 3 * honest_median * 1.0001
+    assert probe.update.num_samples == 120
+
+
+def test_the_window_remembers_honest_norms_for_a_later_lone_update():
+    bound = InfluenceBound(InfluenceSettings())
+    bound.apply(HONEST)
+    (alone,) = bound.apply([upd("x", [10.0, 10.0])]).updates
+    honest_median = np.median([np.linalg.norm(r.update.delta["a"]) for r in HONEST])
+    # The median over the six honest norms and this one is still an honest norm.
+    assert np.linalg.norm(alone.update.delta["a"]) <= 3 * honest_median * 1.0001
+
+
+def test_a_restored_bound_gives_the_same_bounds():
+    original = InfluenceBound(InfluenceSettings())
+    original.apply(HONEST)
+    restored = InfluenceBound(InfluenceSettings())
+    restored.load_state_dict(original.state_dict())
+    probe = [upd("x", [5.0, 5.0], n=10_000)]
+    a, b = original.apply(probe).updates[0].update, restored.apply(probe).updates[0].update
+    assert a.num_samples == b.num_samples < 10_000
+    np.testing.assert_array_equal(a.delta["a"], b.delta["a"])
+
+
+@pytest.mark.parametrize("rule", [RobustRule.MEDIAN, RobustRule.TRIMMED_MEAN])
+def test_a_robust_rule_ignores_an_outlier_that_the_mean_follows(rule):
+    stacked = np.array([[1.0, 2.0], [1.1, 2.1], [0.9, 1.9], [1.0, 2.0], [-50.0, 80.0]])
+    coefs = np.full(5, 0.2)
+    mean = InfluenceBound(InfluenceSettings()).combine(stacked, coefs)
+    robust = InfluenceBound(InfluenceSettings(robust_rule=rule)).combine(stacked, coefs)
+    assert mean[0] < -5
+    np.testing.assert_allclose(robust, [1.0, 2.0], atol=0.05)
+
+
+def test_settings_name_the_field_and_the_bound():
+    with pytest.raises(ValueError, match="clip_factor"):
+        InfluenceSettings(clip_factor=0.5)
+    with pytest.raises(ValueError, match="trim_fraction"):
+        InfluenceSettings(trim_fraction=0.5)
+
+
+def test_a_device_with_several_updates_in_a_batch_gets_one_row():
+    fast = [
+        ReceivedUpdate(replace(upd(f"f{i}", [1.0, 1.0]).update, device_id="fast"), age=i)
+        for i in range(3)
+    ]
+    bounded = InfluenceBound(InfluenceSettings(max_delta_rms=1e9, clip_factor=1e9)).apply(
+        [*fast, *HONEST]
+    )
+    assert len(bounded.updates) == 1 + len(HONEST)
+    folded = bounded.updates[0]
+    assert folded.update.update_id == "f2" and folded.age == 2
+    assert bounded.merged == {"f0", "f1"}
