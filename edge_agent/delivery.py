@@ -12,7 +12,8 @@ acknowledgement (``UpdateAck``, on the device's ack topic), and until then it is
   its queue filled with copies);
 - soon after a PUBACK that was not delivery (0x10 "no matching subscribers": the
   orchestrator has no subscription yet, e.g. right after a broker restart; >= 0x80: refused),
-  from ``REFUSED_RETRY_S`` doubling up to ``resend_after_s``. Refusals are counted by reason.
+  from ``REFUSED_RETRY_S`` doubling up to ``resend_max_s`` (an orchestrator gone for days
+  is not asked every second). Refusals are counted by reason.
 
 Resending is always safe: the orchestrator acknowledges a copy of an update it already
 journaled as a duplicate and never applies it twice.
@@ -162,7 +163,14 @@ class UpdateDelivery:
 
     def _send(self, entry: PendingUpdate, now: float) -> None:
         # Outside the lock: paho may take its own locks and call back into on_published.
-        mid = self._publish(entry.payload)
+        try:
+            mid = self._publish(entry.payload)
+        except ValueError as exc:  # e.g. over the broker's packet size: it stays, and is logged
+            log.error("update %s could not be sent: %s", entry.update_id, exc)
+            with self._lock:
+                entry.mid = None
+                entry.due = now + entry.wait_s
+            return
         with self._lock:
             entry.due = now + entry.wait_s
             reason = self._early.pop(mid, None)
@@ -184,7 +192,7 @@ class UpdateDelivery:
         name = reason_name(reason)
         self.refused[name] += 1
         entry.refusals += 1
-        retry = min(REFUSED_RETRY_S * 2 ** (entry.refusals - 1), self.resend_after_s)
+        retry = min(REFUSED_RETRY_S * 2 ** min(entry.refusals - 1, 30), self.resend_max_s)
         entry.due = now + retry
         log.warning(
             "update %s not delivered (%s); sent again in %.0f s", entry.update_id, name, retry

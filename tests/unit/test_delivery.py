@@ -1,6 +1,8 @@
 """An agent's finished update is kept until the orchestrator acknowledges it, whatever the
 broker's PUBACK said; it is sent again on reconnect, after a refusal and after silence."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,37 @@ def test_a_puback_that_is_not_delivery_is_counted_and_retried_soon_with_backoff(
     assert d.resend_due(now=3 * REFUSED_RETRY_S) == 1
     assert len(broker.sent) == 3 and d.pending() == 1
     assert sum(d.refused.values()) == 2 and d.resent == 2
+
+
+def test_refusals_in_a_row_back_off_to_the_maximum_wait(tmp_path):
+    broker = Broker()
+    d = delivery(tmp_path, broker)
+    d.submit("u1", "dev-1.1", payload("u1", "dev-1.1"), now=0.0)
+    sends, answered, now = [0.0], set(), 0.0
+    while now < 600.0:
+        if d.resend_due(now):
+            sends.append(now)
+        for mid, _ in broker.sent:
+            if mid not in answered:  # nobody subscribes: every copy is discarded
+                answered.add(mid)
+                d.on_published(mid, NO_SUBSCRIBERS, now)
+        now += 0.5
+    waits = [b - a for a, b in itertools.pairwise(sends)]
+    assert waits[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    assert max(waits) == MAX  # then every resend_max_s, not every second
+
+
+def test_an_update_that_cannot_be_published_stays_and_is_tried_again(tmp_path):
+    attempts = []
+
+    def publish_too_large(data: bytes) -> int:
+        attempts.append(data)
+        raise ValueError("over the broker's packet size")
+
+    d = UpdateDelivery(Outbox(tmp_path / "o"), publish_too_large, AFTER, MAX, 0.0)
+    d.submit("u1", "dev-1.1", payload("u1", "dev-1.1"), now=0.0)
+    assert d.pending() == 1 and d.resend_due(now=AFTER) == 1
+    assert len(attempts) == 2 and [u for u, _ in d.outbox.pending()] == ["u1"]
 
 
 def test_without_an_acknowledgement_it_is_sent_again_the_wait_doubling_to_the_maximum(tmp_path):
