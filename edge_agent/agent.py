@@ -129,9 +129,15 @@ class EdgeAgent:
                 self._taken.append(assignment.assignment_id)
                 self._training = assignment.assignment_id
         if again:
-            # Sent again after a reconnect while it was on its way already: train it once.
+            # Sent again after a reconnect while it was on its way already: train it once,
+            # and if its answer is still held, the orchestrator lacks it: send that now.
             self.duplicate_assignments += 1
-            log.info("assignment %s arrived again; already taken", assignment.assignment_id)
+            resent = self.delivery.resend_answer(assignment.assignment_id, time.monotonic())
+            log.info(
+                "assignment %s arrived again; already taken (%d held answers sent again)",
+                assignment.assignment_id,
+                resent,
+            )
             return
         try:
             self._train(assignment, stop)

@@ -140,6 +140,14 @@ class UpdateDelivery:
         for entry in self._take(lambda _e: True, backoff=False):
             self._send(entry, now)
 
+    def resend_answer(self, assignment_id: str, now: float) -> int:
+        """The orchestrator sent this assignment again, so it lacks the answer held here:
+        send that now, whatever the backoff says; return how many were sent."""
+        answers = self._take(lambda e: e.assignment_id == assignment_id, backoff=False)
+        for entry in answers:
+            self._send(entry, now)
+        return len(answers)
+
     def resend_due(self, now: float) -> int:
         """Send again what waited past its due time; return how many were sent."""
         due = self._take(lambda e: e.due <= now, backoff=True)

@@ -135,6 +135,19 @@ def test_a_reconnect_sends_again_everything_the_broker_took_but_nobody_acknowled
     assert [data for _, data in broker.sent[2:]] == [payload("u2", "dev-1.2")]
 
 
+def test_an_assignment_sent_again_brings_its_held_answer_out_at_once(tmp_path):
+    broker = Broker()
+    d = delivery(tmp_path, broker)
+    d.submit("u1", "dev-1.1", payload("u1", "dev-1.1"), now=0.0)
+    d.on_published(broker.last_mid(), NO_SUBSCRIBERS, now=0.0)  # the orchestrator was away
+    d.submit("u2", "dev-1.2", payload("u2", "dev-1.2"), now=0.0)
+    d.on_published(broker.last_mid(), SUCCESS, now=0.0)
+    # Long before any backoff is over, the orchestrator sends dev-1.1 again: it is back.
+    assert d.resend_answer("dev-1.1", now=0.5) == 1
+    assert broker.sent[-1][1] == payload("u1", "dev-1.1") and len(broker.sent) == 3
+    assert d.resend_answer("dev-1.9", now=0.5) == 0  # nothing held for that one
+
+
 def test_unacknowledged_updates_survive_an_agent_restart_and_go_out_at_the_first_connect(
     tmp_path,
 ):
