@@ -61,6 +61,7 @@ def make_server(
     settings: ServerSettings | None = None,
     influence: InfluenceSettings | None = None,
     strategy_params: Mapping[str, Any] | None = None,
+    run_tag: str | None = None,
 ) -> TrainingServer:
     """A training server running preset ``name`` on ``task`` with the job's settings.
 
@@ -77,6 +78,7 @@ def make_server(
         model_seed=seed,
         settings=settings or ServerSettings(),
         influence=influence or InfluenceSettings(),
+        run_tag=run_tag,
     )
     return TrainingServer(task, preset_strategy(name, strategy_params or {}), config)
 

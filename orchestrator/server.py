@@ -61,6 +61,9 @@ class ServerConfig:
     model_seed: int = 0
     settings: ServerSettings = field(default_factory=ServerSettings)
     influence: InfluenceSettings = field(default_factory=InfluenceSettings)
+    # Tag of this run's assignment ids; None draws a random one (a fresh job in the field).
+    # The simulator fixes it: payload sizes, so virtual times, depend on the ids' bytes.
+    run_tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ class TrainingServer:
         # Assignment ids carry a tag drawn when a job starts afresh (kept across restarts):
         # the counter restarts at 1 in every job, and agents still holding an earlier job's
         # assignment would otherwise answer one of this job's with the same id.
-        self._run_tag = f"{secrets.randbits(32):08x}"
+        self._run_tag = config.run_tag or f"{secrets.randbits(32):08x}"
         self._next_assignment = 1
         # Kept in step with the records, so no call is proportional to the fleet size:
         # registration order (dispatch order is reproducible), idle and training devices,

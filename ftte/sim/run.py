@@ -64,6 +64,7 @@ def simulate(
         settings=config.server,
         influence=config.influence,
         strategy_params=config.strategy_params,
+        run_tag=f"{config.seed:08x}",  # same seed, same ids, same payload sizes and times
     )
     full_peak = server.full_model_peak()
     profiles = make_fleet(config.fleet, full_peak, config.seed)
