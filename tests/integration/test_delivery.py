@@ -6,6 +6,11 @@ The devices here are protocol-level clients with a device's generated credential
 test runs in seconds without torch.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from ftte import topics
@@ -21,6 +26,30 @@ from tests.integration.test_bad_updates import FakeBroker
 
 # Long enough that nothing in these tests can be the work of an assignment timeout.
 NO_TIMEOUT = ServerSettings(assignment_timeout_s=3600)
+
+
+@contextmanager
+def running_job(tmp_path: Path, **strategy: Any) -> Iterator[tuple[LocalFleet, ServiceThread]]:
+    """A one-device fleet's broker and orchestrator, stopped however the test ends."""
+    fleet = LocalFleet(spec(tmp_path, devices=1, server=NO_TIMEOUT, strategy_params=strategy))
+    fleet.start_broker()
+    job = ServiceThread(fleet)
+    try:
+        yield fleet, job
+    finally:
+        job.stop.set()
+        job.thread.join(30)
+        fleet.broker.stop()
+
+
+@contextmanager
+def connected(fleet: LocalFleet, job: ServiceThread) -> Iterator["Device"]:
+    """Device dev-0, connected, closed however the test ends."""
+    device = Device(fleet, "dev-0", job)
+    try:
+        yield device
+    finally:
+        device.client.close()
 
 
 class Device:
@@ -67,12 +96,7 @@ class Device:
 def test_a_journaled_update_is_acknowledged_and_its_resend_is_acknowledged_as_a_duplicate(
     tmp_path,
 ):
-    fleet = LocalFleet(spec(tmp_path, devices=1, server=NO_TIMEOUT))
-    fleet.start_broker()
-    job = ServiceThread(fleet)
-    device = None
-    try:
-        device = Device(fleet, "dev-0", job)
+    with running_job(tmp_path) as (fleet, job), connected(fleet, job) as device:
         device.birth()
         (first,) = device.received("assign", 1)
         payload = device.answer(decode_assignment(first), "u-1")
@@ -86,44 +110,22 @@ def test_a_journaled_update_is_acknowledged_and_its_resend_is_acknowledged_as_a_
         assert job.service.delivery["ack_journaled"] == 1
         assert job.service.delivery["ack_duplicate"] == 1
         assert not job.service.quarantine.files()
-    finally:
-        if device is not None:
-            device.client.close()
-        job.stop.set()
-        job.thread.join(30)
-        fleet.broker.stop()
 
 
 def test_a_refused_update_is_acknowledged_with_its_reason_so_the_agent_stops_sending_it(
     tmp_path,
 ):
-    fleet = LocalFleet(spec(tmp_path, devices=1, server=NO_TIMEOUT))
-    fleet.start_broker()
-    job = ServiceThread(fleet)
-    device = None
-    try:
-        device = Device(fleet, "dev-0", job)
+    with running_job(tmp_path) as (fleet, job), connected(fleet, job) as device:
         device.birth()
         assignment = decode_assignment(device.received("assign", 1)[0])
         stray = Assignment(**{**assignment.__dict__, "assignment_id": "dev-0.999"})
         device.answer(stray, "u-stray")
         (ack,) = device.received("ack", 1)
         assert decode_ack(ack) == UpdateAck("u-stray", Verdict.REFUSED, "unexpected")
-    finally:
-        if device is not None:
-            device.client.close()
-        job.stop.set()
-        job.thread.join(30)
-        fleet.broker.stop()
 
 
 def test_an_assignment_a_live_birth_does_not_hold_is_sent_again_unchanged(tmp_path):
-    fleet = LocalFleet(spec(tmp_path, devices=1, server=NO_TIMEOUT))
-    fleet.start_broker()
-    job = ServiceThread(fleet)
-    device = None
-    try:
-        device = Device(fleet, "dev-0", job)
+    with running_job(tmp_path) as (fleet, job), connected(fleet, job) as device:
         device.birth()
         (sent,) = device.received("assign", 1)
         assignment = decode_assignment(sent)
@@ -135,23 +137,10 @@ def test_an_assignment_a_live_birth_does_not_hold_is_sent_again_unchanged(tmp_pa
         device.answer(assignment, "u-1")
         assert decode_ack(device.received("ack", 1)[0]).verdict is Verdict.JOURNALED
         assert job.service.delivery["assignments_resent"] == 1
-    finally:
-        if device is not None:
-            device.client.close()
-        job.stop.set()
-        job.thread.join(30)
-        fleet.broker.stop()
 
 
 def test_a_device_that_lost_its_model_gets_a_fresh_complete_assignment(tmp_path):
-    fleet = LocalFleet(
-        spec(tmp_path, devices=1, server=NO_TIMEOUT, strategy_params={"buffer_size": 1})
-    )
-    fleet.start_broker()
-    job = ServiceThread(fleet)
-    device = None
-    try:
-        device = Device(fleet, "dev-0", job)
+    with running_job(tmp_path, buffer_size=1) as (fleet, job), connected(fleet, job) as device:
         # A fifth of full training: a slice, so the next assignment carries only it.
         budget = job.service.server.full_model_peak() // 5
         device.birth(budget=budget)
@@ -166,47 +155,26 @@ def test_a_device_that_lost_its_model_gets_a_fresh_complete_assignment(tmp_path)
         assert job.service.delivery["assignments_withdrawn"] == 1
         device.answer(third, "u-3")
         assert decode_ack(device.received("ack", 2)[1]).verdict is Verdict.JOURNALED
-    finally:
-        if device is not None:
-            device.client.close()
-        job.stop.set()
-        job.thread.join(30)
-        fleet.broker.stop()
 
 
 def test_after_a_broker_sigkill_that_lost_its_session_the_orchestrator_subscribes_again(
     tmp_path,
 ):
-    fleet = LocalFleet(spec(tmp_path, devices=1, server=NO_TIMEOUT))
-    broker = fleet.start_broker()
-    job = ServiceThread(fleet)
-    device = None
-    try:
+    with running_job(tmp_path) as (fleet, job):
         link = job.service.link
         wait_until(link.subscribed.is_set, 20, "the orchestrator's subscriptions")
-        broker.kill()  # before any autosave: its session and subscriptions are gone
-        broker.start()
+        fleet.broker.kill()  # before any autosave: its session and subscriptions are gone
+        fleet.broker.start()
         wait_until(lambda: link.connects >= 2 and link.subscribed.is_set(), 30, "a resubscribe")
         assert not link.session_present
-        device = Device(fleet, "dev-0", job)
-        device.birth()
-        device.answer(decode_assignment(device.received("assign", 1)[0]), "u-1")
-        assert decode_ack(device.received("ack", 1)[0]).verdict is Verdict.JOURNALED
-    finally:
-        if device is not None:
-            device.client.close()
-        job.stop.set()
-        job.thread.join(30)
-        fleet.broker.stop()
+        with connected(fleet, job) as device:
+            device.birth()
+            device.answer(decode_assignment(device.received("assign", 1)[0]), "u-1")
+            assert decode_ack(device.received("ack", 1)[0]).verdict is Verdict.JOURNALED
 
 
 def test_a_device_flooding_births_gets_its_assignment_again_a_bounded_number_of_times(tmp_path):
-    fleet = LocalFleet(spec(tmp_path, devices=1, server=NO_TIMEOUT))
-    fleet.start_broker()
-    job = ServiceThread(fleet)
-    device = None
-    try:
-        device = Device(fleet, "dev-0", job)
+    with running_job(tmp_path) as (fleet, job), connected(fleet, job) as device:
         device.birth()
         (sent,) = device.received("assign", 1)
         for _ in range(MAX_RECOVERIES + 3):
@@ -219,9 +187,3 @@ def test_a_device_flooding_births_gets_its_assignment_again_a_bounded_number_of_
         resends = [m for m in assigned if m.payload == sent][1:]
         assert len(resends) == MAX_RECOVERIES
         assert job.service.delivery["recoveries_capped"] == 3
-    finally:
-        if device is not None:
-            device.client.close()
-        job.stop.set()
-        job.thread.join(30)
-        fleet.broker.stop()
