@@ -322,6 +322,10 @@ def _run_status(args: argparse.Namespace) -> int:
         print(f"  rejected {reason}: {count}")
     for counter, count in sorted(state["delivery"].items()):
         print(f"  delivery {counter}: {count}")
+    if state["excluded"]:
+        print(f"  excluded devices: {state['excluded']}")
+        for device, reason in sorted(state["excluded_devices"].items()):
+            print(f"    {device}: {reason}")
     return 0
 
 

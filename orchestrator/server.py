@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -185,6 +186,9 @@ class TrainingServer:
         self._idle: set[str] = set()
         self._training: set[str] = set()
         self._deadlines: list[tuple[float, str, str]] = []
+        # Told of each device the planner turns away, with the reason: the service logs it
+        # and writes it to telemetry (the simulator counts exclusions in its result instead).
+        self.on_excluded: Callable[[str, str], None] | None = None
 
     # -- fleet -------------------------------------------------------------------------
 
@@ -268,6 +272,10 @@ class TrainingServer:
         """Devices whose last word was that they are online."""
         return sum(1 for d in self.devices.values() if d.online)
 
+    def excluded_devices(self) -> dict[str, str]:
+        """Devices that cannot take part, each with the reason (until their budget changes)."""
+        return {d.device_id: d.excluded for d in self.devices.values() if d.excluded}
+
     def _file(self, record: DeviceRecord) -> None:
         """Keep the idle and training sets in step with one record."""
         device_id = record.device_id
@@ -350,6 +358,8 @@ class TrainingServer:
             record.excluded = str(exc)
             self.strategy.on_dropout(record.device_id)
             self._file(record)
+            if self.on_excluded is not None:
+                self.on_excluded(record.device_id, record.excluded)
             return None
         tensors = {
             n: self.params[n].copy() for n, v in self.stamps.items() if v > record.synced_version

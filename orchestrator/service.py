@@ -41,6 +41,8 @@ from ftte.wire import encode_assignment
 from ftte.wire.control import (
     GONE,
     HEARTBEAT_S,
+    MAX_EXCLUDED_LISTED,
+    MAX_REASON_CHARS,
     DeviceStatus,
     JobState,
     UpdateAck,
@@ -63,6 +65,7 @@ log = logging.getLogger("ftte.orchestrator")
 # assignments without end (past this it waits for the assignment timeout like before).
 MAX_RECOVERIES = 5
 HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
+PROGRESS_S = 10.0  # how often the log says where the job stands
 RETAINED_UPDATE = "update_retained"  # refusal reason: a retained publish on an update topic
 # No local: the clear of a retained update is not echoed back. Retain as published: a live
 # retained publish is told from a normal one. Retained messages only for a new subscription:
@@ -137,6 +140,7 @@ class OrchestratorService:
         self.broker_drops = BrokerDrops()
         self.retained_updates = 0  # retained publishes on update topics, ignored and cleared
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
+        self.server.on_excluded = self._excluded
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
         self._replaying = False
@@ -163,6 +167,7 @@ class OrchestratorService:
         self.link.start()
         job = self.config.job
         last_state = 0.0
+        last_progress = started - PROGRESS_S  # the first line at once: nothing is silent
         try:
             while not stop.is_set() and not self.reached_target():
                 if self.server.version >= job.max_versions:
@@ -184,6 +189,9 @@ class OrchestratorService:
                     if time.monotonic() - last_state > HEARTBEAT_S:
                         self._publish_state("running")
                         last_state = time.monotonic()
+                if time.monotonic() - last_progress > PROGRESS_S:
+                    self._log_progress()
+                    last_progress = time.monotonic()
             self._finish()
         finally:
             self.link.stop()
@@ -191,6 +199,23 @@ class OrchestratorService:
             self.journal.close()
         return JobResult(
             self.server.version, self.accuracy, self.reached_target(), time.monotonic() - started
+        )
+
+    def _log_progress(self) -> None:
+        """Where the job stands, also before the first aggregation (devices coming online)."""
+        server = self.server
+        log.info(
+            "version %d, accuracy %.3f: %d devices online, %d training, %d idle, %d excluded, "
+            "%d updates buffered, %d accepted%s",
+            server.version,
+            self.accuracy,
+            server.devices_online(),
+            server.in_flight(),
+            len(server.idle_devices()),
+            len(server.excluded_devices()),
+            len(server.strategy.buffered()),
+            server.accepted,
+            "" if self.link.connected.is_set() else " (broker not connected)",
         )
 
     def reached_target(self) -> bool:
@@ -278,6 +303,10 @@ class OrchestratorService:
         # Only a live birth says what the device holds now; a retained one may be old.
         if not retained and status.assignments is not None:
             self._check_held(status)
+
+    def _excluded(self, device_id: str, reason: str) -> None:
+        log.warning("%s cannot take part: %s", device_id, reason)
+        self.telemetry.device_excluded(device=device_id, reason=reason)
 
     def _check_held(self, status: DeviceStatus) -> None:
         """A device just (re)connected: an open assignment it does not hold was lost."""
@@ -493,6 +522,7 @@ class OrchestratorService:
     def job_state(self, state: str) -> JobState:
         """The retained summary operators and ``ftte status`` read."""
         server = self.server
+        excluded = server.excluded_devices()
         return JobState(
             job=self.config.job.name,
             state=state,
@@ -504,6 +534,10 @@ class OrchestratorService:
             rejected=dict(server.rejected) | self._failure_count(),
             heartbeat_unix_s=time.time(),
             delivery=self.delivery_counts(),
+            excluded=len(excluded),
+            excluded_devices={
+                d: excluded[d][:MAX_REASON_CHARS] for d in sorted(excluded)[:MAX_EXCLUDED_LISTED]
+            },
         )
 
     def delivery_counts(self) -> dict[str, int]:

@@ -125,6 +125,10 @@ class PointTelemetry(ABC):
             point = point.field("budget_bytes", budget_bytes)
         self._send(point)
 
+    def device_excluded(self, *, device: str, reason: str) -> None:
+        """The planner turned a device away (its budget cannot hold a useful slice)."""
+        self._send(self._point("ftte_device").tag("device", device).field("excluded", reason))
+
     def counters(self) -> TelemetryCounters:
         """A snapshot of what happened to the points so far."""
         with self._lock:

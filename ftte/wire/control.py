@@ -20,6 +20,8 @@ MAX_CONTROL_BYTES = 4096
 OFFLINE = b"offline"  # the last will's payload: short, fixed, recognisable
 MAX_REF_BYTES = 256  # an update or assignment id in a control message (the codec's string bound)
 MAX_HELD = 16  # assignment ids a birth may list; an agent holds one or two
+MAX_EXCLUDED_LISTED = 8  # excluded devices the job state names (it gives the count of all)
+MAX_REASON_CHARS = 160  # of an exclusion's reason in the job state
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ class JobState:
     # Delivery counters: acknowledgements by verdict, assignments sent again or withdrawn
     # after a reconnect, refused publishes by PUBACK reason, messages the broker dropped.
     delivery: dict[str, int] = field(default_factory=dict)
+    # Devices the planner turns away (budget too small): how many, and some with the reason
+    # (at most MAX_EXCLUDED_LISTED, to keep the state within MAX_CONTROL_BYTES).
+    excluded: int = 0
+    excluded_devices: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         """JSON bytes for the model topic."""
@@ -236,4 +242,18 @@ def decode_job_state(payload: bytes) -> JobState:
         heartbeat_unix_s=_field(doc, "heartbeat_unix_s", float, minimum=0),
         # Optional: the retained state of an orchestrator from before delivery counters.
         delivery=_counts(doc, "delivery") if "delivery" in doc else {},
+        excluded=_field(doc, "excluded", int, minimum=0) if "excluded" in doc else 0,
+        excluded_devices=_reasons(doc) if "excluded_devices" in doc else {},
     )
+
+
+def _reasons(doc: dict[str, Any]) -> dict[str, str]:
+    """``doc["excluded_devices"]``: a few device ids, each with a short reason."""
+    reasons = _field(doc, "excluded_devices", dict)
+    if len(reasons) > MAX_EXCLUDED_LISTED or not all(
+        type(v) is str and len(v) <= MAX_REASON_CHARS for v in reasons.values()
+    ):
+        raise Rejected(RejectReason.MALFORMED, "excluded_devices must map a few ids to reasons")
+    for device_id in reasons:
+        _ref(device_id, "an excluded device id")
+    return reasons

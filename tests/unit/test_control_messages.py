@@ -9,7 +9,10 @@ from ftte import topics
 from ftte.errors import Rejected, RejectReason
 from ftte.transport.mqtt import BrokerDrops, delivered, reason_name
 from ftte.wire.control import (
+    MAX_CONTROL_BYTES,
+    MAX_EXCLUDED_LISTED,
     MAX_HELD,
+    MAX_REASON_CHARS,
     DeviceStatus,
     JobState,
     UpdateAck,
@@ -115,3 +118,28 @@ def test_the_brokers_drop_counter_becomes_increments_across_broker_restarts():
     assert drops.total == 39
     with pytest.raises(ValueError, match="unreadable"):
         drops.note(b"-1")
+
+
+def test_the_job_state_names_excluded_devices_within_the_control_size_limit():
+    listed = {f"pi-{i:04d}": "r" * MAX_REASON_CHARS for i in range(MAX_EXCLUDED_LISTED)}
+    counters = {f"counter_{i}": 2**40 for i in range(20)}
+    state = JobState("j", "running", 1, 0.5, 0, 3, 9, counters, 1.0, counters, 500, listed)
+    assert len(state.encode()) <= MAX_CONTROL_BYTES
+    assert decode_job_state(state.encode()) == state
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        {f"pi-{i}": "why" for i in range(MAX_EXCLUDED_LISTED + 1)},
+        {"pi-1": "r" * (MAX_REASON_CHARS + 1)},
+        {"pi-1": 3},
+        {"": "why"},
+        ["pi-1"],
+    ],
+)
+def test_a_job_state_with_a_malformed_excluded_list_is_refused(listed):
+    doc = json.loads(JobState("j", "running", 1, 0.5, 0, 3, 9, {}, 1.0).encode())
+    doc["excluded_devices"] = listed
+    with pytest.raises(Rejected):
+        decode_job_state(json.dumps(doc).encode())

@@ -46,14 +46,17 @@ def written_schema(tmp_path) -> dict[str, tuple[set[str], set[str]]]:
     )
     telemetry.device_status(device="dev-01", online=True, budget_bytes=400_000)
     telemetry.device_status(device="dev-01", online=False, budget_bytes=None)
+    telemetry.device_excluded(device="dev-02", reason="budget 9 B, cannot hold a slice")
     telemetry.close()
     schema: dict[str, tuple[set[str], set[str]]] = {}
     for line in (tmp_path / "t.lp").read_text().splitlines():
-        series, fields, _timestamp = line.split(" ")  # no value written here has a space
+        # Tags hold no spaces here; string fields may (quoted), so split on the outer ones.
+        series, rest = line.split(" ", 1)
+        fields, _timestamp = rest.rsplit(" ", 1)
         measurement, *tags = series.split(",")
         known_tags, known_fields = schema.setdefault(measurement, (set(), set()))
         known_tags.update(t.split("=", 1)[0] for t in tags)
-        known_fields.update(f.split("=", 1)[0] for f in fields.split(","))
+        known_fields.update(re.findall(r'(?:^|,)(\w+)=(?:"(?:[^"\\]|\\.)*"|[^,]*)', fields))
     return schema
 
 

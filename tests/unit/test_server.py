@@ -250,3 +250,17 @@ def test_an_answer_to_an_earlier_jobs_assignment_is_refused_as_unexpected():
     assert (old.version, old.trainable) == (new.version, new.trainable)
     assert fresh.ingest("d0", answer(old)).reason is RejectReason.UNEXPECTED
     assert fresh.ingest("d0", answer(new)).accepted
+
+
+def test_a_device_whose_budget_holds_no_slice_is_excluded_by_name_with_the_reason():
+    s = server()
+    told = []
+    s.on_excluded = lambda device, reason: told.append((device, reason))
+    s.register("tiny", 1_000)
+    assignments = dispatch(s)
+    assert "tiny" not in assignments and len(assignments) == 4
+    ((device, reason),) = told
+    assert device == "tiny" and "memory_budget_bytes" in reason
+    assert s.excluded_devices() == {"tiny": reason}
+    s.register("tiny", s.full_model_peak())  # a new budget: planned again
+    assert s.excluded_devices() == {} and "tiny" in dispatch(s)
