@@ -1,7 +1,8 @@
-"""Dev launcher: run the generated broker config on a free loopback port, for tests and the demo.
+"""Run the generated broker config on this machine: tests, the demo and ``ftte broker run``.
 
-The dev config comes from the same generator as the field config; only the listener (port,
-127.0.0.1), the persistence folder and the run-as user differ.
+The local config comes from the same generator as the field config; only the listener, the
+paths (the folder ``ftte broker init`` wrote, a persistence folder inside it) and the run-as
+user (whoever runs it, who owns the generated files) differ.
 """
 
 from __future__ import annotations
@@ -135,21 +136,38 @@ def start_dev_broker(
     """Start mosquitto on 127.0.0.1 with ``config_dir``'s generated files (from init_broker);
     ``queue`` and ``persistence`` replace the generated ones (tests and benchmarks)."""
     port = port or free_port()
-    data = config_dir / "dev-data"
+    conf_path = write_local_conf(
+        fleet, config_dir, port, "127.0.0.1", queue=queue, persistence=persistence
+    )
+    broker = RunningBroker(config_dir, port, conf_path, config_dir / "mosquitto.log")
+    broker.start()
+    return broker
+
+
+def write_local_conf(
+    fleet: Fleet,
+    config_dir: Path,
+    port: int,
+    bind_address: str,
+    *,
+    queue: QueueLimits | None = None,
+    persistence: Persistence = SHIPPED_PERSISTENCE,
+) -> Path:
+    """``config_dir/mosquitto.local.conf``: the generated config with paths inside
+    ``config_dir``, run as the current user; returns its path."""
+    data = config_dir / "local-data"
     data.mkdir(exist_ok=True)
-    conf_path = config_dir / "mosquitto.dev.conf"
+    conf_path = config_dir / "mosquitto.local.conf"
     conf_path.write_text(
         mosquitto_conf(
             fleet,
             config_dir.resolve(),
             port=port,
-            bind_address="127.0.0.1",
+            bind_address=bind_address,
             persistence_dir=data.resolve(),
             run_as=getpass.getuser(),
             queue=queue,
             persistence=persistence,
         )
     )
-    broker = RunningBroker(config_dir, port, conf_path, config_dir / "mosquitto.log")
-    broker.start()
-    return broker
+    return conf_path

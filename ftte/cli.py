@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -193,6 +194,12 @@ def _add_broker(commands: Any) -> None:
     rotate.add_argument("--out", type=Path, required=True)
     rotate.add_argument("--device", required=True)
     rotate.set_defaults(run=_run_broker_rotate)
+    run = which.add_parser("run", help="run the generated config with Mosquitto on this machine")
+    run.add_argument("--fleet", type=Path, required=True)
+    run.add_argument("--out", type=Path, required=True, help="folder `init` wrote")
+    run.add_argument("--port", type=int, default=None, help="default: fleet.broker_port")
+    run.add_argument("--bind", default=None, help="default: fleet.bind_address")
+    run.set_defaults(run=_run_broker_run)
 
 
 def _run_broker_init(args: argparse.Namespace) -> int:
@@ -244,6 +251,22 @@ def _run_broker_rotate(args: argparse.Namespace) -> int:
     path = rotate_device(load_fleet(args.fleet), args.out, args.device)
     print(f"new credentials for {args.device}: {path} (redeploy the broker and this agent)")
     return 0
+
+
+def _run_broker_run(args: argparse.Namespace) -> int:
+    from broker.fleet import load_fleet
+    from broker.launcher import find_mosquitto, write_local_conf
+
+    fleet = load_fleet(args.fleet)
+    if not (args.out / "passwd").exists():
+        print(f"error: no broker files in {args.out}: run `ftte broker init`", file=sys.stderr)
+        return 1
+    port = args.port or fleet.fleet.broker_port
+    bind = args.bind or fleet.fleet.bind_address
+    conf = write_local_conf(fleet, args.out, port, bind)
+    print(f"mosquitto on {bind}:{port} with {conf} (Ctrl-C stops it)", flush=True)
+    mosquitto = str(find_mosquitto())
+    os.execv(mosquitto, [mosquitto, "-c", str(conf)])  # the broker takes over this process
 
 
 def _add_orchestrator(commands: Any) -> None:

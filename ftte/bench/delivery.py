@@ -418,7 +418,7 @@ def _throughput(
     finally:
         stop_devices(fleet_devices)
         bench.broker.stop()
-    store = folder / "broker" / "dev-data" / "mosquitto.db"
+    store = folder / "broker" / "local-data" / "mosquitto.db"
     results["db_bytes_after"] = float(store.stat().st_size) if store.exists() else 0.0
     return results
 
