@@ -15,8 +15,17 @@ FedAvg and FedAsync share one policy:
   clipping (Andrew et al., "Differentially Private Learning with Adaptive Clipping", NeurIPS
   2021, arXiv:1905.03871) tracks a quantile of the observed norms; we take the median over
   devices rather than their online quantile estimate, so the bound needs no learning rate
-  and a minority of devices cannot move it. Whatever the history, no tensor moves by more
-  than ``max_delta_rms`` root-mean-square per update.
+  and a minority of devices cannot move it. A tensor trained by few devices can have a
+  hostile majority among them, so each tensor's RMS change is also capped at
+  ``clip_factor`` × the median over all devices of their latest whole-delta RMS (one value
+  per device, so f hostile devices of N move it only when f ≥ N/2), and never above
+  ``max_delta_rms``.
+- **Equal say over time** (optional, ``equal_say_window``): one row per device bounds a
+  device's say in one aggregation, not how many it joins. A device that joins aggregations
+  more often than the fleet's mean rate (a moving average over the window) has its delta
+  scaled down to that rate, so a fast device counts like an average one over time. It
+  costs honest fast devices their lead, so it is off by default; docs/security.md has the
+  measured trade-off.
 - **An optional robust rule per tensor** replaces the weighted mean by a coordinate-wise
   median or trimmed mean of the holders' deltas, scaled by the sum of the weights the
   strategy gave them (Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
@@ -24,8 +33,8 @@ FedAvg and FedAsync share one policy:
 
 The medians are over devices, one value each (its latest, raw and unclipped): they do not
 move while fewer than half of the devices holding a tensor are hostile, however fast the
-hostile ones are. The state is one count per device and one norm per (device, tensor) it
-trains: O(devices × tensors), never O(updates).
+hostile ones are. The state is one count, one RMS and one join rate per device and one norm
+per (device, tensor) it trains: O(devices × tensors), never O(updates).
 """
 
 from __future__ import annotations
@@ -59,6 +68,9 @@ class InfluenceSettings:
     max_delta_rms: float = 1.0  # and never a root-mean-square change above this
     robust_rule: RobustRule = RobustRule.MEAN
     trim_fraction: float = 0.2  # of the holders dropped at each end by the trimmed mean
+    # Aggregations over which a device's rate of joining them is averaged; a device joining
+    # more often than the fleet's mean rate has its delta scaled down to it. 0: off.
+    equal_say_window: int = 0
 
     def __post_init__(self) -> None:
         if not self.sample_factor >= 1:
@@ -71,6 +83,8 @@ class InfluenceSettings:
             raise ValueError("max_delta_rms must be positive")
         if not 0 <= self.trim_fraction < 0.5:
             raise ValueError("trim_fraction must be in [0, 0.5)")
+        if self.equal_say_window < 0:
+            raise ValueError("equal_say_window must be >= 0 aggregations (0: off)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,12 @@ class InfluenceBound:
         # many updates it sends (a fast device sends far more than a straggler).
         self._samples: dict[str, float] = {}
         self._norms: dict[str, dict[str, float]] = {}  # tensor -> device -> latest norm
+        self._rms: dict[str, float] = {}  # device -> RMS of its latest whole delta
+        # Equal say: per device its rate of joining aggregations (a moving average) as of
+        # the aggregation it last joined, decayed on use, so each costs O(its batch).
+        self._aggregations = 0
+        self._joins: dict[str, tuple[float, int]] = {}
+        self._join_sum = 0.0  # Σ over devices of their join rate now
 
     def apply(self, batch: Sequence[ReceivedUpdate]) -> Bounded:
         """One update per device, each bounded, for a batch about to be aggregated; learn
@@ -106,25 +126,60 @@ class InfluenceBound:
         for name in {name for n in norms for name in n}:
             now = {d: n[name] for d, n in zip(devices, norms, strict=True) if name in n}
             tensor_caps[name] = s.clip_factor * _median(self._norms.get(name, {}), now)
+        # A tensor that only hostile devices hold has a hostile median norm; the fleet's
+        # median RMS over whole deltas, one value per device, still bounds it.
+        rms = {d: _rms(r.update.delta) for d, r in zip(devices, batch, strict=True)}
+        rms_cap = min(s.max_delta_rms, s.clip_factor * _median(self._rms, rms))
         bounded, clipped, capped = [], set(), set()
         for r, update_norms in zip(batch, norms, strict=True):
             update = r.update
             delta = dict(update.delta)
             for name, norm in update_norms.items():
-                limit = min(tensor_caps[name], s.max_delta_rms * math.sqrt(delta[name].size))
+                limit = min(tensor_caps[name], rms_cap * math.sqrt(delta[name].size))
                 if norm > limit:
                     delta[name] = (delta[name] * (limit / norm)).astype(np.float32)
                     clipped.add(update.update_id)
+            say = self._say(update.device_id)
+            if say < 1.0:
+                delta = {n: (d * say).astype(np.float32) for n, d in delta.items()}
             samples = update.num_samples
             if samples > sample_cap:
                 samples = max(1, math.floor(sample_cap))
                 capped.add(update.update_id)
             bounded.append(replace(r, update=replace(update, delta=delta, num_samples=samples)))
         self._samples.update(counts)
+        self._rms.update(rms)
+        self._join(devices)
         for device_id, update_norms in zip(devices, norms, strict=True):
             for name, norm in update_norms.items():
                 self._norms.setdefault(name, {})[device_id] = norm
         return Bounded(bounded, frozenset(clipped), frozenset(capped), merged)
+
+    def _say(self, device: str) -> float:
+        """The factor on a device's delta: the fleet's mean join rate over its own, at most 1."""
+        window = self.settings.equal_say_window
+        if not window or device not in self._joins:
+            return 1.0
+        beta = 1.0 / window
+        rate, at = self._joins[device]
+        rate *= (1 - beta) ** (self._aggregations - at)
+        fair = self._join_sum / len(self._joins)
+        return min(1.0, fair / rate) if rate > 0 else 1.0
+
+    def _join(self, devices: list[str]) -> None:
+        """Count one aggregation joined by ``devices`` in the moving averages."""
+        window = self.settings.equal_say_window
+        if not window:
+            return
+        beta = 1.0 / window
+        self._aggregations += 1
+        self._join_sum = self._join_sum * (1 - beta) + beta * len(devices)
+        for d in devices:
+            rate, at = self._joins.get(d, (0.0, self._aggregations))
+            self._joins[d] = (
+                rate * (1 - beta) ** (self._aggregations - at) + beta,
+                self._aggregations,
+            )
 
     def combine(self, stacked: np.ndarray, coefs: np.ndarray) -> np.ndarray:
         """One tensor's step from its holders' deltas (rows) and their weights.
@@ -149,6 +204,10 @@ class InfluenceBound:
         return {
             "samples": dict(self._samples),
             "norms": {n: dict(v) for n, v in self._norms.items()},
+            "rms": dict(self._rms),
+            "aggregations": self._aggregations,
+            "joins": {d: [rate, at] for d, (rate, at) in self._joins.items()},
+            "join_sum": self._join_sum,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -158,6 +217,10 @@ class InfluenceBound:
             name: {d: float(v) for d, v in values.items()}
             for name, values in state["norms"].items()
         }
+        self._rms = {d: float(v) for d, v in state["rms"].items()}
+        self._aggregations = int(state["aggregations"])
+        self._joins = {d: (float(rate), int(at)) for d, (rate, at) in state["joins"].items()}
+        self._join_sum = float(state["join_sum"])
 
 
 def _one_per_device(
@@ -202,6 +265,12 @@ def _one_per_device(
 def _norm(delta: np.ndarray) -> float:
     # float64: a finite float32 delta of 3e38 has a finite norm only in double precision.
     return float(np.linalg.norm(delta.astype(np.float64, copy=False).ravel()))
+
+
+def _rms(delta: dict[str, np.ndarray]) -> float:
+    """Root-mean-square over every value of a (sliced) delta, in double precision."""
+    total = sum(float(np.square(d.astype(np.float64)).sum()) for d in delta.values())
+    return math.sqrt(total / max(1, sum(d.size for d in delta.values())))
 
 
 def _median(latest: dict[str, float], batch: dict[str, float]) -> float:

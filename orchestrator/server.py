@@ -29,7 +29,7 @@ from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlann
 from orchestrator.scoring import gradient_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 2  # bump when the state_dict schema changes
+STATE_FORMAT = 3  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)

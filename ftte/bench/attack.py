@@ -8,7 +8,8 @@ honest and with f = 1, 2, 3 devices doing every attack at once under the coordin
 median (``[influence] robust_rule``). Reported per run, against
 the strategy's honest run with the default rule, in points: the accuracy at the strategy's
 time horizon and the mean gap between the two accuracy curves over the horizon (positive:
-the attacked run is worse).
+the attacked run is worse). The same is measured under the hardened profile (``PROFILES``:
+deltas clipped to the median norm, samples to the median count, equal say over time).
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ HORIZON_S = {"ftte": 60.0, "fedbuff": 60.0, "fedavg": 400.0}
 HOSTILE = (1, 2, 3)
 KINDS = (Attack.ALL, Attack.FLIP)
 
-Job = tuple[str, int, RobustRule, AttackSpec | None]  # strategy, seed, rule, attack
+# The influence settings compared: the defaults, the median rule, and the hardened profile
+# (an operator's choice when devices may be hostile; docs/security.md has its cost).
+PROFILES = {
+    "mean": InfluenceSettings(),
+    "median": InfluenceSettings(robust_rule=RobustRule.MEDIAN),
+    "hardened": InfluenceSettings(clip_factor=1.0, sample_factor=1.0, equal_say_window=20),
+}
+Job = tuple[str, int, str, AttackSpec | None]  # strategy, seed, profile, attack
 GRID_POINTS = 20  # times over the horizon at which the curves are compared
 
 
@@ -53,14 +61,16 @@ def run_attack_benchmark(args: argparse.Namespace) -> int:
 def attack_benchmark(workers: int = 1) -> dict[str, Any]:
     """Every strategy honest, with another seed, and under every (rule, kind, f); gaps in
     points to the honest run with the default rule."""
-    mean = RobustRule.MEAN
+    mean = "mean"
     jobs: list[Job] = []
     for strategy in HORIZON_S:
         jobs += [(strategy, 0, mean, None), (strategy, 1, mean, None)]
         jobs += [(strategy, 0, mean, AttackSpec(kind, f)) for kind in KINDS for f in HOSTILE]
         # The median's own cost and what it adds against the strongest attack.
-        jobs.append((strategy, 0, RobustRule.MEDIAN, None))
-        jobs += [(strategy, 0, RobustRule.MEDIAN, AttackSpec(Attack.ALL, f)) for f in HOSTILE]
+        jobs.append((strategy, 0, "median", None))
+        jobs += [(strategy, 0, "median", AttackSpec(Attack.ALL, f)) for f in HOSTILE]
+        jobs.append((strategy, 0, "hardened", None))
+        jobs += [(strategy, 0, "hardened", AttackSpec(kind, f)) for kind in KINDS for f in HOSTILE]
     if workers > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a torch-loaded parent
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -72,13 +82,13 @@ def attack_benchmark(workers: int = 1) -> dict[str, Any]:
         mine = [(job, run) for job, run in zip(jobs, runs, strict=True) if job[0] == strategy]
         baseline = (0, mean, None)
         honest = next(run for (_, *case), run in mine if tuple(case) == baseline)
-        for (_, seed, rule, attack), run in mine:
-            if (seed, rule, attack) == baseline:
+        for (_, seed, profile, attack), run in mine:
+            if (seed, profile, attack) == baseline:
                 continue
             rows.append(
                 {
                     "strategy": strategy,
-                    "rule": rule.value,
+                    "profile": profile,
                     "case": f"honest, seed {seed}" if attack is None else attack.kind.value,
                     "hostile": 0 if attack is None else attack.devices,
                     "acc_at_horizon": run["acc_at_budget"],
@@ -103,9 +113,9 @@ def _at(run: dict[str, Any], time_s: float) -> float:
 
 
 def _run_one(job: Job) -> dict[str, Any]:
-    strategy, seed, rule, attack = job
+    strategy, seed, profile, attack = job
     torch.set_num_threads(1)  # one process per core; more threads only contend
-    print(f"[attack] {strategy} seed {seed} {rule} {attack}", file=sys.stderr, flush=True)
+    print(f"[attack] {strategy} seed {seed} {profile} {attack}", file=sys.stderr, flush=True)
     horizon = HORIZON_S[strategy]
     config = SimConfig(
         strategy=strategy,
@@ -116,7 +126,7 @@ def _run_one(job: Job) -> dict[str, Any]:
         min_time_s=horizon,
         max_updates=1_000_000,
         attack=attack,
-        influence=InfluenceSettings(robust_rule=rule),
+        influence=PROFILES[profile],
     )
     return simulate(config)
 
@@ -124,12 +134,12 @@ def _run_one(job: Job) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     """One line per run: strategy, case, f, accuracy and the gaps to the honest run."""
     lines = [
-        f"{'strategy':9} {'rule':6} {'case':15} {'f':>2} {'acc':>6} {'honest':>6} "
+        f"{'strategy':9} {'profile':8} {'case':15} {'f':>2} {'acc':>6} {'honest':>6} "
         f"{'drop pts':>8} {'curve gap pts':>13}"
     ]
     for r in results["rows"]:
         lines.append(
-            f"{r['strategy']:9} {r['rule']:6} {r['case']:15} {r['hostile']:2d} "
+            f"{r['strategy']:9} {r['profile']:8} {r['case']:15} {r['hostile']:2d} "
             f"{r['acc_at_horizon']:6.3f} "
             f"{r['honest_acc_at_horizon']:6.3f} {r['acc_drop_points']:+8.1f} "
             f"{r['mean_curve_gap_points']:+13.1f}"

@@ -103,3 +103,38 @@ def test_a_device_with_several_updates_in_a_batch_gets_one_row():
     folded = bounded.updates[0]
     assert folded.update.update_id == "f2" and folded.age == 2
     assert bounded.merged == {"f0", "f1"}
+
+
+def test_a_tensor_held_only_by_hostile_devices_is_capped_by_the_fleets_median_rms():
+    bound = InfluenceBound(InfluenceSettings())
+    bound.apply(HONEST)  # honest devices train tensor "a" only
+    hostile = [
+        ReceivedUpdate(
+            Update(d, f"{d}-u", f"{d}.1", 0, 60, 0.1, 0, {"b": np.full(4, 5.0, np.float32)}), 0
+        )
+        for d in ("x", "y", "z")
+    ]
+    bounded = bound.apply(hostile)  # every holder of "b" is hostile: its median is theirs
+    # 3 of 9 devices are hostile: the median RMS is an honest device's.
+    honest_rms = max(np.sqrt(np.mean(r.update.delta["a"] ** 2)) for r in HONEST)
+    for r in bounded.updates:
+        assert np.sqrt(np.mean(r.update.delta["b"] ** 2)) <= 3 * honest_rms * 1.0001
+
+
+def test_with_equal_say_a_device_in_every_aggregation_is_scaled_to_the_mean_rate():
+    bound = InfluenceBound(InfluenceSettings(equal_say_window=10))
+    for i in range(40):  # "fast" joins every aggregation, each of six others one in six
+        bound.apply([upd(f"f{i}", [0.01, -0.01], device="fast"), HONEST[i % 6]])
+    fast, slow = bound.apply([upd("f-last", [0.01, -0.01], device="fast"), HONEST[0]]).updates
+    assert np.allclose(slow.update.delta["a"], HONEST[0].update.delta["a"])
+    # Rates: fast about 1, the others about 1/6, mean (1 + 6/6) / 7: the factor about 2/7.
+    say = float(fast.update.delta["a"][0] / 0.01)
+    assert 0.2 < say < 0.4
+
+
+def test_equal_say_is_off_by_default():
+    bound = InfluenceBound(InfluenceSettings())
+    for i in range(20):
+        bound.apply([upd(f"f{i}", [0.01, -0.01], device="fast"), HONEST[i % 6]])
+    (fast,) = bound.apply([upd("f-last", [0.01, -0.01], device="fast")]).updates
+    np.testing.assert_allclose(fast.update.delta["a"], [0.01, -0.01])
