@@ -31,13 +31,14 @@ class JobSection:
     max_versions: int = 1000
     max_wall_s: float = 3600.0
     checkpoint_every: int = 1  # versions between checkpoints
+    keep_releases: int = 5  # newest releases kept in run_dir/releases, beside the best
 
     def __post_init__(self) -> None:
         validate_id(self.name, "job.name")
         validate_id(self.fleet, "job.fleet")
         if self.strategy not in PRESETS:
             raise ValueError(f"job.strategy {self.strategy!r}: choose one of {sorted(PRESETS)}")
-        for name in ("max_versions", "checkpoint_every"):
+        for name in ("max_versions", "checkpoint_every", "keep_releases"):
             if getattr(self, name) < 1:
                 raise ValueError(f"job.{name} must be at least 1")
 

@@ -49,11 +49,12 @@ from ftte.wire.control import (
     Verdict,
     decode_status,
 )
-from ftte.wire.messages import Assignment
+from ftte.wire.messages import Assignment, Release
 from orchestrator.checkpoint import DISPATCH, Journal, decode_dispatch, load_state, save_state
 from orchestrator.config import JobConfig
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
+from orchestrator.releases import ReleaseStore
 from orchestrator.server import Outcome, Refusal
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.telemetry import open_telemetry
@@ -65,6 +66,7 @@ log = logging.getLogger("ftte.orchestrator")
 # assignments without end (past this it waits for the assignment timeout like before).
 MAX_RECOVERIES = 5
 HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
+METRIC = "accuracy"  # the releases' measure of best: the server's validation accuracy
 PROGRESS_S = 10.0  # how often the log says where the job stands
 RETAINED_UPDATE = "update_retained"  # refusal reason: a retained publish on an update topic
 # No local: the clear of a retained update is not echoed back. Retain as published: a live
@@ -141,6 +143,9 @@ class OrchestratorService:
         self.retained_updates = 0  # retained publishes on update topics, ignored and cleared
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.server.on_excluded = self._excluded
+        self.releases = ReleaseStore(
+            self.run_dir / "releases", metric=METRIC, keep=job.keep_releases
+        )
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
         self._replaying = False
@@ -391,6 +396,9 @@ class OrchestratorService:
         due = self.server.version % self.config.job.checkpoint_every == 0
         if due and not self._replaying:
             self._checkpoint()
+        best = self.releases.best
+        if not self._replaying and (best is None or self.accuracy > best.metrics[METRIC]):
+            self._release(loss)
         self.telemetry.aggregation(
             version=self.server.version,
             buffer_fill=len(self.server.strategy.buffered()),
@@ -407,6 +415,20 @@ class OrchestratorService:
     def _checkpoint(self) -> None:
         save_state(self.run_dir, self.server.state_dict())
         self.journal.truncate()
+
+    def _release(self, loss: float) -> None:
+        """Keep the model as it is now as a release (a new best, or the job's last)."""
+        server = self.server
+        release = Release(
+            job=self.config.job.name,
+            version=server.version,
+            model=server.task.model.name,
+            metrics={METRIC: self.accuracy, "loss": loss},
+            tensors=server.params,
+            created_unix_s=time.time(),
+        )
+        stored = self.releases.offer(release)
+        log.info("release of version %d kept (%s %.3f)", stored.version, METRIC, self.accuracy)
 
     def _replay_journal(self) -> None:
         """After a crash: re-apply updates acknowledged since the last checkpoint."""
@@ -561,6 +583,8 @@ class OrchestratorService:
 
     def _finish(self) -> None:
         self._checkpoint()
-        np.savez(self.run_dir / "final_model.npz", **self.server.params)  # type: ignore[arg-type]
+        last = self.releases.last
+        if last is None or last.version != self.server.version:
+            self._release(self.server.evaluate()[1])
         if self.link.connected.is_set():
             self._publish_state("done").wait_for_publish(5.0)

@@ -2,7 +2,7 @@
 
 Layout of the msgpack map (wire format version 1)::
 
-    {"v": 1, "kind": "assign" | "update", ...fields..., "tensors": {name: tensor}}
+    {"v": 1, "kind": "assign" | "update" | "release", ...fields..., "tensors": {name: tensor}}
     tensor = {"dtype": "float32" | "float16" | "int8", "shape": [int, ...],
               "data": <raw little-endian bytes>, "scale": float (int8 only)}
 
@@ -26,7 +26,14 @@ import zstandard
 
 from ftte.errors import Rejected, RejectReason
 from ftte.wire.limits import WireLimits
-from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
+from ftte.wire.messages import (
+    Assignment,
+    DeltaEncoding,
+    Release,
+    TensorDict,
+    TrainConfig,
+    Update,
+)
 
 WIRE_VERSION = 1
 _DTYPES: dict[str, np.dtype[Any]] = {
@@ -38,6 +45,9 @@ _ASSIGN_FIELDS = {"v", "kind", "job", "device_id", "assignment_id", "version", "
 _ASSIGN_FIELDS |= {"tensors", "train"}
 _UPDATE_FIELDS = {"v", "kind", "device_id", "update_id", "assignment_id", "base_version"}
 _UPDATE_FIELDS |= {"num_samples", "loss", "peak_mem_bytes", "tensors"}
+_RELEASE_FIELDS = {"v", "kind", "job", "version", "model", "metrics", "created_unix_s"}
+_RELEASE_FIELDS |= {"tensors"}
+MAX_METRICS = 16
 _TRAIN_FIELDS = {"epochs", "batch_size", "lr", "momentum", "delta_encoding", "micro_batch"}
 _TRAIN_FIELDS |= {"clip_norm"}
 
@@ -361,3 +371,46 @@ def decode_update(
             assignment_id=assignment_id,
             update_id=update_id,
         ) from None
+
+
+def encode_release(r: Release, level: int = 3) -> bytes:
+    """Serialise a release: every tensor as float32, so a device holds exactly the values
+    the orchestrator evaluated."""
+    return _compress(
+        {
+            "v": WIRE_VERSION,
+            "kind": "release",
+            "job": r.job,
+            "version": r.version,
+            "model": r.model,
+            "metrics": {k: float(v) for k, v in r.metrics.items()},
+            "created_unix_s": float(r.created_unix_s),
+            "tensors": {n: encode_tensor(v, DeltaEncoding.FLOAT32) for n, v in r.tensors.items()},
+        },
+        level,
+    )
+
+
+def decode_release(
+    data: bytes,
+    limits: WireLimits | None = None,
+    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> Release:
+    """Parse and check a release; ``expected_shapes`` is the device's model, if known (a
+    release must then carry exactly its tensors)."""
+    limits = limits or WireLimits()
+    doc = _unpack(data, limits)
+    _check_fields(doc, "release", _RELEASE_FIELDS)
+    metrics = doc["metrics"]
+    if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
+        raise Rejected(RejectReason.MALFORMED, f"metrics must be a map of at most {MAX_METRICS}")
+    _check_keys(metrics, "metrics")
+    tensors = _decode_tensors(doc["tensors"], limits, expected_shapes)
+    return Release(
+        job=_str(doc["job"], "job"),
+        version=_int(doc["version"], "version", 0),
+        model=_str(doc["model"], "model"),
+        metrics={_str(k, "metric name"): _float(v, f"metric {k}") for k, v in metrics.items()},
+        tensors=tensors,
+        created_unix_s=_float(doc["created_unix_s"], "created_unix_s"),
+    )

@@ -81,3 +81,20 @@ class Update:
     loss: float
     peak_mem_bytes: int
     delta: TensorDict
+
+
+@dataclass(frozen=True)
+class Release:
+    """A trained model as the fleet receives and keeps it: the values of every tensor of the
+    job's model (by the model's parameter names), what it scored, and where it came from.
+
+    ``model`` names the architecture (the task's model spec); a device refuses a release
+    of another model than its own.
+    """
+
+    job: str
+    version: int
+    model: str
+    metrics: dict[str, float]
+    tensors: TensorDict
+    created_unix_s: float

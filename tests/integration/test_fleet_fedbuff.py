@@ -54,3 +54,11 @@ def test_fedbuff_fleet_advances_versions_on_updates_from_several_devices(tmp_pat
     accepted = [t["device"] for t in updates if t["reason"] == "accepted"]
     assert len(accepted) == job.service.server.accepted
     assert len(set(accepted)) >= 3
+    # The job's releases: the best by validation accuracy, and the last version, each loadable.
+    releases = job.service.releases
+    assert releases.last.version == VERSIONS
+    assert releases.best.metrics["accuracy"] == max(s.metrics["accuracy"] for s in releases.kept())
+    final = releases.load(releases.last)
+    assert final.job == job.service.config.job.name and final.model == "digits"
+    for name, value in job.service.server.params.items():
+        assert (final.tensors[name] == value).all()

@@ -2,8 +2,9 @@
 
 Property-based (hypothesis): structured mutations of valid messages (every field replaced by
 any msgpack or JSON value, keys of any type, tensors of any dtype/shape/data), and raw bytes.
-10,000 generated payloads per run (4,000 updates, 4,500 assignments, 1,500 control
-messages, each decoded as status, as update acknowledgement and as job state); derandomized
+10,000 generated payloads per run (4,000 updates; 4,500 assignments or releases, each
+decoded as both; 1,500 control messages, each decoded as status, as update acknowledgement
+and as job state); derandomized
 so CI is reproducible (run with ``--hypothesis-seed=random`` locally to explore further).
 Refused updates change nothing.
 """
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from ftte.errors import Rejected
 from ftte.tasks import load_task
 from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
+from ftte.wire.codec import decode_release, encode_release
 from ftte.wire.control import (
     DeviceStatus,
     JobState,
@@ -34,6 +36,7 @@ from ftte.wire.control import (
     decode_job_state,
     decode_status,
 )
+from ftte.wire.messages import Release
 from orchestrator.presets import make_server
 
 pytestmark = pytest.mark.slow  # ~1 min of 10,000 payloads: in `make test`, not the fast tier
@@ -89,6 +92,10 @@ VALID_UPDATE = msgpack.unpackb(
 )
 VALID_ASSIGNMENT = msgpack.unpackb(
     zstandard.ZstdDecompressor().decompress(encode_assignment(ASSIGNMENT)), raw=False
+)
+RELEASE = Release("job", 1, "digits", {"accuracy": 0.5}, SERVER.params, 1e9)
+VALID_RELEASE = msgpack.unpackb(
+    zstandard.ZstdDecompressor().decompress(encode_release(RELEASE)), raw=False
 )
 
 
@@ -153,9 +160,17 @@ def test_any_update_payload_decodes_or_is_rejected_and_refused_ones_change_nothi
 
 
 @settings(FUZZ, max_examples=4500)
-@given(st.one_of(mutated(VALID_ASSIGNMENT).map(pack), st.binary(max_size=256), ANY.map(pack)))
-def test_any_assignment_payload_decodes_or_is_rejected(payload):
+@given(
+    st.one_of(
+        mutated(VALID_ASSIGNMENT).map(pack),
+        mutated(VALID_RELEASE).map(pack),
+        st.binary(max_size=256),
+        ANY.map(pack),
+    )
+)
+def test_any_assignment_or_release_payload_decodes_or_is_rejected(payload):
     decodes_or_is_rejected(decode_assignment, payload)
+    decodes_or_is_rejected(lambda p: decode_release(p, expected_shapes=SERVER.shapes), payload)
 
 
 JSON_SCALARS = (

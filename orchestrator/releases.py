@@ -1,0 +1,122 @@
+"""Releases: the job's trained models kept as versioned, hashed artifacts.
+
+Each artifact is the wire codec's ``release`` message (``ftte.wire``: the values of every
+tensor of the model, its metrics, job, version and architecture name), stored under
+``run_dir/releases/`` as ``v{version}.release`` and named in ``index.json`` by its SHA-256.
+The store keeps the best version by the job's metric and the last one offered, plus the
+``keep`` newest others; everything else is deleted as it falls out.
+
+The index is written after the artifact, both atomically, so a crash leaves either the old
+index (and a stray file the next offer removes) or the new one, never an index naming a
+file that is not there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ftte.fileio import atomic_write
+from ftte.wire.codec import decode_release, encode_release
+from ftte.wire.limits import WireLimits
+from ftte.wire.messages import Release
+
+INDEX = "index.json"
+
+
+@dataclass(frozen=True)
+class StoredRelease:
+    """One artifact of the store: its file, content hash, version and metrics."""
+
+    version: int
+    file: str
+    sha256: str
+    metrics: dict[str, float]
+
+
+class ReleaseStore:
+    """The releases of one run: best by ``metric`` (higher is better unless
+    ``lower_is_better``), last, and the ``keep`` newest."""
+
+    def __init__(
+        self, folder: Path, metric: str, lower_is_better: bool = False, keep: int = 5
+    ) -> None:
+        if keep < 1:
+            raise ValueError("keep must be at least 1 release")
+        self.folder = folder
+        self.metric = metric
+        self.lower_is_better = lower_is_better
+        self.keep = keep
+        folder.mkdir(parents=True, exist_ok=True)
+        self._index = self._read_index()
+
+    @property
+    def best(self) -> StoredRelease | None:
+        """The best release so far by the job's metric."""
+        return self._stored(self._index.get("best"))
+
+    @property
+    def last(self) -> StoredRelease | None:
+        """The release offered last."""
+        return self._stored(self._index.get("last"))
+
+    def kept(self) -> list[StoredRelease]:
+        """Every release on disk, oldest first."""
+        return [s for s in map(self._stored, self._index.get("kept", [])) if s is not None]
+
+    def offer(self, release: Release) -> StoredRelease:
+        """Store ``release`` as the last one (and the best, if it beats the best); return it."""
+        if self.metric not in release.metrics:
+            raise ValueError(f"release has no metric {self.metric!r}: {sorted(release.metrics)}")
+        payload = encode_release(release)
+        stored = StoredRelease(
+            version=release.version,
+            file=f"v{release.version}.release",
+            sha256=hashlib.sha256(payload).hexdigest(),
+            metrics=dict(release.metrics),
+        )
+        atomic_write(self.folder / stored.file, payload)
+        best = self.best
+        if best is None or self._better(stored, best):
+            best = stored
+        kept = [s for s in self.kept() if s.version != stored.version][-(self.keep - 1) :]
+        kept = [*kept, stored] if self.keep > 1 else [stored]
+        if best not in kept:
+            kept.insert(0, best)
+        self._index = {
+            "metric": self.metric,
+            "best": asdict(best),
+            "last": asdict(stored),
+            "kept": [asdict(s) for s in kept],
+        }
+        atomic_write(self.folder / INDEX, json.dumps(self._index, indent=1).encode())
+        names = {s.file for s in kept} | {INDEX}
+        for path in self.folder.iterdir():
+            if path.name not in names and path.suffix == ".release":
+                path.unlink()
+        return stored
+
+    def load(self, stored: StoredRelease, limits: WireLimits | None = None) -> Release:
+        """Read a stored release back, checking its hash."""
+        payload = (self.folder / stored.file).read_bytes()
+        if hashlib.sha256(payload).hexdigest() != stored.sha256:
+            raise ValueError(f"{self.folder / stored.file}: content does not match its hash")
+        return decode_release(payload, limits)
+
+    def _better(self, a: StoredRelease, b: StoredRelease) -> bool:
+        x, y = a.metrics[self.metric], b.metrics[self.metric]
+        return x < y if self.lower_is_better else x > y
+
+    def _read_index(self) -> dict[str, Any]:
+        path = self.folder / INDEX
+        if not path.exists():
+            return {}
+        index: dict[str, Any] = json.loads(path.read_text())
+        return index
+
+    @staticmethod
+    def _stored(entry: dict[str, Any] | None) -> StoredRelease | None:
+        return None if entry is None else StoredRelease(**entry)
