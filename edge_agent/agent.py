@@ -154,10 +154,12 @@ class EdgeAgent:
         encoded = encode_update(update, assignment.train.delta_encoding)
         self.delivery.submit(update.update_id, assignment.assignment_id, encoded, time.monotonic())
         log.info(
-            "finished update %s for assignment %s: %d tensors from version %d, loss %.3f, "
-            "peak %d B of %d B budget",
+            "finished update %s for assignment %s of job %s: %d tensors received, %d trained "
+            "from version %d, loss %.3f, peak %d B of %d B budget",
             update.update_id,
             assignment.assignment_id,
+            assignment.job,
+            len(assignment.tensors),
             len(assignment.trainable),
             assignment.version,
             result.loss,
@@ -198,6 +200,7 @@ class EdgeAgent:
             software_version=__version__,
             model_version=self.model.version,
             assignments=tuple(held),
+            model_job=self.model.job,
         )
         self.link.publish(self._status_topic, status.encode(), retain=True)
         self.delivery.on_connect(time.monotonic())

@@ -26,9 +26,10 @@ class DeviceModel:
             p.requires_grad_(False)
         self.params = dict(self.model.named_parameters())
         self.version = -1
+        self.job: str | None = None  # whose model ``version`` counts versions of
 
     def apply(self, assignment: Assignment) -> None:
-        """Load the tensors an assignment carries and adopt its version."""
+        """Load the tensors an assignment carries and adopt its job and version."""
         unknown = assignment.tensors.keys() - self.params.keys()
         if unknown:
             raise ValueError(f"assignment names tensors this model lacks: {sorted(unknown)}")
@@ -36,6 +37,7 @@ class DeviceModel:
             for name, value in assignment.tensors.items():
                 self.params[name].copy_(torch.from_numpy(value))
         self.version = assignment.version
+        self.job = assignment.job
 
     def train(
         self, assignment: Assignment, data: Dataset, seed: int, update_id: str | None = None

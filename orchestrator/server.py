@@ -192,15 +192,27 @@ class TrainingServer:
 
     # -- fleet -------------------------------------------------------------------------
 
-    def register(self, device_id: str, budget_bytes: int, synced_version: int = -1) -> None:
+    def register(
+        self,
+        device_id: str,
+        budget_bytes: int,
+        synced_version: int = -1,
+        model_job: str | None = None,
+    ) -> None:
         """Add or refresh a device (its birth message); it is online.
 
+        ``synced_version`` is the version of the model values the device says it holds, of
+        ``model_job``'s model. Values of another job's model are none of this job's, and a
+        device this server has never sent anything may hold another job's model without
+        saying so (an agent that does not report ``model_job``): both get every tensor.
         An open assignment survives a re-birth: the agent keeps finished updates in a
         durable outbox and sends them after reconnecting.
         """
+        if model_job is not None and model_job != self.config.job:
+            synced_version = -1
         record = self.devices.get(device_id)
         if record is None:
-            record = DeviceRecord(device_id, budget_bytes, synced_version=synced_version)
+            record = DeviceRecord(device_id, budget_bytes)
             self.devices[device_id] = record
             self._order[device_id] = len(self._order)
         if record.budget_bytes != budget_bytes:

@@ -301,7 +301,9 @@ class OrchestratorService:
         if status.device_id != device_id:
             log.warning("status on %s names %s; ignored", device_id, status.device_id)
             return
-        self.server.register(device_id, status.memory_budget_bytes, status.model_version)
+        self.server.register(
+            device_id, status.memory_budget_bytes, status.model_version, status.model_job
+        )
         self.telemetry.device_status(
             device=device_id, online=True, budget_bytes=status.memory_budget_bytes
         )

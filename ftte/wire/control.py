@@ -40,6 +40,9 @@ class DeviceStatus:
     software_version: str
     model_version: int  # version of the model values the device holds; -1: none
     assignments: tuple[str, ...] | None = None
+    # The job whose model ``model_version`` counts versions of; None: an agent that does not
+    # report it (its version is then trusted only within one run of the orchestrator).
+    model_job: str | None = None
 
     def encode(self) -> bytes:
         """JSON bytes for the status topic."""
@@ -48,6 +51,8 @@ class DeviceStatus:
             del doc["assignments"]
         else:
             doc["assignments"] = list(self.assignments)
+        if self.model_job is None:
+            del doc["model_job"]
         return json.dumps(doc).encode()
 
 
@@ -174,7 +179,7 @@ def _counts(doc: dict[str, Any], name: str) -> dict[str, int]:
 
 
 _STATUS_FIELDS = {"state", "device_id", "memory_budget_bytes", "compute_class"}
-_STATUS_FIELDS |= {"software_version", "model_version", "assignments"}
+_STATUS_FIELDS |= {"software_version", "model_version", "assignments", "model_job"}
 
 
 def decode_status(payload: bytes) -> DeviceStatus | None:
@@ -203,6 +208,7 @@ def decode_status(payload: bytes) -> DeviceStatus | None:
         software_version=_field(doc, "software_version", str)[:64],
         model_version=_field(doc, "model_version", int, minimum=-1),
         assignments=held,
+        model_job=_ref(doc["model_job"], "model_job") if "model_job" in doc else None,
     )
 
 

@@ -143,3 +143,14 @@ def test_a_job_state_with_a_malformed_excluded_list_is_refused(listed):
     doc["excluded_devices"] = listed
     with pytest.raises(Rejected):
         decode_job_state(json.dumps(doc).encode())
+
+
+def test_a_birth_names_the_job_of_the_model_it_holds_and_older_births_decode():
+    status = DeviceStatus("dev-1", 10**6, "pi", "1", 4, ("a",), model_job="job-1")
+    assert decode_status(status.encode()) == status
+    doc = json.loads(status.encode())
+    del doc["model_job"]
+    assert decode_status(json.dumps(doc).encode()).model_job is None
+    doc["model_job"] = ""
+    with pytest.raises(Rejected):
+        decode_status(json.dumps(doc).encode())

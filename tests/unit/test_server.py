@@ -264,3 +264,14 @@ def test_a_device_whose_budget_holds_no_slice_is_excluded_by_name_with_the_reaso
     assert s.excluded_devices() == {"tiny": reason}
     s.register("tiny", s.full_model_peak())  # a new budget: planned again
     assert s.excluded_devices() == {} and "tiny" in dispatch(s)
+
+
+def test_a_version_of_another_jobs_model_or_from_an_unknown_device_earns_no_trust():
+    s = server()
+    s.register("new", s.full_model_peak(), synced_version=7)  # never sent anything: all
+    s.register("other", s.full_model_peak(), synced_version=0, model_job="job-1")
+    s.register("ours", s.full_model_peak(), synced_version=-1, model_job=s.config.job)
+    everything = set(s.params)
+    sent = dispatch(s)
+    for device in ("new", "other", "ours"):
+        assert set(sent[device].tensors) == everything, device
