@@ -358,6 +358,14 @@ def _add_demo(commands: Any) -> None:
     p.add_argument("--task", default="digits")
     p.add_argument("--strategy", default="ftte", help="a preset (see `ftte strategies`)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo-…)")
+    p.add_argument("--port", type=int, default=0, help="broker port on 127.0.0.1 (default: free)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="one data file per device (.npz with x, y or a labelled .csv); sets --devices",
+    )
     p.add_argument("--influx-url", default=None, help="InfluxDB v2 URL for telemetry")
     p.add_argument("--influx-token", default="")
     p.add_argument("--influx-org", default="ftte")

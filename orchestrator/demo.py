@@ -38,13 +38,20 @@ def run_demo(args: argparse.Namespace) -> int:
             org=args.influx_org,
             bucket=args.influx_bucket,
         )
-    spec = LocalFleetSpec(
-        run_dir=run_dir,
-        task=args.task,
-        devices=args.devices,
-        strategy=args.strategy,
-        influx=influx,
-    )
+    data_files = tuple(args.data)
+    try:
+        spec = LocalFleetSpec(
+            run_dir=run_dir,
+            task=args.task,
+            devices=len(data_files) or args.devices,
+            strategy=args.strategy,
+            influx=influx,
+            port=args.port,
+            data_files=data_files,
+        )
+    except ValueError as exc:
+        print(f"ftte demo: {exc}", file=sys.stderr)
+        return 1
     print(f"ftte demo: {spec.devices} devices, task {spec.task}, strategy {spec.strategy}")
     print(f"run folder: {run_dir}")
     fleet = LocalFleet(spec)

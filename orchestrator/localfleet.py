@@ -53,6 +53,19 @@ class LocalFleetSpec:
     server: ServerSettings = field(default_factory=lambda: ServerSettings(assignment_timeout_s=120))
     strategy_params: dict[str, Any] = field(default_factory=dict)  # the strategy's own defaults
     influx: InfluxConfig | None = None
+    port: int = 0  # the broker's port on 127.0.0.1; 0: a free one
+    # The devices' own data, one file each (.npz with x and y, or a labelled .csv, as
+    # edge_agent reads it); empty: each device gets its partition of the task's data.
+    data_files: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.data_files and len(self.data_files) != self.devices:
+            raise ValueError(
+                f"{len(self.data_files)} data files for {self.devices} devices: give one each"
+            )
+        missing = [str(f) for f in self.data_files if not f.is_file()]
+        if missing:
+            raise ValueError(f"data files not found: {', '.join(missing)}")
 
 
 def device_budgets(spec: LocalFleetSpec) -> list[int]:
@@ -82,12 +95,16 @@ class LocalFleet:
         slowdowns = np.where(slow, rng.uniform(2.0, spec.max_slowdown, spec.devices), 1.0)
         width = len(str(spec.devices - 1))
         ids = [f"dev-{i:0{width}d}" for i in range(spec.devices)]
-        data_files = self._write_device_data(ids)
+        data_files = (
+            dict(zip(ids, (f.resolve() for f in spec.data_files), strict=True))
+            if spec.data_files
+            else self._write_device_data(ids)
+        )
         self.fleet = Fleet(
             FleetSection(
                 name="local",
                 broker_host="127.0.0.1",
-                broker_port=free_port(),
+                broker_port=spec.port or free_port(),
                 bind_address="127.0.0.1",
                 task=spec.task,
                 agent_state_dir=self.run_dir / "agents",
