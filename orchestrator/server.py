@@ -154,6 +154,16 @@ class TrainingServer:
         torch.manual_seed(config.model_seed)
         self.model = task.model.make_model()
         self.model.eval()
+        buffers = [name for name, _ in self.model.named_buffers()]
+        if buffers:
+            # Dropped, they would leave every device and the server with their initial
+            # statistics (a BatchNorm model measured 15 points worse); refused, nothing hides.
+            raise ValueError(
+                f"model {task.model.name!r} has buffers ({', '.join(buffers[:4])}), e.g. "
+                "BatchNorm running statistics, which ftte does not send, aggregate or save "
+                "yet: use a model without them (GroupNorm or LayerNorm normalise without "
+                "running statistics)"
+            )
         # The numpy arrays are the model: torch parameters are views of them, so a
         # strategy's in-place update is what evaluation sees, with no copy.
         self.params: TensorDict = {}

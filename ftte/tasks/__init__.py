@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ftte.tasks.base import Dataset, ModelSpec, Task, TaskFactory
+from ftte.tasks.base import Dataset, ModelSpec, Task, TaskFactory, check_dataset
 from ftte.tasks.digits import DIGITS_MODEL, digits_task
 from ftte.tasks.vibration import VIBRATION_MODEL, vibration_task
 
@@ -46,4 +46,7 @@ def load_task(spec: str, num_devices: int, seed: int, alpha: float = 0.5, **kwar
         ) from None
     if not isinstance(task, Task):
         raise ValueError(f"task factory {spec!r} must return ftte.tasks.base.Task")
+    check_dataset(task.validation, task.model, f"task {spec!r} validation data")
+    for i, data in enumerate(task.devices):
+        check_dataset(data, task.model, f"task {spec!r} device partition {i}")
     return task

@@ -53,6 +53,25 @@ class Task:
         return self.model.name
 
 
+def check_dataset(data: Dataset, model: ModelSpec, source: str) -> None:
+    """Refuse data the model cannot train on, naming ``source`` and the fix."""
+    if data.x.dtype != np.float32 or data.y.dtype != np.int64:
+        raise ValueError(
+            f"{source}: x must be float32 and y int64 (got {data.x.dtype}, {data.y.dtype})"
+        )
+    if data.x.shape[1:] != model.input_shape or data.x.shape[0] != data.y.shape[0]:
+        raise ValueError(
+            f"{source}: samples of shape {data.x.shape[1:]}, {data.y.shape[0]} labels for "
+            f"{data.x.shape[0]} samples; model {model.name!r} takes {model.input_shape}"
+        )
+    if len(data) and (data.y.min() < 0 or data.y.max() >= model.num_classes):
+        raise ValueError(
+            f"{source}: labels must be class ids 0..{model.num_classes - 1} for model "
+            f"{model.name!r}, found {int(data.y.min())}..{int(data.y.max())}; map raw labels "
+            "(e.g. 1 and 2) to 0-based ids"
+        )
+
+
 TaskFactory = Callable[..., Task]
 """Signature of a task factory: ``factory(num_devices: int, seed: int, alpha: float) -> Task``."""
 

@@ -1,11 +1,17 @@
 """Tasks load offline, deterministically, non-IID, with separate validation data."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from ftte.tasks import load_task
+from ftte.tasks.base import Dataset, check_dataset
+from ftte.tasks.digits import DIGITS_MODEL
 from ftte.tasks.partition import dirichlet_partition
+from orchestrator.presets import make_server
 
 
 @pytest.mark.parametrize("name", ["digits", "vibration"])
@@ -90,3 +96,25 @@ def test_unknown_task_is_a_clear_error(spec):
 def test_factory_must_return_a_task():
     with pytest.raises(ValueError, match="must return"):
         load_task("builtins:dict", num_devices=2, seed=0)
+
+
+def test_labels_outside_the_models_classes_are_refused_with_the_fix():
+    data = Dataset(np.zeros((2, 1, 8, 8), np.float32), np.array([1, 10], np.int64))
+    with pytest.raises(ValueError, match=r"class ids 0\.\.9.*map raw labels"):
+        check_dataset(data, DIGITS_MODEL, "site-3.csv")
+
+
+def test_samples_of_another_shape_are_refused_naming_the_models_input():
+    data = Dataset(np.zeros((2, 1, 16), np.float32), np.array([1, 2], np.int64))
+    with pytest.raises(ValueError, match=r"takes \(1, 8, 8\)"):
+        check_dataset(data, DIGITS_MODEL, "site-3.csv")
+
+
+def test_a_model_with_batchnorm_statistics_is_refused_not_trained_without_them():
+    def make_model():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.BatchNorm1d(10))
+
+    task = load_task("digits", num_devices=2, seed=0)
+    task = replace(task, model=replace(task.model, make_model=make_model))
+    with pytest.raises(ValueError, match="BatchNorm running statistics"):
+        make_server("ftte", task)
