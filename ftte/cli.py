@@ -10,6 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftte.training import TrainSettings
+
 if TYPE_CHECKING:
     from ftte.sim.simulator import CurvePoint
     from ftte.transport.mqtt import BrokerSettings
@@ -58,7 +60,15 @@ def _add_sim(commands: Any) -> None:
     p.add_argument("--target-acc", type=float, default=None, help="default: the task's target")
     p.add_argument("--time-limit", type=float, default=6 * 3600.0, help="virtual seconds")
     p.add_argument("--max-updates", type=int, default=20_000)
+    defaults = TrainSettings()
+    p.add_argument("--lr", type=float, default=defaults.lr, help="local learning rate")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="local epochs")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    p.add_argument(
+        "--releases", type=Path, default=None, help="keep the best and the last model here"
+    )
     p.set_defaults(run=_run_sim)
 
 
@@ -66,6 +76,7 @@ def _run_sim(args: argparse.Namespace) -> int:
     _single_threaded_torch()
     from ftte.sim.fleet import FleetSpec
     from ftte.sim.run import SimConfig, simulate
+    from orchestrator.releases import ACCURACY, ReleaseStore
 
     config = SimConfig(
         task=args.task,
@@ -76,8 +87,12 @@ def _run_sim(args: argparse.Namespace) -> int:
         target_accuracy=args.target_acc,
         time_limit_s=args.time_limit,
         max_updates=args.max_updates,
+        train=TrainSettings(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum
+        ),
     )
-    report = simulate(config, progress=_progress_line(args.strategy))
+    releases = ReleaseStore(args.releases, ACCURACY) if args.releases else None
+    report = simulate(config, progress=_progress_line(args.strategy), releases=releases)
     print(file=sys.stderr)
     ttt = report["time_to_target_s"]
     print(
@@ -90,6 +105,9 @@ def _run_sim(args: argparse.Namespace) -> int:
     )
     if args.json:
         args.json.write_text(json.dumps({"config": asdict(config), **report}, indent=1))
+    if releases is not None and releases.best is not None:
+        best = releases.best
+        print(f"best release: version {best.version} in {args.releases / best.file}")
     return 0
 
 

@@ -25,6 +25,7 @@ from ftte.wire.limits import WireLimits
 from ftte.wire.messages import Release
 
 INDEX = "index.json"
+ACCURACY = "accuracy"  # the measure of best today: the server's validation accuracy
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,13 @@ class ReleaseStore:
         """Every release on disk, oldest first."""
         return [s for s in map(self._stored, self._index.get("kept", [])) if s is not None]
 
+    def keep_if_best(self, release: Release) -> StoredRelease | None:
+        """Store ``release`` if it beats the best one; return it if so."""
+        best = self.best
+        if best is not None and not self._better_value(release.metrics[self.metric], best):
+            return None
+        return self.offer(release)
+
     def offer(self, release: Release) -> StoredRelease:
         """Store ``release`` as the last one (and the best, if it beats the best); return it."""
         if self.metric not in release.metrics:
@@ -107,8 +115,11 @@ class ReleaseStore:
         return decode_release(payload, limits)
 
     def _better(self, a: StoredRelease, b: StoredRelease) -> bool:
-        x, y = a.metrics[self.metric], b.metrics[self.metric]
-        return x < y if self.lower_is_better else x > y
+        return self._better_value(a.metrics[self.metric], b)
+
+    def _better_value(self, value: float, than: StoredRelease) -> bool:
+        other = than.metrics[self.metric]
+        return value < other if self.lower_is_better else value > other
 
     def _read_index(self) -> dict[str, Any]:
         path = self.folder / INDEX

@@ -54,7 +54,7 @@ from orchestrator.checkpoint import DISPATCH, Journal, decode_dispatch, load_sta
 from orchestrator.config import JobConfig
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
-from orchestrator.releases import ReleaseStore
+from orchestrator.releases import ACCURACY, ReleaseStore
 from orchestrator.server import Outcome, Refusal
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.telemetry import open_telemetry
@@ -66,7 +66,6 @@ log = logging.getLogger("ftte.orchestrator")
 # assignments without end (past this it waits for the assignment timeout like before).
 MAX_RECOVERIES = 5
 HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
-METRIC = "accuracy"  # the releases' measure of best: the server's validation accuracy
 PROGRESS_S = 10.0  # how often the log says where the job stands
 RETAINED_UPDATE = "update_retained"  # refusal reason: a retained publish on an update topic
 # No local: the clear of a retained update is not echoed back. Retain as published: a live
@@ -144,7 +143,7 @@ class OrchestratorService:
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.server.on_excluded = self._excluded
         self.releases = ReleaseStore(
-            self.run_dir / "releases", metric=METRIC, keep=job.keep_releases
+            self.run_dir / "releases", metric=ACCURACY, keep=job.keep_releases
         )
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
@@ -398,9 +397,8 @@ class OrchestratorService:
         due = self.server.version % self.config.job.checkpoint_every == 0
         if due and not self._replaying:
             self._checkpoint()
-        best = self.releases.best
-        if not self._replaying and (best is None or self.accuracy > best.metrics[METRIC]):
-            self._release(loss)
+        if not self._replaying:
+            self._release(loss, only_if_best=True)
         self.telemetry.aggregation(
             version=self.server.version,
             buffer_fill=len(self.server.strategy.buffered()),
@@ -418,19 +416,25 @@ class OrchestratorService:
         save_state(self.run_dir, self.server.state_dict())
         self.journal.truncate()
 
-    def _release(self, loss: float) -> None:
-        """Keep the model as it is now as a release (a new best, or the job's last)."""
+    def _release(self, loss: float, only_if_best: bool = False) -> None:
+        """Keep the model as it is now as a release: a new best, or the job's last."""
         server = self.server
         release = Release(
-            job=self.config.job.name,
-            version=server.version,
-            model=server.task.model.name,
-            metrics={METRIC: self.accuracy, "loss": loss},
-            tensors=server.params,
-            created_unix_s=time.time(),
+            self.config.job.name,
+            server.version,
+            server.task.model.name,
+            {ACCURACY: self.accuracy, "loss": loss},
+            server.params,
+            time.time(),
         )
-        stored = self.releases.offer(release)
-        log.info("release of version %d kept (%s %.3f)", stored.version, METRIC, self.accuracy)
+        if only_if_best:
+            stored = self.releases.keep_if_best(release)
+        else:
+            stored = self.releases.offer(release)
+        if stored is not None:
+            log.info(
+                "release of version %d kept (%s %.3f)", stored.version, ACCURACY, self.accuracy
+            )
 
     def _replay_journal(self) -> None:
         """After a crash: re-apply updates acknowledged since the last checkpoint."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,12 +10,14 @@ import numpy as np
 
 from ftte.sim.attacks import AttackSpec, hostile_devices
 from ftte.sim.fleet import FleetSpec, make_fleet
-from ftte.sim.simulator import FleetSimulator, ProgressFn, SimResult
+from ftte.sim.simulator import CurvePoint, FleetSimulator, ProgressFn, SimResult
 from ftte.tasks import load_task
 from ftte.tasks.base import Task
 from ftte.training import TrainSettings
+from ftte.wire.messages import Release
 from orchestrator.influence import InfluenceSettings
 from orchestrator.presets import make_server
+from orchestrator.releases import ACCURACY, ReleaseStore
 from orchestrator.server import ServerSettings, TrainingServer
 
 
@@ -51,9 +54,13 @@ def build_task(config: SimConfig) -> Task:
 
 
 def simulate(
-    config: SimConfig, task: Task | None = None, progress: ProgressFn | None = None
+    config: SimConfig,
+    task: Task | None = None,
+    progress: ProgressFn | None = None,
+    releases: ReleaseStore | None = None,
 ) -> dict[str, Any]:
-    """Run one preset on one fleet and return its measurements as plain data."""
+    """Run one preset on one fleet and return its measurements as plain data; with
+    ``releases``, keep each new best model and the last one there."""
     task = task if task is not None else build_task(config)
     server = make_server(
         config.strategy,
@@ -73,13 +80,29 @@ def simulate(
         hostile = hostile_devices([p.device_id for p in profiles], config.attack, config.seed)
     simulator = FleetSimulator(server, profiles, config.fleet, config.seed, hostile)
     target = config.target_accuracy if config.target_accuracy is not None else task.target_accuracy
+
+    def release(accuracy: float, loss: float) -> Release:
+        metrics = {ACCURACY: accuracy, "loss": loss}
+        model = task.model.name
+        return Release(
+            server.config.job, server.version, model, metrics, server.params, time.time()
+        )
+
+    def seen(point: CurvePoint) -> None:
+        if releases is not None:
+            releases.keep_if_best(release(point.accuracy, point.loss))
+        if progress is not None:
+            progress(point)
+
     result = simulator.run(
         time_limit_s=config.time_limit_s,
         max_updates=config.max_updates,
         target_accuracy=target,
         min_time_s=config.min_time_s,
-        progress=progress,
+        progress=seen,
     )
+    if releases is not None and (releases.last is None or releases.last.version != server.version):
+        releases.offer(release(*server.evaluate()))
     budgets = {p.device_id: p.budget_bytes for p in profiles}
     return summarize(result, server, budgets, full_peak, target, config.min_time_s)
 

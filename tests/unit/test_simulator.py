@@ -11,6 +11,7 @@ from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.run import SimConfig, build_task, simulate
 from ftte.sim.simulator import FleetSimulator
 from orchestrator.presets import make_server
+from orchestrator.releases import ACCURACY, ReleaseStore
 
 SMALL = SimConfig(
     fleet=FleetSpec(devices=6), max_updates=60, samples_per_device=40, target_accuracy=1.01
@@ -147,3 +148,12 @@ def test_fedavg_round_closes_when_its_last_device_drops_out():
     _, result = run_simulator(config)
     assert result.dropouts >= 5
     assert len(result.curve) >= 10
+
+
+def test_a_simulation_keeps_its_best_and_last_models_as_releases(tmp_path):
+    store = ReleaseStore(tmp_path, ACCURACY)
+    report = simulate(replace(SMALL, strategy="ftte"), releases=store)
+    best_accuracy = max(p["acc"] for p in report["curve"])
+    assert store.best.metrics[ACCURACY] == pytest.approx(best_accuracy)
+    assert store.last.version == report["versions"]
+    assert store.load(store.best).model == "digits"
