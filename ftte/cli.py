@@ -363,6 +363,11 @@ def _run_status(args: argparse.Namespace) -> int:
         print(f"  rejected {reason}: {count}")
     for counter, count in sorted(state["delivery"].items()):
         print(f"  delivery {counter}: {count}")
+    if state["fleet"]:
+        measures = dict(state["fleet"])
+        version, devices = int(measures.pop("version")), int(measures.pop("devices"))
+        measured = ", ".join(f"{k} {v:.3f}" for k, v in sorted(measures.items()))
+        print(f"  fleet evaluation of version {version} on {devices} devices: {measured}")
     if state["excluded"]:
         print(f"  excluded devices: {state['excluded']}")
         for device, reason in sorted(state["excluded_devices"].items()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,13 @@ from orchestrator.influence import InfluenceSettings
 from orchestrator.presets import PRESETS, preset_strategy
 from orchestrator.server import ServerSettings
 from orchestrator.telemetry import InfluxConfig
+
+
+class TargetOn(StrEnum):
+    """Where the accuracy a job stops on is measured."""
+
+    VALIDATION = "validation"  # the task's validation set, on the orchestrator
+    FLEET = "fleet"  # the devices' held-out data (federated evaluation)
 
 
 @dataclass(frozen=True)
@@ -32,13 +40,17 @@ class JobSection:
     max_wall_s: float = 3600.0
     checkpoint_every: int = 1  # versions between checkpoints
     keep_releases: int = 5  # newest releases kept in run_dir/releases, beside the best
+    # Which accuracy the target applies to: the orchestrator's validation set, or the fleet's
+    # own (devices' held-out data, over at least fleet_min_devices reports on one version).
+    target_on: TargetOn = TargetOn.VALIDATION
+    fleet_min_devices: int = 3
 
     def __post_init__(self) -> None:
         validate_id(self.name, "job.name")
         validate_id(self.fleet, "job.fleet")
         if self.strategy not in PRESETS:
             raise ValueError(f"job.strategy {self.strategy!r}: choose one of {sorted(PRESETS)}")
-        for name in ("max_versions", "checkpoint_every", "keep_releases"):
+        for name in ("max_versions", "checkpoint_every", "keep_releases", "fleet_min_devices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"job.{name} must be at least 1")
 

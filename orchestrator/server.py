@@ -24,12 +24,13 @@ from ftte.memory import MemoryModel
 from ftte.tasks.base import Task
 from ftte.wire import WireLimits, decode_update
 from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
+from orchestrator.evaluation import FleetEvaluation
 from orchestrator.influence import InfluenceBound, InfluenceSettings
 from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner
 from orchestrator.scoring import gradient_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 3  # bump when the state_dict schema changes
+STATE_FORMAT = 4  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class TrainingServer:
         self.memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
         self.planner = SlicePlanner(self.memory, config.train.batch_size, config.train.momentum)
         self.influence = InfluenceBound(config.influence)
+        self.fleet_evaluation = FleetEvaluation(config.influence.max_samples)
         self.devices: dict[str, DeviceRecord] = {}
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
@@ -528,10 +530,13 @@ class TrainingServer:
                 reason=admitted.reason,
                 aggregation=self.aggregate_if_ready(),
             )
-        record = self.devices[admitted.update.device_id]
+        update = admitted.update
+        record = self.devices[update.device_id]
         self.strategy.add(admitted)
-        self._close(record, admitted.update.update_id)
+        self._close(record, update.update_id)
         self.accepted += 1
+        if update.evaluation is not None:
+            self.fleet_evaluation.add(update.base_version, update.device_id, update.evaluation)
         return Outcome(
             accepted=True,
             update=admitted.update,
@@ -600,6 +605,7 @@ class TrainingServer:
             "devices": [_record_state(d) for d in self.devices.values()],
             "strategy": self.strategy.state_dict(),
             "influence": self.influence.state_dict(),
+            "fleet_evaluation": self.fleet_evaluation.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], now: float) -> None:
@@ -641,6 +647,7 @@ class TrainingServer:
                 self._time(record, now)
         self.strategy.load_state_dict(state["strategy"])
         self.influence.load_state_dict(state["influence"])
+        self.fleet_evaluation.load_state_dict(state["fleet_evaluation"])
         self._scores_version = -1  # rescore the restored model before planning
 
     # -- evaluation --------------------------------------------------------------------

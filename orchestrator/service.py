@@ -51,7 +51,8 @@ from ftte.wire.control import (
 )
 from ftte.wire.messages import Assignment, Release
 from orchestrator.checkpoint import DISPATCH, Journal, decode_dispatch, load_state, save_state
-from orchestrator.config import JobConfig
+from orchestrator.config import JobConfig, TargetOn
+from orchestrator.evaluation import FleetMetrics
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
 from orchestrator.releases import ACCURACY, ReleaseStore
@@ -148,6 +149,7 @@ class OrchestratorService:
         self.rng = np.random.default_rng(job.seed + self.server.version)
         self.accuracy = self.server.evaluate()[0]
         self._replaying = False
+        self._fleet_reported = -1  # the version whose fleet metrics telemetry has
         self._started = time.monotonic()
         self.history: deque[tuple[float, int, float]] = deque(maxlen=HISTORY_POINTS)
         self.link = MqttLink(
@@ -223,8 +225,13 @@ class OrchestratorService:
         )
 
     def reached_target(self) -> bool:
-        """Whether the global model has reached the job's target accuracy."""
-        return self.accuracy >= self.target
+        """Whether the global model has reached the job's target accuracy, measured where
+        ``target_on`` says."""
+        job = self.config.job
+        if job.target_on is TargetOn.VALIDATION:
+            return self.accuracy >= self.target
+        fleet = self.server.fleet_evaluation.latest(job.fleet_min_devices)
+        return fleet is not None and fleet.metrics.get(ACCURACY, 0.0) >= self.target
 
     # -- messages ----------------------------------------------------------------------
 
@@ -410,6 +417,12 @@ class OrchestratorService:
             val_loss=loss,
             wall_time_s=time.monotonic() - started,
         )
+        fleet = self.server.fleet_evaluation.latest(self.config.job.fleet_min_devices)
+        if fleet is not None and fleet.version != self._fleet_reported:
+            self._fleet_reported = fleet.version
+            self.telemetry.fleet_evaluation(
+                version=fleet.version, devices=fleet.devices, metrics=fleet.metrics
+            )
         log.info("version %d: accuracy %.3f", self.server.version, self.accuracy)
 
     def _checkpoint(self) -> None:
@@ -562,6 +575,7 @@ class OrchestratorService:
             rejected=dict(server.rejected) | self._failure_count(),
             heartbeat_unix_s=time.time(),
             delivery=self.delivery_counts(),
+            fleet=_fleet_state(server.fleet_evaluation.latest(self.config.job.fleet_min_devices)),
             excluded=len(excluded),
             excluded_devices={
                 d: excluded[d][:MAX_REASON_CHARS] for d in sorted(excluded)[:MAX_EXCLUDED_LISTED]
@@ -594,3 +608,10 @@ class OrchestratorService:
             self._release(self.server.evaluate()[1])
         if self.link.connected.is_set():
             self._publish_state("done").wait_for_publish(5.0)
+
+
+def _fleet_state(fleet: FleetMetrics | None) -> dict[str, float]:
+    """The job state's fleet metrics: the newest version enough devices reported on."""
+    if fleet is None:
+        return {}
+    return {**fleet.metrics, "version": fleet.version, "devices": fleet.devices}

@@ -118,6 +118,13 @@ class PointTelemetry(ABC):
             .field("wall_time_s", float(wall_time_s))
         )
 
+    def fleet_evaluation(self, *, version: int, devices: int, metrics: dict[str, float]) -> None:
+        """The fleet's own measure of a version: its devices' held-out data (``ftte_fleet``)."""
+        point = self._point("ftte_fleet").field("version", version).field("devices", devices)
+        for name, value in sorted(metrics.items()):
+            point = point.field(name, float(value))
+        self._send(point)
+
     def device_status(self, *, device: str, online: bool, budget_bytes: int | None) -> None:
         """A device came online (with its budget) or went away."""
         point = self._point("ftte_device").tag("device", device).field("online", int(online))

@@ -29,6 +29,7 @@ from ftte.wire.limits import WireLimits
 from ftte.wire.messages import (
     Assignment,
     DeltaEncoding,
+    Evaluation,
     Release,
     TensorDict,
     TrainConfig,
@@ -142,9 +143,18 @@ def encode_update(
             "loss": float(u.loss),
             "peak_mem_bytes": u.peak_mem_bytes,
             "tensors": {n: encode_tensor(v, encoding) for n, v in u.delta.items()},
+            **_evaluation_field(u.evaluation),
         },
         level,
     )
+
+
+def _evaluation_field(evaluation: Evaluation | None) -> dict[str, Any]:
+    """The optional ``eval`` field of an update."""
+    if evaluation is None:
+        return {}
+    metrics = {k: float(v) for k, v in evaluation.metrics.items()}
+    return {"eval": {"samples": evaluation.samples, "metrics": metrics}}
 
 
 # -- decoding ----------------------------------------------------------------------------
@@ -348,7 +358,7 @@ def decode_update(
     """Parse and check an update; ``expected_shapes`` is the assigned slice, if known."""
     limits = limits or WireLimits()
     doc = _unpack(data, limits)
-    _check_fields(doc, "update", _UPDATE_FIELDS)
+    _check_fields(doc, "update", _UPDATE_FIELDS | ({"eval"} if "eval" in doc else set()))
     device_id = _str(doc["device_id"], "device_id")
     assignment_id = _str(doc["assignment_id"], "assignment_id")
     update_id = _str(doc["update_id"], "update_id")
@@ -362,6 +372,7 @@ def decode_update(
             loss=_float(doc["loss"], "loss"),
             peak_mem_bytes=_int(doc["peak_mem_bytes"], "peak_mem_bytes", 0),
             delta=_decode_tensors(doc["tensors"], limits, expected_shapes),
+            evaluation=_decode_evaluation(doc["eval"]) if "eval" in doc else None,
         )
     except Rejected as exc:
         raise Rejected(
@@ -371,6 +382,20 @@ def decode_update(
             assignment_id=assignment_id,
             update_id=update_id,
         ) from None
+
+
+def _decode_evaluation(value: Any) -> Evaluation:
+    if not isinstance(value, dict) or set(value) != {"samples", "metrics"}:
+        raise Rejected(RejectReason.MALFORMED, "eval must hold samples and metrics")
+    return Evaluation(_int(value["samples"], "eval samples", 1), _metrics(value["metrics"]))
+
+
+def _metrics(value: Any) -> dict[str, float]:
+    """A small map of metric names to finite numbers."""
+    if not isinstance(value, dict) or len(value) > MAX_METRICS:
+        raise Rejected(RejectReason.MALFORMED, f"metrics must be a map of at most {MAX_METRICS}")
+    _check_keys(value, "metrics")
+    return {_str(k, "metric name"): _float(v, f"metric {k}") for k, v in value.items()}
 
 
 def encode_release(r: Release, level: int = 3) -> bytes:
@@ -401,16 +426,13 @@ def decode_release(
     limits = limits or WireLimits()
     doc = _unpack(data, limits)
     _check_fields(doc, "release", _RELEASE_FIELDS)
-    metrics = doc["metrics"]
-    if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
-        raise Rejected(RejectReason.MALFORMED, f"metrics must be a map of at most {MAX_METRICS}")
-    _check_keys(metrics, "metrics")
+    metrics = _metrics(doc["metrics"])
     tensors = _decode_tensors(doc["tensors"], limits, expected_shapes)
     return Release(
         job=_str(doc["job"], "job"),
         version=_int(doc["version"], "version", 0),
         model=_str(doc["model"], "model"),
-        metrics={_str(k, "metric name"): _float(v, f"metric {k}") for k, v in metrics.items()},
+        metrics=metrics,
         tensors=tensors,
         created_unix_s=_float(doc["created_unix_s"], "created_unix_s"),
     )

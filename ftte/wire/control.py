@@ -109,6 +109,9 @@ class JobState:
     # (at most MAX_EXCLUDED_LISTED, to keep the state within MAX_CONTROL_BYTES).
     excluded: int = 0
     excluded_devices: dict[str, str] = field(default_factory=dict)
+    # Federated evaluation of the newest version enough devices reported on: its metrics
+    # (sample-weighted over the devices' held-out data), "version" and "devices".
+    fleet: dict[str, float] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         """JSON bytes for the model topic."""
@@ -250,7 +253,23 @@ def decode_job_state(payload: bytes) -> JobState:
         delivery=_counts(doc, "delivery") if "delivery" in doc else {},
         excluded=_field(doc, "excluded", int, minimum=0) if "excluded" in doc else 0,
         excluded_devices=_reasons(doc) if "excluded_devices" in doc else {},
+        fleet=_numbers(doc, "fleet") if "fleet" in doc else {},
     )
+
+
+def _numbers(doc: dict[str, Any], name: str) -> dict[str, float]:
+    """``doc[name]``: a small map of labels to finite numbers."""
+    values = _field(doc, name, dict)
+    if len(values) > 16 or not all(
+        isinstance(k, str)
+        and len(k) <= 64
+        and type(v) in (int, float)
+        and math.isfinite(v)
+        and abs(v) <= 2**53
+        for k, v in values.items()
+    ):
+        raise Rejected(RejectReason.MALFORMED, f"{name} must map a few labels to numbers")
+    return {k: float(v) for k, v in values.items()}
 
 
 def _reasons(doc: dict[str, Any]) -> dict[str, str]:

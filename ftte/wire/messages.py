@@ -55,6 +55,7 @@ class Assignment:
         loss: float,
         peak_mem_bytes: int,
         update_id: str | None = None,
+        evaluation: Evaluation | None = None,
     ) -> Update:
         """The update answering this assignment with ``delta`` (update id: ``{id}.u``)."""
         return Update(
@@ -66,7 +67,17 @@ class Assignment:
             loss=loss,
             peak_mem_bytes=peak_mem_bytes,
             delta=delta,
+            evaluation=evaluation,
         )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How the model a device was sent did on the device's held-out data, before training:
+    metric name to value (``loss``, ``accuracy``), over ``samples`` held-out samples."""
+
+    samples: int
+    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,7 @@ class Update:
     loss: float
     peak_mem_bytes: int
     delta: TensorDict
+    evaluation: Evaluation | None = None  # of the model at base_version, if the device has one
 
 
 @dataclass(frozen=True)

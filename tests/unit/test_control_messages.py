@@ -154,3 +154,13 @@ def test_a_birth_names_the_job_of_the_model_it_holds_and_older_births_decode():
     doc["model_job"] = ""
     with pytest.raises(Rejected):
         decode_status(json.dumps(doc).encode())
+
+
+def test_the_job_state_carries_the_fleets_evaluation():
+    fleet = {"accuracy": 0.8, "loss": 0.4, "version": 12, "devices": 5}
+    state = JobState("j", "running", 1, 0.5, 0, 3, 9, {}, 1.0, fleet=fleet)
+    assert decode_job_state(state.encode()).fleet == fleet
+    doc = json.loads(state.encode())
+    doc["fleet"] = {"accuracy": "high"}
+    with pytest.raises(Rejected):
+        decode_job_state(json.dumps(doc).encode())

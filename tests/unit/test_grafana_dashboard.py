@@ -44,6 +44,7 @@ def written_schema(tmp_path) -> dict[str, tuple[set[str], set[str]]]:
         val_loss=0.6,
         wall_time_s=0.1,
     )
+    telemetry.fleet_evaluation(version=6, devices=3, metrics={"accuracy": 0.7, "loss": 0.9})
     telemetry.device_status(device="dev-01", online=True, budget_bytes=400_000)
     telemetry.device_status(device="dev-01", online=False, budget_bytes=None)
     telemetry.device_excluded(device="dev-02", reason="budget 9 B, cannot hold a slice")
@@ -78,7 +79,7 @@ def test_dashboard_has_fixed_uids():
 
 def test_the_schema_reader_sees_every_point_kind(tmp_path):
     schema = written_schema(tmp_path)
-    assert set(schema) == {"ftte_update", "ftte_aggregation", "ftte_device"}
+    assert set(schema) == {"ftte_update", "ftte_aggregation", "ftte_device", "ftte_fleet"}
     tags, fields = schema["ftte_update"]
     assert {"fleet", "job", "device", "reason"} <= tags
     assert {"weight", "loss", "accepted"} <= fields

@@ -9,7 +9,7 @@ import pytest
 from ftte.errors import RejectReason
 from ftte.tasks import load_task
 from ftte.wire import encode_update
-from ftte.wire.messages import Assignment
+from ftte.wire.messages import Assignment, Evaluation
 from orchestrator.checkpoint import load_state, save_state
 from orchestrator.presets import make_server
 from orchestrator.server import ServerSettings, TrainingServer
@@ -275,3 +275,17 @@ def test_a_version_of_another_jobs_model_or_from_an_unknown_device_earns_no_trus
     sent = dispatch(s)
     for device in ("new", "other", "ours"):
         assert set(sent[device].tensors) == everything, device
+
+
+def test_accepted_updates_report_the_fleets_measure_of_the_version_they_were_sent():
+    s = server()
+    sent = dispatch(s)
+    for i, (device, a) in enumerate(sorted(sent.items())):
+        evaluation = Evaluation(10 * (i + 1), {"accuracy": 0.1 * (i + 1)})
+        delta = {n: np.zeros(TASK_SHAPES[n], np.float32) for n in a.trainable}
+        assert s.ingest(
+            device, encode_update(a.answer(delta, 10, 0.5, 1, evaluation=evaluation))
+        ).accepted
+    fleet = s.fleet_evaluation.latest(min_devices=4)
+    assert fleet.version == 0 and fleet.devices == 4
+    assert fleet.metrics["accuracy"] == pytest.approx(0.3)  # (1+4+9+16)/(1+2+3+4) / 10

@@ -1,0 +1,52 @@
+"""Federated evaluation: devices' reports on the version they were sent, per version."""
+
+import numpy as np
+import pytest
+
+from ftte.errors import Rejected
+from ftte.wire import decode_update, encode_update
+from ftte.wire.messages import Evaluation, Update
+from orchestrator.evaluation import WINDOW, FleetEvaluation
+
+
+def test_a_versions_fleet_metrics_are_sample_weighted_one_report_per_device():
+    fleet = FleetEvaluation(max_samples=1000)
+    fleet.add(3, "a", Evaluation(10, {"accuracy": 0.5, "loss": 1.0}))
+    fleet.add(3, "b", Evaluation(30, {"accuracy": 0.9, "loss": 0.2}))
+    fleet.add(3, "a", Evaluation(10, {"accuracy": 0.7, "loss": 0.8}))  # replaces a's first
+    fleet.add(4, "c", Evaluation(5, {"accuracy": 0.1}))
+    latest = fleet.latest(min_devices=2)
+    assert (latest.version, latest.devices, latest.samples) == (3, 2, 40)
+    assert latest.metrics == pytest.approx({"accuracy": 0.85, "loss": 0.35})
+    assert fleet.latest().version == 4  # one report is enough when one is asked for
+
+
+def test_a_huge_claimed_sample_count_weighs_no_more_than_the_cap():
+    fleet = FleetEvaluation(max_samples=100)
+    fleet.add(1, "honest", Evaluation(100, {"accuracy": 0.9}))
+    fleet.add(1, "liar", Evaluation(2**53, {"accuracy": 0.0}))
+    assert fleet.latest().metrics["accuracy"] == pytest.approx(0.45)
+
+
+def test_only_a_window_of_versions_is_kept_and_it_survives_a_restart():
+    fleet = FleetEvaluation(max_samples=100)
+    for version in range(3 * WINDOW):
+        fleet.add(version, "a", Evaluation(1, {"accuracy": version / 1000}))
+    assert len(fleet.state_dict()) <= WINDOW
+    restored = FleetEvaluation(max_samples=100)
+    restored.load_state_dict(fleet.state_dict())
+    assert restored.latest() == fleet.latest()
+
+
+def update(evaluation):
+    delta = {"0.bias": np.zeros(2, np.float32)}
+    return Update("d", "u", "d.1", 0, 10, 0.5, 100, delta, evaluation)
+
+
+def test_an_evaluation_travels_with_its_update_and_a_bad_one_is_refused():
+    sent = update(Evaluation(20, {"accuracy": 0.75, "loss": 0.5}))
+    assert decode_update(encode_update(sent)).evaluation == sent.evaluation
+    assert decode_update(encode_update(update(None))).evaluation is None
+    for bad in (Evaluation(0, {"accuracy": 0.5}), Evaluation(5, {"accuracy": float("nan")})):
+        with pytest.raises(Rejected):
+            decode_update(encode_update(update(bad)))
