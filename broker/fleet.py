@@ -49,6 +49,7 @@ class DeviceEntry:
     compute_class: str = "unknown"
     data_path: Path | None = None  # labelled sensor windows (.npz or .csv) on the device
     slowdown: float = 1.0  # lab and demo fleets: stretch training to imitate a slower device
+    site: str = ""  # the site gateway it connects to ("": the central broker)
 
     def __post_init__(self) -> None:
         validate_id(self.id, "device id")
@@ -59,11 +60,34 @@ class DeviceEntry:
 
 
 @dataclass(frozen=True)
+class SiteEntry:
+    """A site gateway: its own Mosquitto, which the site's devices connect to, bridged to
+    the central broker over one TLS connection with the site's own credentials."""
+
+    name: str
+    host: str  # the gateway's name in its certificate, as the site's devices reach it
+    port: int = 8883
+    bind_address: str = "0.0.0.0"
+    install_dir: Path = Path("/etc/mosquitto/ftte-site")
+    persistence_dir: Path = Path("/var/lib/mosquitto")
+
+    def __post_init__(self) -> None:
+        validate_id(self.name, "site name")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port of site {self.name} must be a TCP port (1-65535)")
+
+
+@dataclass(frozen=True)
 class Fleet:
     """The whole inventory."""
 
     fleet: FleetSection
     devices: list[DeviceEntry] = field(default_factory=list)
+    sites: list[SiteEntry] = field(default_factory=list)
+
+    def site_devices(self, site: str) -> list[DeviceEntry]:
+        """The devices that connect through ``site`` ("" : the central broker)."""
+        return [d for d in self.devices if d.site == site]
 
 
 def load_fleet(path: Path) -> Fleet:
@@ -74,4 +98,12 @@ def load_fleet(path: Path) -> Fleet:
         if device.id in seen:
             raise ConfigError(str(path), f"devices[{i}].id", f"duplicate id {device.id!r}")
         seen.add(device.id)
+    sites = {s.name for s in fleet.sites}
+    if len(sites) != len(fleet.sites):
+        raise ConfigError(str(path), "sites", "two sites have the same name")
+    for i, device in enumerate(fleet.devices):
+        if device.site and device.site not in sites:
+            raise ConfigError(
+                str(path), f"devices[{i}].site", f"no site {device.site!r}: add it under [[sites]]"
+            )
     return fleet

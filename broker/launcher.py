@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from broker.fleet import Fleet
-from broker.generate import SHIPPED_PERSISTENCE, Persistence, QueueLimits, mosquitto_conf
+from broker.fleet import Fleet, SiteEntry
+from broker.generate import (
+    SHIPPED_PERSISTENCE,
+    Persistence,
+    QueueLimits,
+    mosquitto_conf,
+    site_conf,
+)
+from ftte.config import read_toml
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
 
@@ -171,3 +178,31 @@ def write_local_conf(
         )
     )
     return conf_path
+
+
+def start_site_broker(
+    fleet: Fleet, site: SiteEntry, site_dir: Path, central_port: int, port: int | None = None
+) -> RunningBroker:
+    """Start a site gateway's Mosquitto on 127.0.0.1 with its generated files (``site_dir``
+    from init_broker), bridged to the central broker on 127.0.0.1:``central_port``."""
+    port = port or free_port()
+    data = site_dir / "local-data"
+    data.mkdir(exist_ok=True)
+    conf_path = site_dir / "mosquitto.local.conf"
+    conf_path.write_text(
+        site_conf(
+            fleet,
+            site,
+            site_dir.resolve(),
+            port=port,
+            bind_address="127.0.0.1",
+            persistence_dir=data.resolve(),
+            run_as=getpass.getuser(),
+            central=("127.0.0.1", central_port),
+            password=str(read_toml(site_dir / "bridge.toml")["broker"]["password"]),
+        ),
+    )
+    conf_path.chmod(0o600)  # it holds the bridge's password
+    broker = RunningBroker(site_dir, port, conf_path, site_dir / "mosquitto.log")
+    broker.start()
+    return broker

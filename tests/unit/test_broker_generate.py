@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 import ftte.fileio
-from broker.fleet import DeviceEntry, Fleet, FleetSection, load_fleet
+from broker.fleet import DeviceEntry, Fleet, FleetSection, SiteEntry, load_fleet
 from broker.generate import (
     MIN_QUEUED_MESSAGES,
     OPERATOR_USER,
@@ -209,4 +209,50 @@ def test_duplicate_device_ids_are_refused(tmp_path):
     dev = '[[devices]]\nid = "pi-1"\nmemory_budget_bytes = 5\n'
     path.write_text('[fleet]\nname = "farm"\n' + dev + dev)
     with pytest.raises(ConfigError, match="duplicate"):
+        load_fleet(path)
+
+
+def site_fleet(sites=("north",)) -> Fleet:
+    return Fleet(
+        FleetSection(name="farm", broker_host="central.example"),
+        [DeviceEntry("pi-001", 10**6), DeviceEntry("pi-101", 10**6, site="north")],
+        [SiteEntry(name, host=f"{name}.example") for name in sites],
+    )
+
+
+def test_a_site_device_is_known_at_its_gateway_only_and_its_agent_connects_there(tmp_path):
+    files = init_broker(site_fleet(), tmp_path)
+    site = files.sites["north"]
+    central_users = {line.split(":")[0] for line in files.password_file.read_text().split()}
+    site_users = {line.split(":")[0] for line in (site / "passwd").read_text().split()}
+    assert "pi-101" not in central_users and "ftte_site_north" in central_users
+    assert site_users == {"pi-101"}
+    agent = load_agent_config(files.device_configs["pi-101"])
+    assert (agent.broker.host, agent.broker.port) == ("north.example", 8883)
+    conf = (site / "mosquitto.conf").read_text()
+    assert "address central.example:8883" in conf and "remote_username ftte_site_north" in conf
+    assert "topic ftte/v1/farm/dev/pi-101/update out 1" in conf
+    assert "pi-001" not in conf  # the central device is not bridged
+    for secret in ("passwd", "acl", "mosquitto.conf", "bridge.toml", "certs/server.key"):
+        assert stat.S_IMODE((site / secret).stat().st_mode) & 0o007 == 0, secret
+
+
+def test_a_rerun_keeps_a_sites_secrets_and_a_removed_site_is_gone(tmp_path):
+    first = init_broker(site_fleet(), tmp_path)
+    again = init_broker(site_fleet(), tmp_path)
+    assert again.changed == ()
+    assert first.sites == again.sites
+    fleet = site_fleet(sites=())
+    fleet = Fleet(fleet.fleet, fleet.devices[:1], [])
+    init_broker(fleet, tmp_path)
+    assert not (tmp_path / "sites" / "north").exists()
+
+
+def test_a_device_of_an_unknown_site_is_refused_naming_the_field(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        '[fleet]\nname = "farm"\n[[devices]]\nid = "pi-1"\nmemory_budget_bytes = 9\n'
+        'site = "south"\n'
+    )
+    with pytest.raises(ConfigError, match=r"devices\[0\]\.site.*add it under \[\[sites\]\]"):
         load_fleet(path)
