@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ftte.config import ConfigError, load_section, read_toml
 from ftte.ids import validate_id
+from ftte.sensors import SensorSource
 from ftte.wire.limits import MQTT_MAX_PACKET_BYTES
 
 
@@ -47,9 +49,14 @@ class DeviceEntry:
     id: str
     memory_budget_bytes: int
     compute_class: str = "unknown"
-    data_path: Path | None = None  # labelled sensor windows (.npz or .csv) on the device
+    # Where the device's data comes from (at most one of data_path, sensors and loader;
+    # none: the task's demo partition):
+    data_path: Path | None = None  # labelled windows (.npz, or a header-less .csv) on it
     slowdown: float = 1.0  # lab and demo fleets: stretch training to imitate a slower device
     site: str = ""  # the site gateway it connects to ("": the central broker)
+    sensors: SensorSource | None = None  # a logger's CSV file or folder, windowed on it
+    loader: str | None = None  # package.module:function on it, called with loader_args
+    loader_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_id(self.id, "device id")
@@ -57,6 +64,8 @@ class DeviceEntry:
             raise ValueError(f"memory_budget_bytes of {self.id} must be positive")
         if self.slowdown < 1.0:
             raise ValueError(f"slowdown of {self.id} must be >= 1.0")
+        if sum(s is not None for s in (self.data_path, self.sensors, self.loader)) > 1:
+            raise ValueError(f"{self.id}: set at most one of data_path, sensors and loader")
 
 
 @dataclass(frozen=True)

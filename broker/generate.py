@@ -345,6 +345,10 @@ def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str)
             host, port = site.host, site.port
     if device.data_path is not None:
         data = DataSection(task=f.task, path=device.data_path)
+    elif device.sensors is not None:
+        data = DataSection(task=f.task, sensors=device.sensors)
+    elif device.loader is not None:
+        data = DataSection(task=f.task, loader=device.loader, loader_args=device.loader_args)
     else:
         data = DataSection(task=f.task, partition=index, num_partitions=len(fleet.devices))
     return AgentConfig(

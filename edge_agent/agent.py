@@ -22,7 +22,7 @@ from types import FrameType
 import torch
 
 from edge_agent.config import AgentConfig, load_agent_config
-from edge_agent.data import load_local_data
+from edge_agent.data import LocalData
 from edge_agent.delivery import UpdateDelivery
 from edge_agent.device import DeviceModel
 from edge_agent.outbox import Outbox
@@ -56,9 +56,12 @@ class EdgeAgent:
         section = config.agent
         self.device_id = section.device_id
         self.budget = section.memory_budget_bytes or measured_budget_bytes()
-        self.data = load_local_data(config.data)
-        self.model = DeviceModel(load_model_spec(config.data.task).make_model)
+        spec = load_model_spec(config.data.task)
+        self.data = LocalData(config.data, spec)
+        self.data.read()  # data the model cannot train on stops the agent at start, named
+        self.model = DeviceModel(spec.make_model)
         self.trained = 0
+        self.failed = 0  # assignments whose training raised (its timeout frees the device)
         self.refused = 0
         self.duplicate_assignments = 0
         self._lock = threading.Lock()
@@ -141,13 +144,18 @@ class EdgeAgent:
             return
         try:
             self._train(assignment, stop)
+        except Exception:
+            # Whatever one assignment meets (a logger's file half-rewritten, a bug) must not
+            # stop the agent: counted, logged, and the orchestrator's timeout frees the device.
+            self.failed += 1
+            log.exception("assignment %s failed; serving on", assignment.assignment_id)
         finally:
             with self._lock:
                 self._training = None
 
     def _train(self, assignment: Assignment, stop: threading.Event) -> None:
         started = time.monotonic()
-        update, result = self.model.train(assignment, self.data, seed=self.trained)
+        update, result = self.model.train(assignment, self.data.read(), seed=self.trained)
         self.trained += 1
         if self.config.agent.slowdown > 1.0:
             stop.wait((self.config.agent.slowdown - 1.0) * (time.monotonic() - started))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ftte.config import ConfigError, load_section, read_toml, resolve
 from ftte.ids import validate_id
+from ftte.sensors import SensorSource
 from ftte.transport.mqtt import BrokerSettings
 
 
@@ -44,11 +46,14 @@ class AgentSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """Where the local training data comes from: exactly one of the three sources.
+    """Where the local training data comes from: exactly one of the four sources.
 
+    - ``sensors``: a logger's CSV file or folder, windowed as ``[data.sensors]`` says
+      (``ftte.sensors.SensorSource``), read again at every assignment;
     - ``path``: an ``.npz`` with arrays ``x`` (float32, samples first) and ``y`` (int labels),
-      or a ``.csv`` whose last column is the label, as a sensor logger writes them;
-    - ``loader``: ``package.module:function`` returning an ``ftte.tasks.base.Dataset``;
+      or a header-less ``.csv`` of windows whose last column is the label;
+    - ``loader``: ``package.module:function`` returning an ``ftte.tasks.base.Dataset``,
+      called with ``loader_args`` as keyword arguments at every assignment;
     - ``partition``: this device's share of the built-in ``task`` (demo and tests).
     The model architecture always comes from ``task``.
     """
@@ -60,11 +65,18 @@ class DataSection:
     num_partitions: int = 1
     seed: int = 0
     samples_per_device: int = 60
+    sensors: SensorSource | None = None
+    loader_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        sources = [s for s in (self.path, self.loader, self.partition) if s is not None]
+        given = (self.sensors, self.path, self.loader, self.partition)
+        sources = [s for s in given if s is not None]
         if len(sources) != 1:
-            raise ValueError("set exactly one of data.path, data.loader or data.partition")
+            raise ValueError(
+                "set exactly one of data.sensors, data.path, data.loader or data.partition"
+            )
+        if self.loader_args and self.loader is None:
+            raise ValueError("data.loader_args needs data.loader")
         if self.partition is not None and not 0 <= self.partition < self.num_partitions:
             raise ValueError("data.partition must be in [0, data.num_partitions)")
 
@@ -85,10 +97,14 @@ def load_agent_config(path: Path) -> AgentConfig:
         raise ConfigError(
             str(path), "broker.username", "must equal agent.device_id (the broker's ACL keys on it)"
         )
-    data_path = resolve(path, config.data.path) if config.data.path else None
+    data = config.data
+    if data.path is not None:
+        data = replace(data, path=resolve(path, data.path))
+    if data.sensors is not None:
+        data = replace(data, sensors=replace(data.sensors, path=resolve(path, data.sensors.path)))
     return replace(
         config,
         agent=replace(config.agent, state_dir=resolve(path, config.agent.state_dir)),
         broker=replace(config.broker, ca_file=resolve(path, config.broker.ca_file)),
-        data=replace(config.data, path=data_path),
+        data=data,
     )

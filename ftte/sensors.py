@@ -134,6 +134,8 @@ def read_windows(path: Path, source: SensorSource) -> Dataset:
     wanted = [columns[name] for name in channels] + (
         [columns[source.label]] if source.label else []
     )
+    if len(lines) < 2:  # a header and no rows yet
+        return _no_windows(len(channels), source.window)
     try:
         rows = np.loadtxt(lines[1:], delimiter=",", usecols=wanted, dtype=np.float64, ndmin=2)
     except ValueError as exc:
@@ -144,11 +146,9 @@ def read_windows(path: Path, source: SensorSource) -> Dataset:
     values = rows[:, : len(channels)]
     if not np.isfinite(values).all():
         raise ValueError(f"{path}: a channel value is NaN or infinite")
-    rows = rows.reshape(-1, len(wanted))  # no data rows yet: (0, columns)
     starts = np.arange(0, len(rows) - source.window + 1, source.step)
     if not len(starts):
-        empty = np.empty((0, len(channels), source.window), np.float32)
-        return Dataset(empty, np.empty(0, np.int64))
+        return _no_windows(len(channels), source.window)
     index = starts[:, None] + np.arange(source.window)[None, :]  # (n, window)
     x = values[index].transpose(0, 2, 1).astype(np.float32)  # (n, channels, window)
     if source.label:
@@ -159,6 +159,10 @@ def read_windows(path: Path, source: SensorSource) -> Dataset:
     else:
         y = np.full(len(starts), UNLABELLED, np.int64)
     return Dataset(np.ascontiguousarray(x), y)
+
+
+def _no_windows(channels: int, window: int) -> Dataset:
+    return Dataset(np.empty((0, channels, window), np.float32), np.empty(0, np.int64))
 
 
 def _files(path: Path) -> list[Path]:

@@ -256,3 +256,21 @@ def test_a_device_of_an_unknown_site_is_refused_naming_the_field(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"devices\[0\]\.site.*add it under \[\[sites\]\]"):
         load_fleet(path)
+
+
+def test_a_devices_sensor_logs_in_fleet_toml_reach_its_agent_config(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        '[fleet]\nname = "farm"\ntask = "vibration"\n'
+        '[[devices]]\nid = "pi-1"\nmemory_budget_bytes = 9000000\n'
+        '[devices.sensors]\npath = "/var/log/vib"\nwindow = 256\nstride = 64\n'
+        'channels = ["ax", "ay"]\ntimestamp = "time"\n'
+        '[[devices]]\nid = "pi-2"\nmemory_budget_bytes = 9000000\n'
+        'loader = "farm.io:windows"\nloader_args = { site = "north", days = 3 }\n'
+    )
+    files = init_broker(load_fleet(path), tmp_path / "out")
+    sensors = load_agent_config(files.device_configs["pi-1"]).data.sensors
+    assert (sensors.path, sensors.window, sensors.stride) == (Path("/var/log/vib"), 256, 64)
+    assert sensors.channels == ["ax", "ay"] and sensors.timestamp == "time"
+    loader = load_agent_config(files.device_configs["pi-2"]).data
+    assert loader.loader == "farm.io:windows" and loader.loader_args == {"site": "north", "days": 3}
