@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.runtime import RUNTIMES
 from ftte.config import ConfigError, load_section, read_toml
 from ftte.ids import validate_id
 from ftte.wire.limits import MQTT_MAX_PACKET_BYTES
@@ -49,6 +50,7 @@ class DeviceEntry:
     compute_class: str = "unknown"
     data_path: Path | None = None  # labelled sensor windows (.npz or .csv) on the device
     slowdown: float = 1.0  # lab and demo fleets: stretch training to imitate a slower device
+    runtime: str = "lean"  # the agent's training runtime (edge_agent.runtime.RUNTIMES)
 
     def __post_init__(self) -> None:
         validate_id(self.id, "device id")
@@ -56,6 +58,8 @@ class DeviceEntry:
             raise ValueError(f"memory_budget_bytes of {self.id} must be positive")
         if self.slowdown < 1.0:
             raise ValueError(f"slowdown of {self.id} must be >= 1.0")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime of {self.id} must be one of {', '.join(RUNTIMES)}")
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,6 @@ from collections import deque
 from pathlib import Path
 from types import FrameType
 
-import torch
-
 from edge_agent.config import AgentConfig, load_agent_config
 from edge_agent.data import load_local_data
 from edge_agent.delivery import UpdateDelivery
@@ -57,7 +55,7 @@ class EdgeAgent:
         self.device_id = section.device_id
         self.budget = section.memory_budget_bytes or measured_budget_bytes()
         self.data = load_local_data(config.data)
-        self.model = DeviceModel(load_model_spec(config.data.task).make_model)
+        self.model = DeviceModel(load_model_spec(config.data.task), section.runtime)
         self.trained = 0
         self.refused = 0
         self.duplicate_assignments = 0
@@ -211,11 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # small models; leave the other core to the sensing workload
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     try:
-        agent = EdgeAgent(load_agent_config(args.config))
-    except (ValueError, FileNotFoundError) as exc:
+        config = load_agent_config(args.config)
+        if config.agent.runtime == "torch":
+            import torch
+
+            torch.set_num_threads(1)  # small models; leave the other core to the sensing app
+        agent = EdgeAgent(config)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"ftte-agent: {exc}")
         return 2
     stop = threading.Event()
