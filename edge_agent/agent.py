@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +25,8 @@ from edge_agent.data import load_local_data
 from edge_agent.delivery import UpdateDelivery
 from edge_agent.device import DeviceModel
 from edge_agent.outbox import Outbox
+from edge_agent.process import process_memory
+from edge_agent.runtime import single_threaded
 from ftte import __version__, topics
 from ftte.errors import Rejected
 from ftte.tasks import load_model_spec
@@ -146,6 +149,9 @@ class EdgeAgent:
     def _train(self, assignment: Assignment, stop: threading.Event) -> None:
         started = time.monotonic()
         update, result = self.model.train(assignment, self.data, seed=self.trained)
+        # After training, so the process's high-water mark includes this training's peak.
+        process = process_memory()
+        update = replace(update, process=process)
         self.trained += 1
         if self.config.agent.slowdown > 1.0:
             stop.wait((self.config.agent.slowdown - 1.0) * (time.monotonic() - started))
@@ -153,7 +159,7 @@ class EdgeAgent:
         self.delivery.submit(update.update_id, assignment.assignment_id, encoded, time.monotonic())
         log.info(
             "finished update %s for assignment %s: %d tensors from version %d, loss %.3f, "
-            "peak %d B of %d B budget",
+            "peak %d B of %d B budget; process RSS peak %d B, anonymous %d B",
             update.update_id,
             assignment.assignment_id,
             len(assignment.trainable),
@@ -161,6 +167,8 @@ class EdgeAgent:
             result.loss,
             result.peak_mem_bytes,
             self.budget,
+            process.rss_peak_bytes,
+            process.rss_anon_bytes,
         )
 
     def _handle_ack(self, payload: bytes) -> None:
@@ -212,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     try:
         config = load_agent_config(args.config)
-        if config.agent.runtime == "torch":
-            import torch
-
-            torch.set_num_threads(1)  # small models; leave the other core to the sensing app
+        single_threaded(config.agent.runtime)
         agent = EdgeAgent(config)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"ftte-agent: {exc}")

@@ -103,16 +103,17 @@ class _Conv:
             db = dmat.sum(axis=0)
         if need.input:
             out_shape = dout.shape[2:]
+            d = self.dims
             dcols = (dmat @ w.reshape(channels_out, -1)).reshape(
                 dout.shape[0], *out_shape, xp.shape[1], *self.kernel
             )
+            # Kernel axes first, then (N, C, *out): one transpose instead of one per offset.
+            by_offset = dcols.transpose(*range(d + 2, 2 * d + 2), 0, d + 1, *range(1, d + 1))
             dxp = np.zeros_like(xp)
             # col2im: each kernel offset adds its share to a shifted window of the input.
             for offset in np.ndindex(*self.kernel):
                 window = tuple(slice(o, o + n) for o, n in zip(offset, out_shape, strict=True))
-                dxp[(slice(None), slice(None), *window)] += np.moveaxis(
-                    dcols[(..., *offset)], -1, 1
-                )
+                dxp[(slice(None), slice(None), *window)] += by_offset[offset]
             p = self.padding
             dx = dxp[(slice(None), slice(None), *[slice(p, -p)] * self.dims)] if p else dxp
         return dw, db, dx

@@ -26,7 +26,14 @@ import zstandard
 
 from ftte.errors import Rejected, RejectReason
 from ftte.wire.limits import WireLimits
-from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
+from ftte.wire.messages import (
+    Assignment,
+    DeltaEncoding,
+    ProcessMemory,
+    TensorDict,
+    TrainConfig,
+    Update,
+)
 
 WIRE_VERSION = 1
 _DTYPES: dict[str, np.dtype[Any]] = {
@@ -38,6 +45,9 @@ _ASSIGN_FIELDS = {"v", "kind", "job", "device_id", "assignment_id", "version", "
 _ASSIGN_FIELDS |= {"tensors", "train"}
 _UPDATE_FIELDS = {"v", "kind", "device_id", "update_id", "assignment_id", "base_version"}
 _UPDATE_FIELDS |= {"num_samples", "loss", "peak_mem_bytes", "tensors"}
+# Added after version 1 shipped: present in both or neither, so an older agent's updates
+# (without them) still decode.
+_PROCESS_FIELDS = {"rss_peak_bytes", "rss_anon_bytes"}
 _TRAIN_FIELDS = {"epochs", "batch_size", "lr", "momentum", "delta_encoding", "micro_batch"}
 _TRAIN_FIELDS |= {"clip_norm"}
 
@@ -120,21 +130,22 @@ def encode_update(
     u: Update, encoding: DeltaEncoding = DeltaEncoding.FLOAT32, level: int = 3
 ) -> bytes:
     """Serialise an update, quantising its delta as ``encoding`` says."""
-    return _compress(
-        {
-            "v": WIRE_VERSION,
-            "kind": "update",
-            "device_id": u.device_id,
-            "update_id": u.update_id,
-            "assignment_id": u.assignment_id,
-            "base_version": u.base_version,
-            "num_samples": u.num_samples,
-            "loss": float(u.loss),
-            "peak_mem_bytes": u.peak_mem_bytes,
-            "tensors": {n: encode_tensor(v, encoding) for n, v in u.delta.items()},
-        },
-        level,
-    )
+    doc = {
+        "v": WIRE_VERSION,
+        "kind": "update",
+        "device_id": u.device_id,
+        "update_id": u.update_id,
+        "assignment_id": u.assignment_id,
+        "base_version": u.base_version,
+        "num_samples": u.num_samples,
+        "loss": float(u.loss),
+        "peak_mem_bytes": u.peak_mem_bytes,
+        "tensors": {n: encode_tensor(v, encoding) for n, v in u.delta.items()},
+    }
+    if u.process is not None:
+        doc["rss_peak_bytes"] = u.process.rss_peak_bytes
+        doc["rss_anon_bytes"] = u.process.rss_anon_bytes
+    return _compress(doc, level)
 
 
 # -- decoding ----------------------------------------------------------------------------
@@ -338,7 +349,8 @@ def decode_update(
     """Parse and check an update; ``expected_shapes`` is the assigned slice, if known."""
     limits = limits or WireLimits()
     doc = _unpack(data, limits)
-    _check_fields(doc, "update", _UPDATE_FIELDS)
+    reported = doc.keys() >= _PROCESS_FIELDS
+    _check_fields(doc, "update", _UPDATE_FIELDS | (_PROCESS_FIELDS if reported else set()))
     device_id = _str(doc["device_id"], "device_id")
     assignment_id = _str(doc["assignment_id"], "assignment_id")
     update_id = _str(doc["update_id"], "update_id")
@@ -352,6 +364,12 @@ def decode_update(
             loss=_float(doc["loss"], "loss"),
             peak_mem_bytes=_int(doc["peak_mem_bytes"], "peak_mem_bytes", 0),
             delta=_decode_tensors(doc["tensors"], limits, expected_shapes),
+            process=ProcessMemory(
+                rss_peak_bytes=_int(doc["rss_peak_bytes"], "rss_peak_bytes", 0),
+                rss_anon_bytes=_int(doc["rss_anon_bytes"], "rss_anon_bytes", 0),
+            )
+            if reported
+            else None,
         )
     except Rejected as exc:
         raise Rejected(

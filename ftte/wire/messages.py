@@ -55,6 +55,7 @@ class Assignment:
         loss: float,
         peak_mem_bytes: int,
         update_id: str | None = None,
+        process: ProcessMemory | None = None,
     ) -> Update:
         """The update answering this assignment with ``delta`` (update id: ``{id}.u``)."""
         return Update(
@@ -66,7 +67,21 @@ class Assignment:
             loss=loss,
             peak_mem_bytes=peak_mem_bytes,
             delta=delta,
+            process=process,
         )
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """What the whole agent process held, from ``/proc/self/status``, when it sent an update.
+
+    ``rss_peak_bytes`` is VmHWM (the process's resident high-water mark since it started),
+    ``rss_anon_bytes`` is RssAnon (resident anonymous memory: heap and arrays, not the
+    shared libraries' pages, which other processes may share).
+    """
+
+    rss_peak_bytes: int
+    rss_anon_bytes: int
 
 
 @dataclass(frozen=True)
@@ -81,3 +96,4 @@ class Update:
     loss: float
     peak_mem_bytes: int
     delta: TensorDict
+    process: ProcessMemory | None = None  # None from agents before the field existed
