@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.runtime import RUNTIMES
 from ftte.config import ConfigError, load_section, read_toml
 from ftte.ids import validate_id
 from ftte.sensors import SensorSource
@@ -53,6 +54,7 @@ class DeviceEntry:
     # none: the task's demo partition):
     data_path: Path | None = None  # labelled windows (.npz, or a header-less .csv) on it
     slowdown: float = 1.0  # lab and demo fleets: stretch training to imitate a slower device
+    runtime: str = "lean"  # the agent's training runtime (edge_agent.runtime.RUNTIMES)
     site: str = ""  # the site gateway it connects to ("": the central broker)
     sensors: SensorSource | None = None  # a logger's CSV file or folder, windowed on it
     loader: str | None = None  # package.module:function on it, called with loader_args
@@ -64,6 +66,8 @@ class DeviceEntry:
             raise ValueError(f"memory_budget_bytes of {self.id} must be positive")
         if self.slowdown < 1.0:
             raise ValueError(f"slowdown of {self.id} must be >= 1.0")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime of {self.id} must be one of {', '.join(RUNTIMES)}")
         if sum(s is not None for s in (self.data_path, self.sensors, self.loader)) > 1:
             raise ValueError(f"{self.id}: set at most one of data_path, sensors and loader")
 

@@ -359,6 +359,7 @@ def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str)
             memory_budget_bytes=device.memory_budget_bytes,
             compute_class=device.compute_class,
             slowdown=device.slowdown,
+            runtime=device.runtime,
         ),
         # The CA sits next to the config in the device's folder.
         broker=BrokerSettings(host, port, device.id, password, Path("ca.crt")),

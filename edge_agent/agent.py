@@ -16,16 +16,17 @@ import signal
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-
-import torch
 
 from edge_agent.config import AgentConfig, load_agent_config
 from edge_agent.data import LocalData
 from edge_agent.delivery import UpdateDelivery
 from edge_agent.device import DeviceModel
 from edge_agent.outbox import Outbox
+from edge_agent.process import process_memory
+from edge_agent.runtime import single_threaded
 from ftte import __version__, topics
 from ftte.errors import Rejected
 from ftte.tasks import load_model_spec
@@ -59,7 +60,7 @@ class EdgeAgent:
         spec = load_model_spec(config.data.task)
         self.data = LocalData(config.data, spec)
         self.data.read()  # data the model cannot train on stops the agent at start, named
-        self.model = DeviceModel(spec.make_model)
+        self.model = DeviceModel(spec, section.runtime)
         self.trained = 0
         self.failed = 0  # assignments whose training raised (its timeout frees the device)
         self.refused = 0
@@ -156,6 +157,9 @@ class EdgeAgent:
     def _train(self, assignment: Assignment, stop: threading.Event) -> None:
         started = time.monotonic()
         update, result = self.model.train(assignment, self.data.read(), seed=self.trained)
+        # After training, so the process's high-water mark includes this training's peak.
+        process = process_memory()
+        update = replace(update, process=process)
         self.trained += 1
         if self.config.agent.slowdown > 1.0:
             stop.wait((self.config.agent.slowdown - 1.0) * (time.monotonic() - started))
@@ -163,7 +167,8 @@ class EdgeAgent:
         self.delivery.submit(update.update_id, assignment.assignment_id, encoded, time.monotonic())
         log.info(
             "finished update %s for assignment %s of job %s: %d tensors received, %d trained "
-            "from version %d, loss %.3f, peak %d B of %d B budget",
+            "from version %d, loss %.3f, peak %d B of %d B budget; process RSS peak %d B, "
+            "anonymous %d B",
             update.update_id,
             assignment.assignment_id,
             assignment.job,
@@ -173,6 +178,8 @@ class EdgeAgent:
             result.loss,
             result.peak_mem_bytes,
             self.budget,
+            process.rss_peak_bytes,
+            process.rss_anon_bytes,
         )
 
     def _handle_ack(self, payload: bytes) -> None:
@@ -222,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # small models; leave the other core to the sensing workload
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     try:
-        agent = EdgeAgent(load_agent_config(args.config))
-    except (ValueError, FileNotFoundError) as exc:
+        config = load_agent_config(args.config)
+        single_threaded(config.agent.runtime)
+        agent = EdgeAgent(config)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"ftte-agent: {exc}")
         return 2
     stop = threading.Event()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_agent.runtime import RUNTIMES
 from ftte.config import ConfigError, load_section, read_toml, resolve
 from ftte.ids import validate_id
 from ftte.sensors import SensorSource
@@ -30,6 +31,9 @@ class AgentSection:
     # to about ten per update.
     resend_after_s: float = 30.0
     resend_max_s: float = 480.0
+    # The training runtime (edge_agent.runtime.RUNTIMES): "lean" trains the layer spec's
+    # layers in numpy without torch; "torch" is the reference and trains any model.
+    runtime: str = "lean"
 
     def __post_init__(self) -> None:
         validate_id(self.device_id, "agent.device_id")
@@ -38,6 +42,11 @@ class AgentSection:
             raise ValueError("memory_budget_bytes must be >= 0 (0 measures it)")
         if self.slowdown < 1.0:
             raise ValueError("slowdown is a factor >= 1.0")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(
+                f"runtime {self.runtime!r} is unknown: write runtime = "
+                + " or ".join(f'"{r}"' for r in RUNTIMES)
+            )
         if not self.resend_after_s > 0:
             raise ValueError("resend_after_s must be positive (seconds)")
         if not self.resend_max_s >= self.resend_after_s:

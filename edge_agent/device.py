@@ -1,41 +1,37 @@
 """A device's model copy and the step from an assignment to an update.
 
 Shared by the simulator and the MQTT agent: the device keeps the global values it was last
-sent, applies the tensors an assignment carries, trains the slice and builds the update.
+sent, applies the tensors an assignment carries, trains the slice with its runtime
+(``edge_agent.runtime``) and builds the update.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 
-import torch
-from torch import nn
-
-from edge_agent.trainer import TrainResult, train_slice
-from ftte.tasks.base import Dataset
+from edge_agent.runtime import SliceTrainer, TrainResult, make_trainer
+from ftte.tasks.base import Dataset, ModelSpec
 from ftte.wire.messages import Assignment, Update
 
 
 class DeviceModel:
     """The device's copy of the global model and the version it corresponds to."""
 
-    def __init__(self, make_model: Callable[[], nn.Sequential]) -> None:
-        self.model = make_model()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.params = dict(self.model.named_parameters())
+    def __init__(self, spec: ModelSpec, runtime: str = "torch") -> None:
+        self.trainer: SliceTrainer = make_trainer(spec, runtime)
+        self.shapes = self.trainer.parameter_shapes()
         self.version = -1
         self.job: str | None = None  # whose model ``version`` counts versions of
 
     def apply(self, assignment: Assignment) -> None:
         """Load the tensors an assignment carries and adopt its job and version."""
-        unknown = assignment.tensors.keys() - self.params.keys()
+        unknown = assignment.tensors.keys() - self.shapes.keys()
         if unknown:
             raise ValueError(f"assignment names tensors this model lacks: {sorted(unknown)}")
-        with torch.no_grad():
-            for name, value in assignment.tensors.items():
-                self.params[name].copy_(torch.from_numpy(value))
+        for name, value in assignment.tensors.items():
+            if value.shape != self.shapes[name]:
+                raise ValueError(f"tensor {name}: shape {value.shape} != {self.shapes[name]}")
+        self.trainer.load(assignment.tensors)
         self.version = assignment.version
         self.job = assignment.job
 
@@ -48,7 +44,7 @@ class DeviceModel:
         (and so payload sizes and virtual times) repeat exactly for a seed.
         """
         self.apply(assignment)
-        result = train_slice(self.model, assignment.trainable, data, assignment.train, seed)
+        result = self.trainer.train(assignment.trainable, data, assignment.train, seed)
         update = assignment.answer(
             result.delta,
             result.num_samples,

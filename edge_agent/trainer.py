@@ -1,4 +1,4 @@
-"""Slice training on the device: train the assigned tensors, keep the rest frozen.
+"""The torch runtime: slice training on the device, the reference for the lean runtime.
 
 With ``micro_batch`` set, each batch's gradient is accumulated over chunks of that size,
 which divides activation memory by the chunking and leaves the update unchanged.
@@ -13,28 +13,43 @@ only needs to carry what changed on the server.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from edge_agent.runtime import TrainResult, epoch_orders
 from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK, optimizer_slots
-from ftte.tasks.base import Dataset
-from ftte.wire.messages import TensorDict, TrainConfig
+from ftte.tasks.base import Dataset, ModelSpec
+from ftte.wire.messages import TrainConfig
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """The outcome of one local training: slice delta, sample count, loss, measured peak."""
+class TorchModel:
+    """The device's model as a torch ``nn.Sequential`` (the ``torch`` runtime)."""
 
-    delta: TensorDict
-    num_samples: int
-    loss: float
-    peak_mem_bytes: int
-    samples_processed: int  # samples seen, epochs included, for compute-time accounting
+    def __init__(self, spec: ModelSpec) -> None:
+        self.model = spec.make_model()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._params = dict(self.model.named_parameters())
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape."""
+        return {n: tuple(p.shape) for n, p in self._params.items()}
+
+    def load(self, values: Mapping[str, np.ndarray]) -> None:
+        """Set the named parameters to ``values``."""
+        with torch.no_grad():
+            for name, value in values.items():
+                self._params[name].copy_(torch.from_numpy(value))
+
+    def train(
+        self, trainable: Collection[str], data: Dataset, config: TrainConfig, seed: int
+    ) -> TrainResult:
+        """Train ``trainable`` on ``data`` (``train_slice``)."""
+        return train_slice(self.model, trainable, data, config, seed)
 
 
 def train_slice(
@@ -60,14 +75,12 @@ def train_slice(
     optimizer = torch.optim.SGD(slice_params, lr=config.lr, momentum=config.momentum)
     x_all = torch.from_numpy(data.x)
     y_all = torch.from_numpy(data.y)
-    generator = torch.Generator().manual_seed(seed)
     meter = _PeakMeter(model, trainable, config.momentum)
     epoch_loss = 0.0
     model.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(data), generator=generator)
+    for order in epoch_orders(len(data), config.epochs, seed):
         total, count = 0.0, 0
-        for batch in order.split(config.batch_size):
+        for batch in torch.from_numpy(order).split(config.batch_size):
             optimizer.zero_grad(set_to_none=True)
             # Summed chunk losses over the batch size: the accumulated gradient is the
             # batch's mean gradient, whatever the chunking.

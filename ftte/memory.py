@@ -28,11 +28,14 @@ import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.autograd.profiler import profile
+if TYPE_CHECKING:
+    # Imported inside the profiling functions at run time: the device's lean runtime uses
+    # this module's constants and must not load torch (370 MB RSS).
+    import torch
+    from torch import nn
+    from torch.autograd.profiler import profile
 
 FLOAT_BYTES = 4  # weights, gradients and optimizer state are float32 on the device
 PROFILE_BATCH = 4  # activations scale linearly in the batch; a small batch keeps profiling cheap
@@ -104,6 +107,8 @@ class MemoryModel:
     @classmethod
     def profile(cls, model: nn.Sequential, input_shape: tuple[int, ...]) -> MemoryModel:
         """Measure per-tensor activation costs of ``model`` for inputs of ``input_shape``."""
+        import torch
+
         params = dict(model.named_parameters())
         layer_of = {name: int(name.split(".", 1)[0]) for name in params}
         x = torch.zeros((PROFILE_BATCH, *input_shape))
@@ -227,6 +232,8 @@ def _quiet_native_stderr() -> Iterator[None]:
 
 def _module_transients(model: nn.Sequential, x: torch.Tensor) -> list[tuple[int, int]]:
     """Per module: peak bytes held while it runs (input + allocations) and input bytes."""
+    import torch
+
     transients = []
     with torch.no_grad(), _quiet_native_stderr():
         h = x
@@ -245,6 +252,8 @@ def allocator_trace() -> profile:
     The autograd profiler, not ``torch.profiler.profile``: the latter imports
     ``torch._inductor`` on entry (3.4 s of start-up in every process that plans slices).
     """
+    from torch.autograd.profiler import profile
+
     return profile(use_cpu=True, profile_memory=True)
 
 
@@ -283,6 +292,8 @@ def _saved_bytes(
     input_grad: bool,
 ) -> int:
     """Bytes of distinct non-parameter storages autograd saves for one forward + loss."""
+    import torch
+
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -296,7 +307,7 @@ def _saved_bytes(
     inp = x.clone().requires_grad_(input_grad)
     with _frozen_except(model, trainable), torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
         out = model(inp)
-        loss = nn.functional.cross_entropy(out, y)
+        loss = torch.nn.functional.cross_entropy(out, y)
     del loss, out
     return sum(seen.values())
 

@@ -392,6 +392,7 @@ class OrchestratorService:
             accepted=outcome.accepted,
             reason=None if outcome.reason is None else outcome.reason.value,
             peak_mem_bytes=0 if update is None else update.peak_mem_bytes,
+            process=None if update is None else update.process,
         )
 
     def _after(self, report: AggregationReport | None) -> None:

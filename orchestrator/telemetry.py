@@ -23,6 +23,8 @@ from influxdb_client import InfluxDBClient, Point, WriteOptions
 from influxdb_client.client.write_api import WriteType
 from reactivex.scheduler import ThreadPoolScheduler
 
+from ftte.wire.messages import ProcessMemory
+
 log = logging.getLogger("ftte.telemetry")
 
 
@@ -73,8 +75,10 @@ class PointTelemetry(ABC):
         accepted: bool,
         reason: str | None,
         peak_mem_bytes: int,
+        process: ProcessMemory | None = None,
     ) -> None:
-        """One received update, accepted or refused with its reason."""
+        """One received update, accepted or refused with its reason; ``process`` is what
+        the agent's whole process held, when it reports that."""
         point = (
             self._point("ftte_update")
             .tag("device", device)
@@ -89,6 +93,9 @@ class PointTelemetry(ABC):
             point = point.field("loss", float(loss))
         if weight is not None:
             point = point.field("weight", float(weight))
+        if process is not None:  # left out, not written as 0, for agents that do not report
+            point = point.field("rss_peak_bytes", process.rss_peak_bytes)
+            point = point.field("rss_anon_bytes", process.rss_anon_bytes)
         self._send(point)
 
     def aggregation(

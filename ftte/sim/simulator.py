@@ -90,7 +90,7 @@ class FleetSimulator:
         self.compute = ComputeModel.profile(
             server.task.model.make_model(), server.task.model.input_shape
         )
-        self.models = {p.device_id: DeviceModel(server.task.model.make_model) for p in profiles}
+        self.models = {p.device_id: DeviceModel(server.task.model) for p in profiles}
         self._queue: list[_Event] = []
         self._seq = itertools.count()
         # The simulated devices' own work in progress (device -> token of the arrival it

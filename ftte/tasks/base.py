@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
+
+from ftte.tasks.layers import Layer, parameter_shapes
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -26,16 +31,28 @@ class Dataset:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The architecture everyone shares: a model factory and the input it takes.
+    """The architecture everyone shares: its layers and the input it takes.
 
-    ``make_model`` returns a fresh ``nn.Sequential`` (the planner orders layers by position);
-    calling it after ``torch.manual_seed(s)`` gives the same initial weights for the same ``s``.
+    ``layers`` is the one description of the model (``ftte.tasks.layers``); the torch model
+    and the device's lean model are both built from it, with the same parameter names.
     """
 
     name: str
-    make_model: Callable[[], nn.Sequential]
+    layers: tuple[Layer, ...]
     input_shape: tuple[int, ...]
     num_classes: int
+
+    def make_model(self) -> nn.Sequential:
+        """A fresh torch ``nn.Sequential``; after ``torch.manual_seed(s)`` the same weights
+        for the same ``s`` (the planner orders layers by position)."""
+        # Imported here: a device on the lean runtime reads the spec without torch.
+        from ftte.tasks.torch_model import build_torch_model
+
+        return build_torch_model(self.layers)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter names and shapes, as torch's ``named_parameters`` would list them."""
+        return parameter_shapes(self.layers)
 
 
 @dataclass(frozen=True)
@@ -74,19 +91,3 @@ def check_dataset(data: Dataset, model: ModelSpec, source: str) -> None:
 
 TaskFactory = Callable[..., Task]
 """Signature of a task factory: ``factory(num_devices: int, seed: int, alpha: float) -> Task``."""
-
-
-def he_init(model: nn.Sequential) -> nn.Sequential:
-    """He-normal weights and zero biases for every convolution and linear layer; returns it.
-
-    PyTorch's default init shrinks activations by about 1/sqrt(3) per ReLU layer, so a
-    randomly initialised frozen prefix hands the last layers near-constant features and a
-    slice of only those layers cannot learn (measured on digits: head-only training stayed
-    at chance; with He init it reaches 0.66 train accuracy on the same frozen prefix).
-    """
-    for module in model:
-        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    return model

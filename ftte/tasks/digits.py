@@ -9,9 +9,15 @@ augmented and never on a device.
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
-from ftte.tasks.base import Dataset, ModelSpec, Task, he_init
+from ftte.tasks.base import Dataset, ModelSpec, Task
+from ftte.tasks.layers import (
+    Conv2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+)
 from ftte.tasks.partition import dirichlet_partition
 
 # Reached by FedAvg and FTTE in a short simulated run (see docs/benchmarks.md); a small CNN
@@ -19,31 +25,24 @@ from ftte.tasks.partition import dirichlet_partition
 TARGET_ACCURACY = 0.90
 
 
-def make_digits_model() -> nn.Sequential:
-    """Three 3x3 convolutions and two linear layers, about 18k parameters.
-
-    Sized so that activations, not weights, dominate training memory at batch 32: the
-    memory story of on-device training.
-    """
-    return he_init(
-        nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(32 * 2 * 2, 32),
-            nn.ReLU(),
-            nn.Linear(32, 10),
-        )
-    )
-
-
-DIGITS_MODEL = ModelSpec("digits", make_digits_model, (1, 8, 8), 10)
+# Three 3x3 convolutions and two linear layers, about 18k parameters: sized so that
+# activations, not weights, dominate training memory at batch 32 (the memory story of
+# on-device training).
+DIGITS_LAYERS = (
+    Conv2d(1, 16, 3, padding=1),
+    ReLU(),
+    Conv2d(16, 32, 3, padding=1),
+    ReLU(),
+    MaxPool2d(2),
+    Conv2d(32, 32, 3, padding=1),
+    ReLU(),
+    MaxPool2d(2),
+    Flatten(),
+    Linear(32 * 2 * 2, 32),
+    ReLU(),
+    Linear(32, 10),
+)
+DIGITS_MODEL = ModelSpec("digits", DIGITS_LAYERS, (1, 8, 8), 10)
 
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

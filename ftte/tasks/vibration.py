@@ -11,9 +11,15 @@ at ~3.6x shaft speed ringing a 150–250 Hz structural resonance) and mechanical
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
-from ftte.tasks.base import Dataset, ModelSpec, Task, he_init
+from ftte.tasks.base import Dataset, ModelSpec, Task
+from ftte.tasks.layers import (
+    Conv1d,
+    Flatten,
+    Linear,
+    MaxPool1d,
+    ReLU,
+)
 
 SAMPLE_RATE_HZ = 1000.0
 WINDOW = 256
@@ -23,28 +29,23 @@ TARGET_ACCURACY = 0.85
 VALIDATION_WINDOWS = 1000
 
 
-def make_vibration_model() -> nn.Sequential:
-    """A 1-D CNN of about 16k parameters whose activations dominate training memory."""
-    return he_init(
-        nn.Sequential(
-            nn.Conv1d(1, 16, 7, padding=3),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(16, 32, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool1d(2),
-            nn.Conv1d(32, 32, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool1d(8),
-            nn.Flatten(),
-            nn.Linear(32 * 8, 32),
-            nn.ReLU(),
-            nn.Linear(32, len(CLASSES)),
-        )
-    )
-
-
-VIBRATION_MODEL = ModelSpec("vibration", make_vibration_model, (1, WINDOW), len(CLASSES))
+# A 1-D CNN of about 16k parameters whose activations dominate training memory.
+VIBRATION_LAYERS = (
+    Conv1d(1, 16, 7, padding=3),
+    ReLU(),
+    MaxPool1d(2),
+    Conv1d(16, 32, 5, padding=2),
+    ReLU(),
+    MaxPool1d(2),
+    Conv1d(32, 32, 5, padding=2),
+    ReLU(),
+    MaxPool1d(8),
+    Flatten(),
+    Linear(32 * 8, 32),
+    ReLU(),
+    Linear(32, len(CLASSES)),
+)
+VIBRATION_MODEL = ModelSpec("vibration", VIBRATION_LAYERS, (1, WINDOW), len(CLASSES))
 
 
 def _windows(

@@ -30,6 +30,7 @@ from ftte.wire.messages import (
     Assignment,
     DeltaEncoding,
     Evaluation,
+    ProcessMemory,
     Release,
     TensorDict,
     TrainConfig,
@@ -49,6 +50,9 @@ _UPDATE_FIELDS |= {"num_samples", "loss", "peak_mem_bytes", "tensors"}
 _RELEASE_FIELDS = {"v", "kind", "job", "version", "model", "metrics", "created_unix_s"}
 _RELEASE_FIELDS |= {"tensors"}
 MAX_METRICS = 16
+# Added after version 1 shipped: present in both or neither, so an older agent's updates
+# (without them) still decode.
+_PROCESS_FIELDS = {"rss_peak_bytes", "rss_anon_bytes"}
 _TRAIN_FIELDS = {"epochs", "batch_size", "lr", "momentum", "delta_encoding", "micro_batch"}
 _TRAIN_FIELDS |= {"clip_norm"}
 
@@ -131,22 +135,23 @@ def encode_update(
     u: Update, encoding: DeltaEncoding = DeltaEncoding.FLOAT32, level: int = 3
 ) -> bytes:
     """Serialise an update, quantising its delta as ``encoding`` says."""
-    return _compress(
-        {
-            "v": WIRE_VERSION,
-            "kind": "update",
-            "device_id": u.device_id,
-            "update_id": u.update_id,
-            "assignment_id": u.assignment_id,
-            "base_version": u.base_version,
-            "num_samples": u.num_samples,
-            "loss": float(u.loss),
-            "peak_mem_bytes": u.peak_mem_bytes,
-            "tensors": {n: encode_tensor(v, encoding) for n, v in u.delta.items()},
-            **_evaluation_field(u.evaluation),
-        },
-        level,
-    )
+    doc = {
+        "v": WIRE_VERSION,
+        "kind": "update",
+        "device_id": u.device_id,
+        "update_id": u.update_id,
+        "assignment_id": u.assignment_id,
+        "base_version": u.base_version,
+        "num_samples": u.num_samples,
+        "loss": float(u.loss),
+        "peak_mem_bytes": u.peak_mem_bytes,
+        "tensors": {n: encode_tensor(v, encoding) for n, v in u.delta.items()},
+    }
+    doc |= _evaluation_field(u.evaluation)
+    if u.process is not None:
+        doc["rss_peak_bytes"] = u.process.rss_peak_bytes
+        doc["rss_anon_bytes"] = u.process.rss_anon_bytes
+    return _compress(doc, level)
 
 
 def _evaluation_field(evaluation: Evaluation | None) -> dict[str, Any]:
@@ -358,7 +363,9 @@ def decode_update(
     """Parse and check an update; ``expected_shapes`` is the assigned slice, if known."""
     limits = limits or WireLimits()
     doc = _unpack(data, limits)
-    _check_fields(doc, "update", _UPDATE_FIELDS | ({"eval"} if "eval" in doc else set()))
+    reported = doc.keys() >= _PROCESS_FIELDS
+    optional = (_PROCESS_FIELDS if reported else set()) | ({"eval"} & doc.keys())
+    _check_fields(doc, "update", _UPDATE_FIELDS | optional)
     device_id = _str(doc["device_id"], "device_id")
     assignment_id = _str(doc["assignment_id"], "assignment_id")
     update_id = _str(doc["update_id"], "update_id")
@@ -373,6 +380,12 @@ def decode_update(
             peak_mem_bytes=_int(doc["peak_mem_bytes"], "peak_mem_bytes", 0),
             delta=_decode_tensors(doc["tensors"], limits, expected_shapes),
             evaluation=_decode_evaluation(doc["eval"]) if "eval" in doc else None,
+            process=ProcessMemory(
+                rss_peak_bytes=_int(doc["rss_peak_bytes"], "rss_peak_bytes", 0),
+                rss_anon_bytes=_int(doc["rss_anon_bytes"], "rss_anon_bytes", 0),
+            )
+            if reported
+            else None,
         )
     except Rejected as exc:
         raise Rejected(

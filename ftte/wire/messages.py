@@ -56,6 +56,7 @@ class Assignment:
         peak_mem_bytes: int,
         update_id: str | None = None,
         evaluation: Evaluation | None = None,
+        process: ProcessMemory | None = None,
     ) -> Update:
         """The update answering this assignment with ``delta`` (update id: ``{id}.u``)."""
         return Update(
@@ -68,6 +69,7 @@ class Assignment:
             peak_mem_bytes=peak_mem_bytes,
             delta=delta,
             evaluation=evaluation,
+            process=process,
         )
 
 
@@ -78,6 +80,19 @@ class Evaluation:
 
     samples: int
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """What the whole agent process held, from ``/proc/self/status``, when it sent an update.
+
+    ``rss_peak_bytes`` is VmHWM (the process's resident high-water mark since it started),
+    ``rss_anon_bytes`` is RssAnon (resident anonymous memory: heap and arrays, not the
+    shared libraries' pages, which other processes may share).
+    """
+
+    rss_peak_bytes: int
+    rss_anon_bytes: int
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,7 @@ class Update:
     peak_mem_bytes: int
     delta: TensorDict
     evaluation: Evaluation | None = None  # of the model at base_version, if the device has one
+    process: ProcessMemory | None = None  # None from agents before the field existed
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Every host is reached with the local connection and installs under its own prefix with
 ``ftte_manage_system: false`` (no packages, users or services touched on this machine). The
-edge agent's virtualenv is really built (torch and ftte from the wheel built here), so the
-test also proves the agent runs from the agent-only dependencies.
+edge agent's virtualenv is really built (ftte from the wheel built here, for the default
+lean runtime: no torch), so the test also proves the agent runs from the agent-only
+dependencies.
 
 The managed-system branch (``ftte_manage_system: true``) is exercised as far as this
 machine allows without containers:
@@ -248,8 +249,13 @@ def test_installed_agent_runs_from_agent_only_dependencies(deployment):
         [venv / "ftte-agent", "--help"], capture_output=True, text=True, timeout=120, check=False
     )
     assert run.returncode == 0 and "--config" in run.stdout, run.stderr
-    server_only = subprocess.run([venv / "python", "-c", "import influxdb_client"], check=False)
-    assert server_only.returncode != 0
+    for not_for_the_lean_agent in ("influxdb_client", "torch"):
+        absent = subprocess.run(
+            [venv / "python", "-c", f"import {not_for_the_lean_agent}"], check=False
+        )
+        assert absent.returncode != 0, not_for_the_lean_agent
+    config = tomllib.loads((d.prefix(DEVICE) / "etc/ftte-agent/agent.toml").read_text())
+    assert config["agent"]["runtime"] == "lean"
 
 
 def test_second_run_changes_nothing(deployment):

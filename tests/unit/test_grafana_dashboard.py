@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ftte.wire.messages import ProcessMemory
 from orchestrator.telemetry import FileTelemetry
 
 GRAFANA = Path(__file__).resolve().parents[2] / "docs" / "grafana"
@@ -32,6 +33,7 @@ def written_schema(tmp_path) -> dict[str, tuple[set[str], set[str]]]:
             accepted=reason is None,
             reason=reason,
             peak_mem_bytes=300_000,
+            process=ProcessMemory(rss_peak_bytes=60_000_000, rss_anon_bytes=30_000_000),
         )
     telemetry.aggregation(
         version=7,

@@ -10,6 +10,7 @@ from torch import nn
 from ftte.tasks import load_task
 from ftte.tasks.base import Dataset, check_dataset
 from ftte.tasks.digits import DIGITS_MODEL
+from ftte.tasks.layers import Flatten, Linear, TorchLayer
 from ftte.tasks.partition import dirichlet_partition
 from orchestrator.presets import make_server
 
@@ -111,10 +112,8 @@ def test_samples_of_another_shape_are_refused_naming_the_models_input():
 
 
 def test_a_model_with_batchnorm_statistics_is_refused_not_trained_without_them():
-    def make_model():
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.BatchNorm1d(10))
-
+    layers = (Flatten(), Linear(64, 10), TorchLayer("BatchNorm1d(10)", lambda: nn.BatchNorm1d(10)))
     task = load_task("digits", num_devices=2, seed=0)
-    task = replace(task, model=replace(task.model, make_model=make_model))
+    task = replace(task, model=replace(task.model, layers=layers))
     with pytest.raises(ValueError, match="BatchNorm running statistics"):
         make_server("ftte", task)

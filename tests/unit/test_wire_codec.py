@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
-from ftte.wire.messages import Assignment, DeltaEncoding, TrainConfig, Update
+from ftte.wire.messages import Assignment, DeltaEncoding, ProcessMemory, TrainConfig, Update
 
 
 def make_update(delta: dict[str, np.ndarray]) -> Update:
@@ -35,6 +35,12 @@ def test_float32_round_trip_is_exact(delta):
     assert got.loss == 0.25 and got.peak_mem_bytes == 123456
     for name, value in delta.items():
         np.testing.assert_array_equal(got.delta[name], value)
+
+
+def test_process_memory_round_trips(delta):
+    process = ProcessMemory(rss_peak_bytes=52_000_000, rss_anon_bytes=21_000_000)
+    update = Update(**{**make_update(delta).__dict__, "process": process})
+    assert decode_update(encode_update(update)).process == process
 
 
 def test_float16_round_trip_within_half_precision(delta):

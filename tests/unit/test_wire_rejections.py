@@ -110,6 +110,24 @@ def test_unexpected_field_is_malformed():
     assert reason_of(pack(update_doc(extra=1))) == RejectReason.MALFORMED
 
 
+def test_an_update_without_process_memory_decodes_as_from_an_older_agent():
+    assert decode_update(pack(update_doc())).process is None
+
+
+def test_process_memory_decodes_when_both_fields_come():
+    doc = update_doc(rss_peak_bytes=60_000_000, rss_anon_bytes=20_000_000)
+    process = decode_update(pack(doc)).process
+    assert process is not None
+    assert (process.rss_peak_bytes, process.rss_anon_bytes) == (60_000_000, 20_000_000)
+
+
+@pytest.mark.parametrize(
+    "fields", [{"rss_peak_bytes": 1}, {"rss_peak_bytes": -1, "rss_anon_bytes": 1}]
+)
+def test_process_memory_alone_or_negative_is_malformed(fields):
+    assert reason_of(pack(update_doc(**fields))) == RejectReason.MALFORMED
+
+
 def test_missing_field_is_malformed():
     doc = update_doc()
     del doc["loss"]

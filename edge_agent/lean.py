@@ -1,0 +1,393 @@
+"""The lean runtime: slice training in numpy (im2col + BLAS matmul), without torch.
+
+It trains the layers of ``ftte.tasks.layers`` (Conv1d, Conv2d, ReLU, MaxPool1d/2d, Flatten,
+Linear) with the semantics of the torch reference (``edge_agent.trainer.train_slice``):
+only the assigned tensors train; the frozen prefix (every layer before the first trainable
+one) runs forward in chunks of ``FROZEN_PREFIX_CHUNK`` samples and keeps nothing; the rest
+keeps what its backward needs; backward stops at the first trainable layer; each batch's
+gradient is the mean over the batch, accumulated over ``micro_batch`` chunks; the gradient
+norm over the slice is clipped to ``clip_norm``; SGD with momentum as ``torch.optim.SGD``;
+epochs and batch order as ``edge_agent.runtime.epoch_orders``. Training works on copies of
+the slice's tensors, so the model keeps the global values it was assigned.
+
+What a layer keeps for backward is chosen for memory: a convolution keeps its padded input
+and rebuilds its im2col matrix in backward (the matrix is kernel-size times larger), a ReLU
+keeps a boolean mask, a max-pool the index of each window's maximum.
+"""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from edge_agent.runtime import TrainResult, epoch_orders
+from ftte.memory import FROZEN_PREFIX_CHUNK
+from ftte.tasks.base import Dataset, ModelSpec
+from ftte.tasks.layers import (
+    LEAN_LAYERS,
+    Conv1d,
+    Conv2d,
+    Flatten,
+    Layer,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    ReLU,
+    layer_name,
+)
+from ftte.wire.messages import TrainConfig
+
+Array = np.ndarray[Any, Any]
+
+
+class UnsupportedModel(ValueError):
+    """The model has a layer the lean runtime cannot train."""
+
+
+@dataclass
+class _Grads:
+    """What a layer's backward must produce: which parameter gradients and the input's."""
+
+    weight: bool
+    bias: bool
+    input: bool
+
+
+class _Conv:
+    """Convolution over 1 or 2 spatial dimensions as one matmul on the im2col matrix."""
+
+    def __init__(self, layer: Conv1d | Conv2d) -> None:
+        self.dims = 1 if isinstance(layer, Conv1d) else 2
+        self.kernel = (layer.kernel_size,) * self.dims
+        self.padding = layer.padding
+
+    def _cols(self, xp: Array) -> tuple[Array, tuple[int, ...]]:
+        """The im2col matrix (one row per output position) and the output's spatial shape."""
+        spatial = tuple(range(2, 2 + self.dims))
+        windows = sliding_window_view(xp, self.kernel, axis=spatial)  # (N, C, *out, *kernel)
+        out_shape = windows.shape[2 : 2 + self.dims]
+        rows = np.moveaxis(windows, 1, 1 + self.dims)  # (N, *out, C, *kernel)
+        return rows.reshape(xp.shape[0] * math.prod(out_shape), -1), out_shape
+
+    def _pad(self, x: Array) -> Array:
+        if not self.padding:
+            return x
+        return np.pad(x, [(0, 0), (0, 0)] + [(self.padding, self.padding)] * self.dims)
+
+    def forward(self, x: Array, w: Array, b: Array) -> tuple[Array, Array]:
+        """Output and the padded input (what backward needs)."""
+        xp = self._pad(x)
+        cols, out_shape = self._cols(xp)
+        out = cols @ w.reshape(w.shape[0], -1).T
+        out += b
+        out = out.reshape(x.shape[0], *out_shape, w.shape[0])
+        return np.ascontiguousarray(np.moveaxis(out, -1, 1)), xp
+
+    def backward(
+        self, dout: Array, xp: Array, w: Array, need: _Grads
+    ) -> tuple[Array | None, Array | None, Array | None]:
+        """Gradients of the weight, the bias and the (unpadded) input, as ``need`` asks."""
+        channels_out = w.shape[0]
+        dmat = np.moveaxis(dout, 1, -1).reshape(-1, channels_out)
+        dw = db = dx = None
+        if need.weight:
+            cols, _ = self._cols(xp)
+            dw = (dmat.T @ cols).reshape(w.shape)
+        if need.bias:
+            db = dmat.sum(axis=0)
+        if need.input:
+            out_shape = dout.shape[2:]
+            d = self.dims
+            dcols = (dmat @ w.reshape(channels_out, -1)).reshape(
+                dout.shape[0], *out_shape, xp.shape[1], *self.kernel
+            )
+            # Kernel axes first, then (N, C, *out): one transpose instead of one per offset.
+            by_offset = dcols.transpose(*range(d + 2, 2 * d + 2), 0, d + 1, *range(1, d + 1))
+            dxp = np.zeros_like(xp)
+            # col2im: each kernel offset adds its share to a shifted window of the input.
+            for offset in np.ndindex(*self.kernel):
+                window = tuple(slice(o, o + n) for o, n in zip(offset, out_shape, strict=True))
+                dxp[(slice(None), slice(None), *window)] += by_offset[offset]
+            p = self.padding
+            dx = dxp[(slice(None), slice(None), *[slice(p, -p)] * self.dims)] if p else dxp
+        return dw, db, dx
+
+
+class _MaxPool:
+    """Max pooling over non-overlapping windows; a trailing remainder is dropped (floor)."""
+
+    def __init__(self, layer: MaxPool1d | MaxPool2d) -> None:
+        self.dims = 1 if isinstance(layer, MaxPool1d) else 2
+        self.k = layer.kernel_size
+
+    def _windows(self, x: Array) -> Array:
+        """(N, C, *out, k**dims): each window's values in row-major order (torch's tie order)."""
+        k = self.k
+        n, c = x.shape[:2]
+        out = [s // k for s in x.shape[2:]]
+        x = x[(slice(None), slice(None), *[slice(0, o * k) for o in out])]
+        if self.dims == 1:
+            return x.reshape(n, c, out[0], k)
+        return (
+            x.reshape(n, c, out[0], k, out[1], k)
+            .transpose(0, 1, 2, 4, 3, 5)
+            .reshape(n, c, out[0], out[1], k * k)
+        )
+
+    def forward(self, x: Array) -> tuple[Array, tuple[Array, tuple[int, ...]]]:
+        """Output and (index of each window's maximum, input shape)."""
+        windows = self._windows(x)
+        index = windows.argmax(axis=-1)[..., None]
+        out = np.take_along_axis(windows, index, axis=-1)[..., 0]
+        return out, (index.astype(np.uint8 if self.k**self.dims < 256 else np.int64), x.shape)
+
+    def backward(self, dout: Array, cache: tuple[Array, tuple[int, ...]]) -> Array:
+        """The gradient goes to each window's maximum."""
+        index, shape = cache
+        k = self.k
+        dwin = np.zeros((*dout.shape, k**self.dims), dtype=dout.dtype)
+        np.put_along_axis(dwin, index.astype(np.intp), dout[..., None], axis=-1)
+        n, c = shape[:2]
+        out = dout.shape[2:]
+        dx_used: Array
+        if self.dims == 1:
+            dx_used = dwin.reshape(n, c, out[0] * k)
+        else:
+            dx_used = (
+                dwin.reshape(n, c, out[0], out[1], k, k)
+                .transpose(0, 1, 2, 4, 3, 5)
+                .reshape(n, c, out[0] * k, out[1] * k)
+            )
+        if dx_used.shape == shape:
+            return dx_used
+        dx = np.zeros(shape, dtype=dout.dtype)
+        dx[tuple(slice(0, s) for s in dx_used.shape)] = dx_used
+        return dx
+
+
+def _check_supported(spec: ModelSpec) -> None:
+    for i, layer in enumerate(spec.layers):
+        if not isinstance(layer, LEAN_LAYERS):
+            supported = ", ".join(t.__name__ for t in LEAN_LAYERS)
+            raise UnsupportedModel(
+                f"model {spec.name!r}: layer {i} ({layer_name(layer)}) is not supported by the "
+                f'lean runtime (it trains {supported}); set [agent] runtime = "torch" in '
+                "agent.toml and install ftte[torch] on the device"
+            )
+
+
+class LeanModel:
+    """The device's model as numpy arrays (the ``lean`` runtime)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        _check_supported(spec)
+        self.layers: tuple[Layer, ...] = spec.layers
+        self._shapes = spec.parameter_shapes()
+        # Zeros: the first assignment carries every tensor (the device's version is unknown).
+        self.params: dict[str, Array] = {
+            n: np.zeros(s, dtype=np.float32) for n, s in self._shapes.items()
+        }
+        self._ops: list[_Conv | _MaxPool | None] = []
+        for layer in self.layers:
+            if isinstance(layer, Conv1d | Conv2d):
+                self._ops.append(_Conv(layer))
+            elif isinstance(layer, MaxPool1d | MaxPool2d):
+                self._ops.append(_MaxPool(layer))
+            else:
+                self._ops.append(None)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape."""
+        return dict(self._shapes)
+
+    def load(self, values: Mapping[str, np.ndarray]) -> None:
+        """Set the named parameters to ``values``."""
+        for name, value in values.items():
+            self.params[name] = np.array(value, dtype=np.float32)
+
+    def train(
+        self, trainable: Collection[str], data: Dataset, config: TrainConfig, seed: int
+    ) -> TrainResult:
+        """Train only ``trainable`` on ``data``; return the delta and the measured peak.
+
+        The peak is the weights plus every array allocated while training, as numpy
+        reports its allocations to ``tracemalloc``.
+        """
+        unknown = set(trainable) - self.params.keys()
+        if unknown or not trainable:
+            raise ValueError(f"slice must name parameters of the model; unknown: {sorted(unknown)}")
+        if len(data) == 0:
+            raise ValueError("no local training data")
+        was_tracing = tracemalloc.is_tracing()
+        if was_tracing:
+            tracemalloc.reset_peak()
+            base, _ = tracemalloc.get_traced_memory()
+        else:
+            tracemalloc.start()
+            base = 0
+        try:
+            delta, loss = self._train(list(trainable), data, config, seed)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            if not was_tracing:
+                tracemalloc.stop()
+        weights = sum(p.nbytes for p in self.params.values())
+        return TrainResult(
+            delta=delta,
+            num_samples=len(data),
+            loss=loss,
+            peak_mem_bytes=weights + peak - base,
+            samples_processed=len(data) * config.epochs,
+        )
+
+    def _train(
+        self, trainable: list[str], data: Dataset, config: TrainConfig, seed: int
+    ) -> tuple[dict[str, Array], float]:
+        first = min(int(name.split(".", 1)[0]) for name in trainable)
+        work = {n: self.params[n].copy() for n in trainable}
+        velocity: dict[str, Array] = {}
+        epoch_loss = 0.0
+        for order in epoch_orders(len(data), config.epochs, seed):
+            total, count = 0.0, 0
+            for start in range(0, len(order), config.batch_size):
+                batch = order[start : start + config.batch_size]
+                grads = {n: np.zeros_like(v) for n, v in work.items()}
+                step = config.micro_batch or len(batch)
+                for chunk_start in range(0, len(batch), step):
+                    chunk = batch[chunk_start : chunk_start + step]
+                    h = self._frozen_forward(data.x[chunk], first)
+                    total += self._accumulate(h, data.y[chunk], first, work, grads, len(batch))
+                self._step(work, grads, velocity, config)
+                count += len(batch)
+            epoch_loss = total / count
+        return {n: work[n] - self.params[n] for n in trainable}, epoch_loss
+
+    def _value(self, name: str, work: Mapping[str, Array]) -> Array:
+        return work[name] if name in work else self.params[name]
+
+    def _frozen_forward(self, x: Array, first: int) -> Array:
+        """The frozen prefix, a few samples at a time: it keeps nothing for backward."""
+        if first == 0:
+            return x
+        parts = []
+        for i in range(0, len(x), FROZEN_PREFIX_CHUNK):
+            h = x[i : i + FROZEN_PREFIX_CHUNK]
+            for position in range(first):
+                h, _ = self._forward(position, h, self.params)
+            parts.append(h)
+        return np.concatenate(parts)
+
+    def _forward(self, i: int, h: Array, values: Mapping[str, Array]) -> tuple[Array, Any]:
+        """Layer ``i`` on ``h``: its output and what its backward needs."""
+        layer, op = self.layers[i], self._ops[i]
+        if isinstance(op, _Conv):
+            return op.forward(
+                h, self._value(f"{i}.weight", values), self._value(f"{i}.bias", values)
+            )
+        if isinstance(op, _MaxPool):
+            return op.forward(h)
+        if isinstance(layer, ReLU):
+            mask = h > 0
+            return h * mask, mask
+        if isinstance(layer, Flatten):
+            return h.reshape(h.shape[0], -1), h.shape
+        if isinstance(layer, Linear):
+            out = h @ self._value(f"{i}.weight", values).T
+            out += self._value(f"{i}.bias", values)
+            return out, h
+        raise AssertionError(f"unsupported layer {layer!r} passed _check_supported")
+
+    def _accumulate(
+        self,
+        x: Array,
+        y: Array,
+        first: int,
+        work: Mapping[str, Array],
+        grads: dict[str, Array],
+        batch_len: int,
+    ) -> float:
+        """Forward and backward of one chunk from layer ``first``; adds to ``grads`` the
+        gradient of the chunk's summed loss over ``batch_len``; returns the summed loss."""
+        caches = []
+        h = x
+        for i in range(first, len(self.layers)):
+            h, cache = self._forward(i, h, work)
+            caches.append(cache)
+        loss, grad = _cross_entropy_sum(h, y)
+        grad /= batch_len
+        for i in reversed(range(first, len(self.layers))):
+            cache = caches.pop()
+            grad = self._backward(i, grad, cache, work, grads, need_input=i > first)
+        return loss
+
+    def _backward(
+        self,
+        i: int,
+        dout: Array,
+        cache: Any,
+        work: Mapping[str, Array],
+        grads: dict[str, Array],
+        need_input: bool,
+    ) -> Array:
+        layer, op = self.layers[i], self._ops[i]
+        weight, bias = f"{i}.weight", f"{i}.bias"
+        need = _Grads(weight in grads, bias in grads, need_input)
+        if isinstance(op, _Conv):
+            dw, db, dx = op.backward(dout, cache, self._value(weight, work), need)
+        elif isinstance(op, _MaxPool):
+            return op.backward(dout, cache) if need_input else dout
+        elif isinstance(layer, ReLU):
+            return dout * cache
+        elif isinstance(layer, Flatten):
+            return dout.reshape(cache)
+        else:  # Linear
+            dw = dout.T @ cache if need.weight else None
+            db = dout.sum(axis=0) if need.bias else None
+            dx = dout @ self._value(weight, work) if need_input else None
+        if dw is not None:
+            grads[weight] += dw
+        if db is not None:
+            grads[bias] += db
+        return dx if dx is not None else dout
+
+    @staticmethod
+    def _step(
+        work: dict[str, Array],
+        grads: dict[str, Array],
+        velocity: dict[str, Array],
+        config: TrainConfig,
+    ) -> None:
+        """Clip the slice's gradient norm, then one SGD step (``torch.optim.SGD``'s rule)."""
+        if config.clip_norm > 0:
+            norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
+            scale = config.clip_norm / (norm + 1e-6)  # torch's clip_grad_norm_ epsilon
+            if scale < 1.0:
+                for g in grads.values():
+                    g *= np.float32(scale)
+        for name, g in grads.items():
+            if config.momentum > 0:
+                if name in velocity:
+                    velocity[name] *= np.float32(config.momentum)
+                    velocity[name] += g
+                else:
+                    velocity[name] = g.copy()
+                g = velocity[name]
+            work[name] -= np.float32(config.lr) * g
+
+
+def _cross_entropy_sum(logits: Array, y: Array) -> tuple[float, Array]:
+    """Summed cross-entropy of ``logits`` against labels ``y`` and its gradient."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    sums = exp.sum(axis=1, keepdims=True)
+    rows = np.arange(len(y))
+    loss = float(np.sum(np.log(sums[:, 0]) - shifted[rows, y]))
+    grad = exp / sums
+    grad[rows, y] -= 1.0
+    return loss, grad

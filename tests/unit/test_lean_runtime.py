@@ -1,0 +1,144 @@
+"""The lean runtime: the torch trainer's delta without torch, for the layers of the spec."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from broker.fleet import load_fleet
+from broker.generate import init_broker
+from edge_agent.lean import LeanModel, UnsupportedModel
+from edge_agent.runtime import make_trainer
+from edge_agent.trainer import TorchModel
+from ftte.tasks import MODELS, load_task
+from ftte.tasks.base import ModelSpec
+from ftte.tasks.layers import Flatten, Linear, ReLU, TorchLayer
+from ftte.wire.messages import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+# float32 in both runtimes, summed in different orders: the worst measured over the cases
+# below is 1.2e-7 absolute, 9.8e-6 of the tensor's largest change (docs/architecture.md).
+RTOL, ATOL = 1e-4, 1e-5
+SAMPLES = 40
+
+# (model, slice, momentum, clip_norm, micro_batch): slices from layer 0, mid-model and the
+# head; momentum, an active clip and gradient accumulation each on and off.
+CASES = [
+    ("digits", "all", 0.9, 1.0, 8),
+    ("digits", ("0.weight", "0.bias"), 0.0, 5.0, 0),
+    ("digits", ("5.weight", "5.bias", "9.weight"), 0.5, 0.5, 6),
+    ("digits", ("11.bias",), 0.9, 0.0, 0),
+    ("vibration", "all", 0.5, 2.0, 0),
+    ("vibration", ("0.bias", "6.weight"), 0.9, 0.0, 7),
+    ("vibration", ("3.weight", "3.bias", "10.weight", "10.bias"), 0.0, 0.5, 8),
+]
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return {
+        name: load_task(name, num_devices=1, seed=0, samples_per_device=SAMPLES) for name in MODELS
+    }
+
+
+def _pair(spec: ModelSpec) -> tuple[TorchModel, LeanModel]:
+    torch.manual_seed(1)
+    reference = TorchModel(spec)
+    lean = LeanModel(spec)
+    lean.load({n: p.detach().numpy() for n, p in reference.model.named_parameters()})
+    return reference, lean
+
+
+@pytest.mark.parametrize(("model", "trainable", "momentum", "clip", "micro"), CASES)
+def test_lean_delta_equals_the_torch_delta(tasks, model, trainable, momentum, clip, micro):
+    task = tasks[model]
+    reference, lean = _pair(task.model)
+    names = tuple(task.model.parameter_shapes()) if trainable == "all" else trainable
+    config = TrainConfig(
+        epochs=2, batch_size=16, lr=0.05, momentum=momentum, clip_norm=clip, micro_batch=micro
+    )
+    expected = reference.train(names, task.devices[0], config, seed=7)
+    got = lean.train(names, task.devices[0], config, seed=7)
+    assert set(got.delta) == set(names)
+    for name in names:
+        assert np.abs(expected.delta[name]).max() > 0, name
+        np.testing.assert_allclose(got.delta[name], expected.delta[name], rtol=RTOL, atol=ATOL)
+    assert got.loss == pytest.approx(expected.loss, rel=RTOL)
+    assert got.num_samples == expected.num_samples == SAMPLES
+
+
+def test_lean_training_leaves_the_assigned_values(tasks):
+    task = tasks["digits"]
+    _, lean = _pair(task.model)
+    before = {n: v.copy() for n, v in lean.params.items()}
+    lean.train(("2.weight", "11.bias"), task.devices[0], TrainConfig(momentum=0.9), seed=0)
+    for name, value in lean.params.items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_lean_peak_counts_the_weights_and_the_training_arrays(tasks):
+    task = tasks["vibration"]
+    _, lean = _pair(task.model)
+    weights = sum(v.nbytes for v in lean.params.values())
+    config = TrainConfig(epochs=1, batch_size=32)
+    head = lean.train(("12.bias",), task.devices[0], config, seed=0).peak_mem_bytes
+    whole = lean.train(tuple(lean.params), task.devices[0], config, seed=0).peak_mem_bytes
+    assert weights < head < whole
+
+
+def test_a_layer_the_lean_runtime_cannot_train_is_named_with_the_fix():
+    spec = ModelSpec(
+        "custom",
+        (
+            Flatten(),
+            TorchLayer("BatchNorm1d(4)", lambda: torch.nn.BatchNorm1d(4)),
+            ReLU(),
+            Linear(4, 2),
+        ),
+        (4,),
+        2,
+    )
+    with pytest.raises(UnsupportedModel, match=r'layer 1 \(BatchNorm1d\(4\)\).*runtime = "torch"'):
+        make_trainer(spec, "lean")
+    assert make_trainer(spec, "torch").parameter_shapes()["3.weight"] == (2, 4)
+
+
+def test_an_unknown_runtime_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="lean, torch"):
+        make_trainer(MODELS["digits"], "tflite")
+
+
+def test_the_lean_agent_starts_without_importing_torch(tmp_path):
+    # The config a deploy writes: `ftte broker init` from a fleet whose device runs lean.
+    (tmp_path / "fleet.toml").write_text(
+        "\n".join(
+            [
+                "[fleet]",
+                'name = "f"',
+                'broker_host = "127.0.0.1"',
+                'task = "vibration"',
+                f'agent_state_dir = "{tmp_path / "state"}"',
+                "[[devices]]",
+                'id = "dev-1"',
+                "memory_budget_bytes = 100000000",
+                'runtime = "lean"',
+                "",
+            ]
+        )
+    )
+    init_broker(load_fleet(tmp_path / "fleet.toml"), tmp_path / "files")
+    config = tmp_path / "files" / "devices" / "dev-1.toml"
+    # Everything the agent does before it connects: imports, config, data, model.
+    code = (
+        "import sys; from pathlib import Path; "
+        "from edge_agent.agent import EdgeAgent; from edge_agent.config import load_agent_config; "
+        f"agent = EdgeAgent(load_agent_config(Path({str(config)!r}))); "
+        "print(type(agent.model.trainer).__name__, 'torch' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert run.stdout.split() == ["LeanModel", "False"], run.stderr
