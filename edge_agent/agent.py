@@ -30,6 +30,7 @@ from edge_agent.runtime import single_threaded
 from ftte import __version__, topics
 from ftte.errors import Rejected
 from ftte.tasks import load_model_spec
+from ftte.tasks.base import hold_out
 from ftte.transport.mqtt import MqttLink, Will
 from ftte.wire import decode_assignment, encode_update
 from ftte.wire.control import MAX_HELD, OFFLINE, DeviceStatus, decode_ack
@@ -156,7 +157,8 @@ class EdgeAgent:
 
     def _train(self, assignment: Assignment, stop: threading.Event) -> None:
         started = time.monotonic()
-        update, result = self.model.train(assignment, self.data.read(), seed=self.trained)
+        train, held_out = hold_out(self.data.read(), self.config.data.holdout)
+        update, result = self.model.train(assignment, train, self.trained, held_out=held_out)
         # After training, so the process's high-water mark includes this training's peak.
         process = process_memory()
         update = replace(update, process=process)

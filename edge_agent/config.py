@@ -76,6 +76,9 @@ class DataSection:
     samples_per_device: int = 60
     sensors: SensorSource | None = None
     loader_args: dict[str, Any] = field(default_factory=dict)
+    # Share of the samples kept out of training to measure each model version the device is
+    # sent (federated evaluation; the orchestrator needs no validation set of its own).
+    holdout: float = 0.1
 
     def __post_init__(self) -> None:
         given = (self.sensors, self.path, self.loader, self.partition)
@@ -88,6 +91,8 @@ class DataSection:
             raise ValueError("data.loader_args needs data.loader")
         if self.partition is not None and not 0 <= self.partition < self.num_partitions:
             raise ValueError("data.partition must be in [0, data.num_partitions)")
+        if not 0 <= self.holdout <= 0.5:
+            raise ValueError("data.holdout must be in [0, 0.5] (a share of the samples)")
 
 
 @dataclass(frozen=True)

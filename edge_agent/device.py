@@ -36,14 +36,24 @@ class DeviceModel:
         self.job = assignment.job
 
     def train(
-        self, assignment: Assignment, data: Dataset, seed: int, update_id: str | None = None
+        self,
+        assignment: Assignment,
+        data: Dataset,
+        seed: int,
+        update_id: str | None = None,
+        held_out: Dataset | None = None,
     ) -> tuple[Update, TrainResult]:
-        """Apply ``assignment``, train its slice on ``data`` and build the update.
+        """Apply ``assignment``, measure the model it brings on ``held_out`` (federated
+        evaluation, if the device holds data out), train its slice on ``data`` and build the
+        update.
 
         ``update_id`` defaults to a random UUID; the simulator passes its own so that runs
         (and so payload sizes and virtual times) repeat exactly for a seed.
         """
         self.apply(assignment)
+        evaluation = (
+            self.trainer.evaluate(held_out) if held_out is not None and len(held_out) else None
+        )
         result = self.trainer.train(assignment.trainable, data, assignment.train, seed)
         update = assignment.answer(
             result.delta,
@@ -51,5 +61,6 @@ class DeviceModel:
             result.loss,
             result.peak_mem_bytes,
             update_id=update_id or uuid.uuid4().hex,
+            evaluation=evaluation,
         )
         return update, result

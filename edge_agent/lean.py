@@ -41,7 +41,7 @@ from ftte.tasks.layers import (
     ReLU,
     layer_name,
 )
-from ftte.wire.messages import TrainConfig
+from ftte.wire.messages import Evaluation, TrainConfig
 
 Array = np.ndarray[Any, Any]
 
@@ -245,6 +245,16 @@ class LeanModel:
             peak_mem_bytes=weights + peak - base,
             samples_processed=len(data) * config.epochs,
         )
+
+    def evaluate(self, data: Dataset) -> Evaluation:
+        """Mean loss and accuracy of the loaded model on ``data`` (a few samples at a time)."""
+        total, correct = 0.0, 0
+        for i in range(0, len(data), FROZEN_PREFIX_CHUNK):
+            logits = self._frozen_forward(data.x[i : i + FROZEN_PREFIX_CHUNK], len(self.layers))
+            y = data.y[i : i + FROZEN_PREFIX_CHUNK]
+            total += _cross_entropy_sum(logits, y)[0]
+            correct += int((logits.argmax(axis=1) == y).sum())
+        return Evaluation(len(data), {"loss": total / len(data), "accuracy": correct / len(data)})
 
     def _train(
         self, trainable: list[str], data: Dataset, config: TrainConfig, seed: int

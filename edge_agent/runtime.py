@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from ftte.tasks.base import Dataset, ModelSpec
-from ftte.wire.messages import TensorDict, TrainConfig
+from ftte.wire.messages import Evaluation, TensorDict, TrainConfig
 
 RUNTIMES = ("lean", "torch")
 """``lean``: numpy/BLAS, no torch (the default). ``torch``: the reference trainer, for
@@ -47,6 +47,10 @@ class SliceTrainer(Protocol):
         self, trainable: Collection[str], data: Dataset, config: TrainConfig, seed: int
     ) -> TrainResult:
         """Train ``trainable`` on ``data``; return the delta and leave the model unchanged."""
+        ...
+
+    def evaluate(self, data: Dataset) -> Evaluation:
+        """How the loaded model does on ``data``: mean ``loss`` and ``accuracy``."""
         ...
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from edge_agent.runtime import TrainResult, epoch_orders
 from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK, optimizer_slots
 from ftte.tasks.base import Dataset, ModelSpec
-from ftte.wire.messages import TrainConfig
+from ftte.wire.messages import Evaluation, TrainConfig
 
 
 class TorchModel:
@@ -50,6 +50,16 @@ class TorchModel:
     ) -> TrainResult:
         """Train ``trainable`` on ``data`` (``train_slice``)."""
         return train_slice(self.model, trainable, data, config, seed)
+
+    def evaluate(self, data: Dataset) -> Evaluation:
+        """Mean loss and accuracy of the loaded model on ``data``."""
+        self.model.eval()
+        with torch.no_grad():
+            logits = _frozen_forward(self.model, torch.from_numpy(data.x))
+            y = torch.from_numpy(data.y)
+            loss = float(nn.functional.cross_entropy(logits, y))
+            accuracy = float((logits.argmax(dim=1) == y).float().mean())
+        return Evaluation(len(data), {"loss": loss, "accuracy": accuracy})
 
 
 def train_slice(

@@ -316,11 +316,13 @@ def outage_run(
         marker = fleet_devices[0]
         deadline = time.monotonic() + timeout_s
         # A marker the full queue drops is published again; any one it takes is behind.
+        markers = 0
         while back.sentinels == 0:
             if time.monotonic() > deadline:
                 raise TimeoutError("the backlog's end marker never arrived")
             sentinel = update_payload(marker.device_id, f"{SENTINEL}{time.monotonic_ns()}", 1)
             marker.link.publish(topics.update_topic(FLEET, marker.device_id), sentinel)
+            markers += 1
             until = time.monotonic() + 0.5
             while back.sentinels == 0 and time.monotonic() < until:
                 time.sleep(0.02)
@@ -363,6 +365,7 @@ def outage_run(
         "pubacks": {f"{code:#04x}": n for code, n in sorted(codes.items())},
         "first_delivery": first_delivery,
         "broker_dropped": back.drops.total,
+        "end_markers_sent": markers,  # all but the one that arrived were dropped too
         "broker_drop_log_lines": log_text.count(DROPPED_LOG_LINE),
         "resent": sum(d.delivery.resent for d in fleet_devices),
         "refused_pubacks": dict(sum((d.delivery.refused for d in fleet_devices), Counter())),

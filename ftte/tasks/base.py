@@ -6,6 +6,7 @@ and validation set exist for the simulator, the benchmarks and the demo's orches
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -68,6 +69,20 @@ class Task:
     def name(self) -> str:
         """The task's name (its model spec's)."""
         return self.model.name
+
+
+def hold_out(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
+    """``data`` split into (train, held out), about ``fraction`` held out.
+
+    Each sample's side is decided by a hash of its values, not its position: a logger's
+    data grows and its oldest windows fall out of the sample cap, and a window must not
+    move from evaluation into training as they do.
+    """
+    if fraction <= 0 or not len(data):
+        return data, Dataset(data.x[:0], data.y[:0])
+    rows = data.x.reshape(len(data), -1)
+    held = np.array([zlib.crc32(row.tobytes()) % 1000 < fraction * 1000 for row in rows])
+    return Dataset(data.x[~held], data.y[~held]), Dataset(data.x[held], data.y[held])
 
 
 def check_dataset(data: Dataset, model: ModelSpec, source: str) -> None:

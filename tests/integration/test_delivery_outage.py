@@ -29,7 +29,9 @@ def test_updates_finished_while_the_orchestrator_is_away_all_arrive_past_a_full_
     # The queue overflowed: 150 updates vanished on the way, as in the issue...
     assert report["first_delivery"] == 50
     # ...and the loss was seen: the orchestrator counted the drops, the broker logged them.
-    assert report["broker_dropped"] == 150 and report["broker_drop_log_lines"] >= 1
+    # (End markers published while the queue was still full may have been dropped as well.)
+    assert 150 <= report["broker_dropped"] <= 150 + report["end_markers_sent"] - 1
+    assert report["broker_drop_log_lines"] >= 1
     # The devices sent again what was not acknowledged; every update was journaled once.
     assert report["resent"] >= 150
     assert report["journaled"] == 200 and report["journaled_more_than_once"] == 0

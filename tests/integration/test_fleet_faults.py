@@ -128,7 +128,7 @@ def test_broker_restart_mid_training_reconnects_everyone(tmp_path):
 # assignment timeout is far beyond the whole test, and each restart gets this long to
 # produce two versions and an answer from every device (paho reconnects after 1 s).
 RECOVERY_S = 30.0
-FINISHED = re.compile(r"finished update (\w+) for assignment (\S+):")
+FINISHED = re.compile(r"finished update (\w+) for assignment (\S+) of job")
 ACKED = re.compile(r"update (\w+) (journaled|duplicate|refused)")
 
 
