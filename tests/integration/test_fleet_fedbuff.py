@@ -62,3 +62,8 @@ def test_fedbuff_fleet_advances_versions_on_updates_from_several_devices(tmp_pat
     assert final.job == job.service.config.job.name and final.model == "digits"
     for name, value in job.service.server.params.items():
         assert (final.tensors[name] == value).all()
+    # Federated evaluation: the agents measured the versions they were sent on held-out data.
+    fleet_eval = job.service.server.fleet_evaluation.latest()
+    assert fleet_eval is not None and 0.0 <= fleet_eval.metrics["accuracy"] <= 1.0
+    assert fleet_eval.samples > 0 and fleet_eval.version < VERSIONS
+    assert any(m == "ftte_fleet" for m, _, _ in points)
