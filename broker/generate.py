@@ -257,11 +257,13 @@ def acl_text(fleet: Fleet, site: str = "") -> str:
             f"topic write {topics.ROOT}/{name}/dev/+/assign",
             f"topic write {topics.ROOT}/{name}/dev/+/ack",
             f"topic write {topics.model_topic(name)}",
+            f"topic write {topics.release_topic(name)}",
             f"topic read {topics.BROKER_DROPPED}",
             "",
             f"user {OPERATOR_USER}",
             f"topic read {topics.all_status_filter(name)}",
             f"topic read {topics.model_topic(name)}",
+            f"topic read {topics.release_topic(name)}",
             "",
         ]
         for entry in fleet.sites:
@@ -275,6 +277,7 @@ def acl_text(fleet: Fleet, site: str = "") -> str:
             f"topic read {topics.assign_topic(name, d)}",
             f"topic read {topics.ack_topic(name, d)}",
             f"topic read {topics.model_topic(name)}",
+            f"topic read {topics.release_topic(name)}",
             "",
         ]
     return "\n".join(lines)

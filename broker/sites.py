@@ -5,8 +5,9 @@ connect to their gateway's broker (its own TLS listener, passwords and ACL, hold
 that site's devices), and the gateway keeps one bridge connection to the central broker
 with its own account, ``ftte_site_{name}``. The bridge forwards each of the site's devices'
 status and update topics up and their assignment and acknowledgement topics, and the
-model topic, down — topic by topic, nothing else — and the central ACL allows that account
-exactly those topics, so a compromised gateway can speak for its own site's devices only.
+model and release topics, down — topic by topic, nothing else — and the central ACL
+allows that account exactly those topics, so a compromised gateway can speak for its own
+site's devices only.
 The bridge queues in both directions while the link is down (QoS 1, a persistent session).
 
 What is not built: pre-aggregation at the gateway (one combined update per site instead of
@@ -45,7 +46,8 @@ def bridge_acl(fleet: Fleet, site: SiteEntry) -> list[str]:
     for device in fleet.site_devices(site.name):
         for topic, direction in device_topics(name, device.id).items():
             lines.append(f"topic {'write' if direction == 'out' else 'read'} {topic}")
-    return [*lines, f"topic read {topics.model_topic(name)}", ""]
+    shared = (topics.model_topic(name), topics.release_topic(name))
+    return [*lines, *(f"topic read {topic}" for topic in shared), ""]
 
 
 def bridge_directives(
@@ -76,4 +78,5 @@ def bridge_directives(
     for device in fleet.site_devices(site.name):
         for topic, direction in device_topics(name, device.id).items():
             lines.append(f"topic {topic} {direction} 1")
-    return [*lines, f"topic {topics.model_topic(name)} in 1", ""]
+    shared = (topics.model_topic(name), topics.release_topic(name))
+    return [*lines, *(f"topic {topic} in 1" for topic in shared), ""]

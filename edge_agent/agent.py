@@ -10,6 +10,7 @@ an assignment that arrives twice is trained once.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import signal
@@ -26,6 +27,7 @@ from edge_agent.delivery import UpdateDelivery
 from edge_agent.device import DeviceModel
 from edge_agent.outbox import Outbox
 from edge_agent.process import process_memory
+from edge_agent.releases import DeviceReleases
 from edge_agent.runtime import single_threaded
 from ftte import __version__, topics
 from ftte.errors import Rejected
@@ -62,6 +64,7 @@ class EdgeAgent:
         self.data = LocalData(config.data, spec)
         self.data.read()  # data the model cannot train on stops the agent at start, named
         self.model = DeviceModel(spec, section.runtime)
+        self.releases = DeviceReleases(section.state_dir / "releases", spec)
         self.trained = 0
         self.failed = 0  # assignments whose training raised (its timeout frees the device)
         self.refused = 0
@@ -74,9 +77,10 @@ class EdgeAgent:
         self._ack_topic = topics.ack_topic(fleet, self.device_id)
         self._status_topic = topics.status_topic(fleet, self.device_id)
         self._update_topic = topics.update_topic(fleet, self.device_id)
+        self._release_topic = topics.release_topic(fleet)
         self.link = MqttLink(
             config.broker,
-            subscriptions=[(self._assign_topic, 1), (self._ack_topic, 1)],
+            subscriptions=[(self._assign_topic, 1), (self._ack_topic, 1), (self._release_topic, 1)],
             will=Will(self._status_topic, OFFLINE),
             on_connect=self._announce,
             on_published=self._published,
@@ -103,6 +107,8 @@ class EdgeAgent:
                     self._handle_assignment(message.payload, stop)
                 elif message is not None and message.topic == self._ack_topic:
                     self._handle_ack(message.payload)
+                elif message is not None and message.topic == self._release_topic:
+                    self._handle_release(message.payload)
                 self.delivery.resend_due(time.monotonic())
         finally:
             self.link.publish(self._status_topic, OFFLINE, retain=True).wait_for_publish(2.0)
@@ -184,6 +190,23 @@ class EdgeAgent:
             process.rss_anon_bytes,
         )
 
+    def _handle_release(self, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained release
+        try:
+            release = self.releases.receive(payload)
+        except (Rejected, OSError) as exc:
+            self.refused += 1
+            log.warning("release not kept: %s", exc)
+            return
+        if release is not None:
+            log.info(
+                "release of job %s version %d kept (%s)",
+                release.job,
+                release.version,
+                ", ".join(f"{k} {v:.3f}" for k, v in sorted(release.metrics.items())),
+            )
+
     def _handle_ack(self, payload: bytes) -> None:
         try:
             ack = decode_ack(payload)
@@ -224,19 +247,31 @@ class EdgeAgent:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ftte-agent --config agent.toml``."""
+    """Entry point: ``ftte-agent --config agent.toml [run | predict --input F | rollback]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="ftte-agent", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="serve the fleet (the default)")
+    predict = commands.add_parser("predict", help="score windows with the release served")
+    predict.add_argument("--input", type=Path, required=True, help=".npz with x, or a .csv")
+    commands.add_parser("rollback", help="serve the previous release again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     try:
         config = load_agent_config(args.config)
         single_threaded(config.agent.runtime)
+        if args.command == "predict":
+            return _predict(config, args.input)
+        if args.command == "rollback":
+            spec = load_model_spec(config.data.task)
+            release = DeviceReleases(config.agent.state_dir / "releases", spec).rollback()
+            print(f"serving the release of job {release.job} version {release.version}")
+            return 0
         agent = EdgeAgent(config)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, ImportError, Rejected) as exc:
         print(f"ftte-agent: {exc}")
         return 2
     stop = threading.Event()
@@ -247,4 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent.run(stop)
+    return 0
+
+
+def _predict(config: AgentConfig, path: Path) -> int:
+    """One JSON line per sample of ``path``: the class and its scores."""
+    from edge_agent.predict import Predictor, read_input
+
+    predictor = Predictor.from_config(config)
+    for scores in predictor.predict(read_input(path, config)):
+        print(json.dumps({"class": int(scores.argmax()), "scores": scores.round(6).tolist()}))
     return 0

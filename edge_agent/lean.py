@@ -246,15 +246,16 @@ class LeanModel:
             samples_processed=len(data) * config.epochs,
         )
 
+    def logits(self, x: Array) -> Array:
+        """The loaded model's outputs for samples ``x`` (a few samples at a time)."""
+        return self._frozen_forward(np.ascontiguousarray(x, dtype=np.float32), len(self.layers))
+
     def evaluate(self, data: Dataset) -> Evaluation:
-        """Mean loss and accuracy of the loaded model on ``data`` (a few samples at a time)."""
-        total, correct = 0.0, 0
-        for i in range(0, len(data), FROZEN_PREFIX_CHUNK):
-            logits = self._frozen_forward(data.x[i : i + FROZEN_PREFIX_CHUNK], len(self.layers))
-            y = data.y[i : i + FROZEN_PREFIX_CHUNK]
-            total += _cross_entropy_sum(logits, y)[0]
-            correct += int((logits.argmax(axis=1) == y).sum())
-        return Evaluation(len(data), {"loss": total / len(data), "accuracy": correct / len(data)})
+        """Mean loss and accuracy of the loaded model on ``data``."""
+        logits = self.logits(data.x)
+        loss = _cross_entropy_sum(logits, data.y)[0] / len(data)
+        accuracy = float((logits.argmax(axis=1) == data.y).mean())
+        return Evaluation(len(data), {"loss": loss, "accuracy": accuracy})
 
     def _train(
         self, trainable: list[str], data: Dataset, config: TrainConfig, seed: int

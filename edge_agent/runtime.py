@@ -49,6 +49,10 @@ class SliceTrainer(Protocol):
         """Train ``trainable`` on ``data``; return the delta and leave the model unchanged."""
         ...
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """The loaded model's outputs for samples ``x`` (prediction)."""
+        ...
+
     def evaluate(self, data: Dataset) -> Evaluation:
         """How the loaded model does on ``data``: mean ``loss`` and ``accuracy``."""
         ...

@@ -51,14 +51,19 @@ class TorchModel:
         """Train ``trainable`` on ``data`` (``train_slice``)."""
         return train_slice(self.model, trainable, data, config, seed)
 
-    def evaluate(self, data: Dataset) -> Evaluation:
-        """Mean loss and accuracy of the loaded model on ``data``."""
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """The loaded model's outputs for samples ``x``."""
         self.model.eval()
         with torch.no_grad():
-            logits = _frozen_forward(self.model, torch.from_numpy(data.x))
-            y = torch.from_numpy(data.y)
-            loss = float(nn.functional.cross_entropy(logits, y))
-            accuracy = float((logits.argmax(dim=1) == y).float().mean())
+            out = _frozen_forward(self.model, torch.from_numpy(np.asarray(x, np.float32)))
+        return out.numpy()
+
+    def evaluate(self, data: Dataset) -> Evaluation:
+        """Mean loss and accuracy of the loaded model on ``data``."""
+        logits = torch.from_numpy(self.logits(data.x))
+        y = torch.from_numpy(data.y)
+        loss = float(nn.functional.cross_entropy(logits, y))
+        accuracy = float((logits.argmax(dim=1) == y).float().mean())
         return Evaluation(len(data), {"loss": loss, "accuracy": accuracy})
 
 

@@ -5,6 +5,7 @@ ftte/v1/{fleet}/dev/{device}/assign   orchestrator -> device, QoS 1, message exp
 ftte/v1/{fleet}/dev/{device}/update   device -> orchestrator, QoS 1
 ftte/v1/{fleet}/dev/{device}/ack      orchestrator -> device, QoS 1: the update is journaled
 ftte/v1/{fleet}/model                 retained model version and job state
+ftte/v1/{fleet}/release               retained release: the model the devices serve
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def ack_topic(fleet: str, device: str) -> str:
 def model_topic(fleet: str) -> str:
     """The retained model version and job state of a fleet."""
     return f"{ROOT}/{validate_id(fleet, 'fleet')}/model"
+
+
+def release_topic(fleet: str) -> str:
+    """The retained release of a fleet: the trained model its devices keep and serve."""
+    return f"{ROOT}/{validate_id(fleet, 'fleet')}/release"
 
 
 def all_status_filter(fleet: str) -> str:

@@ -608,7 +608,26 @@ class OrchestratorService:
         if last is None or last.version != self.server.version:
             self._release(self.server.evaluate()[1])
         if self.link.connected.is_set():
+            self._publish_best_release()
             self._publish_state("done").wait_for_publish(5.0)
+
+    def _publish_best_release(self) -> None:
+        """The job's best model to every device (retained: one that connects later gets it)."""
+        best = self.releases.best
+        if best is None:
+            return
+        payload = (self.releases.folder / best.file).read_bytes()
+        try:
+            info = self.link.publish(
+                topics.release_topic(self.config.job.fleet), payload, retain=True
+            )
+        except PayloadTooLarge as exc:
+            # A model bigger than one message cannot reach the devices; say so, keep it here.
+            log.error("release of version %d not published: %s", best.version, exc)
+            self.delivery["release_too_large"] += 1
+            return
+        info.wait_for_publish(10.0)
+        log.info("release of version %d published to the fleet (%s)", best.version, best.sha256)
 
 
 def _fleet_state(fleet: FleetMetrics | None) -> dict[str, float]:

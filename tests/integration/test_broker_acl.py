@@ -93,14 +93,24 @@ def test_operator_cannot_read_updates_or_assignments(clients):
     "topic",
     [
         topics.model_topic(FLEET),
+        topics.release_topic(FLEET),
         topics.status_topic(FLEET, "dev-00"),
         topics.assign_topic(FLEET, "dev-00"),
         topics.update_topic(FLEET, "dev-00"),
     ],
-    ids=["model", "status", "assign", "update"],
+    ids=["model", "release", "status", "assign", "update"],
 )
 def test_operator_cannot_publish(clients, topic):
     assert clients("ftte_operator").publish(topic, b"x") == NOT_AUTHORIZED
+
+
+def test_only_the_orchestrator_publishes_the_release_every_device_reads(clients):
+    assert clients("dev-01").publish(topics.release_topic(FLEET), b"forged") == NOT_AUTHORIZED
+    orch = clients("ftte_orchestrator")
+    assert orch.publish(topics.release_topic(FLEET), b"release", retain=True) in ACCEPTED
+    dev = clients("dev-00")
+    assert dev.subscribe(topics.release_topic(FLEET)) == 1
+    assert [m.payload for m in dev.wait_messages(1)] == [b"release"]
 
 
 def test_orchestrator_cannot_publish_device_status(clients):

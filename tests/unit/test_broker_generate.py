@@ -114,12 +114,13 @@ def test_the_orchestrator_may_acknowledge_to_every_device_and_read_the_drop_coun
     assert "topic read $SYS/broker/publish/messages/dropped" in block
 
 
-def test_acl_lets_the_operator_only_read_status_and_model(tmp_path):
+def test_acl_lets_the_operator_only_read_status_model_and_release(tmp_path):
     acl = init_broker(make_fleet(), tmp_path).acl_file.read_text()
     block = acl.split(f"user {OPERATOR_USER}\n")[1].split("\n\n")[0]
     assert block.splitlines() == [
         "topic read ftte/v1/test-fleet/dev/+/status",
         "topic read ftte/v1/test-fleet/model",
+        "topic read ftte/v1/test-fleet/release",
     ]
 
 
