@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_status(commands)
     _add_demo(commands)
     _add_strategies(commands)
+    _add_loadgen(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
@@ -172,6 +173,17 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
     from ftte.bench.attack import run_attack_benchmark
 
     return run_attack_benchmark(args)
+
+
+def _add_loadgen(commands: Any) -> None:
+    # No torch on this path: a load generator's process holds thousands of sessions.
+    from ftte.loadgen.run import add_arguments, run_loadgen_cli
+
+    p = commands.add_parser(
+        "loadgen", help="thousands of protocol-level devices with their generated credentials"
+    )
+    add_arguments(p)
+    p.set_defaults(run=run_loadgen_cli)
 
 
 def _add_broker(commands: Any) -> None:
