@@ -131,6 +131,7 @@ class VirtualDevice:
         self.model_version = -1  # version of the model values this device holds
         self.received_at: dict[str, float] = {}  # assignment id -> when it arrived
         self.latencies: list[tuple[float, float]] = []  # (assignment->ack, submit->ack) s
+        self.payload_sizes: list[int] = []  # bytes of each update submitted
         self._submitted_at: dict[str, float] = {}  # update id -> when submitted
         self._shapes: dict[str, tuple[int, ...]] = {}  # of the model values it holds
         self._taken: deque[str] = deque(maxlen=TAKEN_REMEMBERED)
@@ -207,6 +208,7 @@ class VirtualDevice:
         update = assignment.answer(delta, num_samples=60, loss=1.0, peak_mem_bytes=0)
         payload = encode_update(update, assignment.train.delta_encoding)
         self._submitted_at[update.update_id] = now
+        self.payload_sizes.append(len(payload))
         self.counts.answered += 1
         self.delivery.submit(update.update_id, assignment.assignment_id, payload, now)
 

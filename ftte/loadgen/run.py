@@ -275,6 +275,7 @@ class LoadRun:
             totals.update(counts)
             latencies.extend(d.latencies)
         held = sum(d.delivery.pending() for d in self.devices)
+        sizes = [n for d in self.devices for n in d.payload_sizes]
         resent = sum(d.delivery.resent for d in self.devices)
         return {
             "devices": len(self.devices),
@@ -288,6 +289,7 @@ class LoadRun:
             "submitted": totals["answered"],
             "acks": dict(acks),
             "resent": resent,
+            "bytes_per_update_mean": float(np.mean(sizes)) if sizes else 0.0,
             # Submitted and never acknowledged by the end of the drain: lost to this run.
             "lost": held,
             "latency_ms": {
