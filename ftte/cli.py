@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_status(commands)
     _add_demo(commands)
     _add_strategies(commands)
+    _add_loadgen(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
@@ -154,6 +155,15 @@ def _add_bench(commands: Any) -> None:
     delivery.add_argument("--messages", type=int, default=2000, help="persistence part")
     delivery.add_argument("--json", type=Path, default=Path("bench-delivery.json"))
     delivery.set_defaults(run=_run_bench_delivery)
+    ingest = which.add_parser("ingest", help="live orchestrator ingest vs the raw broker rate")
+    ingest.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
+    ingest.add_argument("--duration", type=float, default=30.0, help="seconds of load per size")
+    ingest.add_argument("--raw-seconds", type=float, default=10.0, help="raw broker timing")
+    ingest.add_argument("--think", type=float, default=0.0, help="devices' mean think time")
+    ingest.add_argument("--drain", type=float, default=60.0)
+    ingest.add_argument("--seed", type=int, default=0)
+    ingest.add_argument("--json", type=Path, default=Path("bench-ingest.json"))
+    ingest.set_defaults(run=_run_bench_ingest)
     attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
     attack.set_defaults(run=_run_bench_attack)
@@ -186,11 +196,28 @@ def _run_bench_delivery(args: argparse.Namespace) -> int:
     return run_delivery_benchmark(args)
 
 
+def _run_bench_ingest(args: argparse.Namespace) -> int:
+    from ftte.bench.ingest import run_ingest_benchmark
+
+    return run_ingest_benchmark(args)
+
+
 def _run_bench_attack(args: argparse.Namespace) -> int:
     _single_threaded_torch()
     from ftte.bench.attack import run_attack_benchmark
 
     return run_attack_benchmark(args)
+
+
+def _add_loadgen(commands: Any) -> None:
+    # No torch on this path: a load generator's process holds thousands of sessions.
+    from ftte.loadgen.run import add_arguments, run_loadgen_cli
+
+    p = commands.add_parser(
+        "loadgen", help="thousands of protocol-level devices with their generated credentials"
+    )
+    add_arguments(p)
+    p.set_defaults(run=run_loadgen_cli)
 
 
 def _add_broker(commands: Any) -> None:

@@ -1,8 +1,10 @@
 """Checkpoint files and the update journal: file I/O only; the state's schema is the server's.
 
 The orchestrator acknowledges an update to the broker only after appending its raw bytes
-to the journal (fsync'd). A checkpoint is ``TrainingServer.state_dict()`` written
-atomically (``ftte.fileio.atomic_write``); then the journal is emptied. After a crash the
+to the journal and fsyncing it: once per batch of updates taken from its inbox (group
+commit), before any of the batch is acknowledged. A checkpoint is
+``TrainingServer.state_dict()`` written atomically (``ftte.fileio.atomic_write``); then the
+journal is emptied. After a crash the
 service loads the checkpoint and replays the journal through the same validation and
 aggregation, so it resumes at the version it had reached, with every acknowledged update.
 
@@ -78,8 +80,18 @@ class Journal:
 
     def append(self, topic: str, payload: bytes) -> None:
         """Persist one received update durably (returns after fsync)."""
+        self.stage(topic, payload)
+        self.sync()
+
+    def stage(self, topic: str, payload: bytes) -> None:
+        """Append one entry without waiting for the disk: durable at the next ``sync`` (or
+        any later ``append``, the file being written in order). Group commit: one fsync
+        costs as much as the rest of an update's handling (issue 14: 1,359 vs 3,416/s)."""
         head = topic.encode()
         self._file.write(struct.pack("<II", len(head), len(payload)) + head + payload)
+
+    def sync(self) -> None:
+        """Make every entry staged so far durable (flush, fsync)."""
         self._file.flush()
         os.fsync(self._file.fileno())
 

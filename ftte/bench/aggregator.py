@@ -3,7 +3,9 @@
 The path measured is the service's own, minus MQTT: ``TrainingServer.admit`` (bounded
 decoding, shape, finiteness, replay and staleness checks) then ``settle`` (buffering, and
 the strategy's aggregation every K updates), and, in a
-second timing, the journal's fsync'd append that the service makes before acknowledging.
+second timing, the journal's append that the service makes before acknowledging, with one
+fsync per ``MAX_BATCH`` updates (the service's group commit) and, for comparison, one per
+update (the service before group commit).
 The floor it is compared with is a raw loop over the same bytes: zstd decompress, msgpack
 unpack, ``np.frombuffer``, dequantise, and ``param += w * delta`` into the model. Every
 timing is repeated; medians and the ratio to the raw loop are reported.
@@ -38,6 +40,7 @@ from ftte.wire import encode_update
 from orchestrator.checkpoint import Journal
 from orchestrator.presets import make_server, preset
 from orchestrator.server import TrainingServer
+from orchestrator.service import MAX_BATCH
 
 FLEET = "bench"  # fleet name in the journal's topics, as the service writes them
 
@@ -69,15 +72,21 @@ def make_batch(preset_name: str, task: Task, devices: int, seed: int) -> Batch:
     return Batch(server, payloads)
 
 
-def ingest(batch: Batch, journal: Journal | None) -> None:
-    """The service's path for each payload: admit, (journal,) settle."""
+def ingest(batch: Batch, journal: Journal | None, fsync_each: bool = False) -> None:
+    """The service's path for each payload: admit, (journal,) settle; the journal synced once
+    per ``MAX_BATCH`` updates as the service's group commit does (``fsync_each``: once per
+    update, as the service did before group commit)."""
     server = batch.server
-    for device_id, payload in batch.payloads:
+    for i, (device_id, payload) in enumerate(batch.payloads):
         admitted = server.admit(device_id, payload)
         if journal is not None:
-            journal.append(update_topic(FLEET, device_id), payload)
+            journal.stage(update_topic(FLEET, device_id), payload)
+            if fsync_each or (i + 1) % MAX_BATCH == 0:
+                journal.sync()
         if not server.settle(admitted).accepted:
             raise RuntimeError(f"benchmark update refused: {server.rejected}")
+    if journal is not None:
+        journal.sync()
 
 
 def raw_loop(batch: Batch) -> None:
@@ -119,6 +128,9 @@ def aggregator_benchmark(
                 "raw_decode_axpy": raw_loop,
                 "aggregator": partial(ingest, journal=None),
                 "aggregator_with_journal": partial(ingest, journal=journal),
+                "aggregator_with_journal_fsync_each": partial(
+                    ingest, journal=journal, fsync_each=True
+                ),
             }
             make = partial(make_batch, name, task, devices, seed)
             timings = {path: _time(make, run, repeats) for path, run in paths.items()}
@@ -141,12 +153,12 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"task {results['task']}: {results['devices']} devices, one update each, "
         f"median of {results['repeats']} runs",
-        f"{'preset':8s} {'path':24s} {'updates/s':>10s} {'ratio to raw':>12s} {'B/update':>9s}",
+        f"{'preset':8s} {'path':36s} {'updates/s':>10s} {'ratio to raw':>12s} {'B/update':>9s}",
     ]
     for name, r in results["presets"].items():
         for path, rate in r["updates_per_s"].items():
             lines.append(
-                f"{name:8s} {path:24s} {rate:10.0f} {r['ratio_to_raw'][path]:12.3f} "
+                f"{name:8s} {path:36s} {rate:10.0f} {r['ratio_to_raw'][path]:12.3f} "
                 f"{r['bytes_per_update_mean']:9.0f}"
             )
     return "\n".join(lines)

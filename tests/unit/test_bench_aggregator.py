@@ -32,7 +32,12 @@ def test_raw_loop_adds_every_tensor_of_every_payload():
 def test_report_has_rates_and_ratios_per_preset():
     results = aggregator_benchmark("digits", devices=10, repeats=1)
     for r in results["presets"].values():
-        paths = {"raw_decode_axpy", "aggregator", "aggregator_with_journal"}
+        paths = {
+            "raw_decode_axpy",
+            "aggregator",
+            "aggregator_with_journal",
+            "aggregator_with_journal_fsync_each",
+        }
         assert set(r["updates_per_s"]) == paths
         assert all(rate > 0 for rate in r["updates_per_s"].values())
         raw = r["updates_per_s"]["raw_decode_axpy"]

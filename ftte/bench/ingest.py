@@ -1,0 +1,347 @@
+"""``ftte bench ingest``: the orchestrator's live ingest against the broker's own QoS 1 rate.
+
+For each fleet size, one generated fleet (``init_broker``: TLS, a password and ACL entry
+per device) and one Mosquitto with the generated config carry two measurements, one after
+the other:
+
+- **orchestrator**: the real service (``ftte orchestrator``, its own process, FTTE preset
+  on digits) with ``devices`` loadgen devices connected: updates per second that the
+  orchestrator journaled and acknowledged, as counted by the devices (and, independently,
+  the orchestrator's accepted count from its final checkpoint);
+- **raw broker**: the same number of device sessions publish, at QoS 1 with one in flight
+  each (as a device with its update), payloads of the sizes the devices sent to the orchestrator
+  (random bytes), to one C subscriber (``mosquitto_sub`` on the orchestrator's account,
+  QoS 1): messages per second through the broker, timed by the subscriber.
+
+The ratio is orchestrator / raw. The raw rate is what this box's broker moves with this
+load generator in front of it; both share the same two cores with everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+import paho.mqtt.client as mqtt
+
+from broker.fleet import DeviceEntry, Fleet, FleetSection
+from broker.generate import init_broker
+from broker.launcher import RunningBroker, free_port, start_dev_broker
+from ftte import topics
+from ftte.bench import publish
+from ftte.config import dump_section, write_toml
+from ftte.loadgen.pool import SessionPool
+from ftte.loadgen.run import (
+    DeviceSession,
+    LoadConfig,
+    LoadRun,
+    raise_fd_limit,
+    sessions_from_broker_dir,
+)
+from ftte.transport.mqtt import BrokerSettings
+from orchestrator.status import load_broker_account
+
+FLEET = "bench"
+# QoS 1 publishes in flight per session: one, as a device with one update to deliver (the
+# orchestrator run's devices). A window of 20 (the broker's max_inflight_messages) on 1,000
+# sessions overflowed the subscriber's queue: 218 msgs/s arrived, the rest was dropped.
+RAW_WINDOW = 1
+
+
+def make_fleet(folder: Path, devices: int) -> tuple[Fleet, Path]:
+    """A fleet of ``devices`` with generous budgets, its files generated under ``folder``."""
+    fleet = Fleet(
+        FleetSection(
+            name=FLEET,
+            broker_host="127.0.0.1",
+            broker_port=free_port(),
+            bind_address="127.0.0.1",
+            task="digits",
+            agent_state_dir=folder / "agents",
+        ),
+        [DeviceEntry(f"dev-{i:05d}", 10**8) for i in range(devices)],
+    )
+    files = init_broker(fleet, folder / "broker")
+    return fleet, files.out_dir
+
+
+def start_orchestrator(folder: Path, broker_dir: Path, max_wall_s: float) -> subprocess.Popen[Any]:
+    """``ftte orchestrator`` on the fleet, with a target no model reaches (it runs until
+    stopped) and an assignment timeout longer than the run."""
+    from orchestrator.config import JobConfig, JobSection
+    from orchestrator.server import ServerSettings
+
+    account = load_broker_account(broker_dir / "orchestrator.toml")
+    config = JobConfig(
+        JobSection(
+            "ingest",
+            FLEET,
+            folder / "orchestrator",
+            target_accuracy=1.01,
+            max_versions=10**9,
+            max_wall_s=max_wall_s,
+        ),
+        account,
+        server=ServerSettings(assignment_timeout_s=3600),
+    )
+    job = folder / "job.toml"
+    write_toml(job, dump_section(config), mode=0o600)
+    log = (folder / "orchestrator.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftte.cli", "orchestrator", "--config", str(job)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def orchestrator_accepted(folder: Path) -> int:
+    """Updates the orchestrator accepted, from its final checkpoint."""
+    from orchestrator.checkpoint import load_state
+
+    state = load_state(folder / "orchestrator")
+    if state is None:
+        raise RuntimeError(f"the orchestrator left no checkpoint; see {folder}/orchestrator.log")
+    return int(state["accepted"])
+
+
+class Subscriber:
+    """``mosquitto_sub`` on every update topic, one output line per message, timestamped."""
+
+    def __init__(self, account: BrokerSettings, port: int) -> None:
+        self.times: deque[float] = deque()
+        self.process = subprocess.Popen(
+            [
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--cafile",
+                str(account.ca_file),
+                "-u",
+                account.username,
+                "-P",
+                account.password,
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-t",
+                topics.all_updates_filter(FLEET),
+                "-F",
+                ".",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        self._reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stdout: IO[bytes]) -> None:
+        for _ in stdout:
+            self.times.append(time.monotonic())
+
+    def stop(self) -> None:
+        """End the subscriber."""
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class Flooder:
+    """Device sessions on one ``SessionPool`` that keep ``window`` QoS 1 publishes in flight."""
+
+    def __init__(self, sessions: list[DeviceSession], window: int) -> None:
+        self.pool = SessionPool()
+        self.window = window
+        self.in_flight: dict[mqtt.Client, int] = {}
+        self.pubacks = 0
+        context = ssl.create_default_context(cafile=str(sessions[0].broker.ca_file))
+        self.clients: list[tuple[mqtt.Client, str]] = []
+        for s in sessions:
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=s.device_id, protocol=mqtt.MQTTv5
+            )
+            client.username_pw_set(s.broker.username, s.broker.password)
+            client.tls_set_context(context)
+            client.max_inflight_messages_set(window)
+            client.on_publish = self._acked
+            self.pool.add(client)
+            self.in_flight[client] = 0
+            self.clients.append((client, topics.update_topic(FLEET, s.device_id)))
+        self.settings = sessions[0].broker
+
+    def connect(self, timeout_s: float) -> None:
+        """Connect every session (TLS) and wait for every CONNACK."""
+        for client, _ in self.clients:
+            client.connect(self.settings.host, self.settings.port, keepalive=60)
+            self.pool.serve(0)
+        deadline = time.monotonic() + timeout_s
+        while not all(c.is_connected() for c, _ in self.clients):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw publishers did not all connect in {timeout_s:.0f} s")
+            self.pool.serve(0.05)
+
+    def fill(self, payloads: list[bytes], start: int) -> int:
+        """Top every session's window up; return how many were published."""
+        sent = 0
+        for client, topic in self.clients:
+            while self.in_flight[client] < self.window:
+                client.publish(topic, payloads[(start + sent) % len(payloads)], qos=1)
+                self.in_flight[client] += 1
+                sent += 1
+        return sent
+
+    def close(self) -> None:
+        """Disconnect every session."""
+        for client, _ in self.clients:
+            client.disconnect()
+        self.pool.serve(0.2)
+        self.pool.close()
+
+    def _acked(self, client: mqtt.Client, _userdata: Any, _mid: int, _rc: Any, _p: Any) -> None:
+        self.in_flight[client] -= 1
+        self.pubacks += 1
+
+
+def raw_rate(
+    broker_dir: Path, port: int, devices: int, sizes: list[int], seconds: float
+) -> dict[str, Any]:
+    """Messages per second from ``devices`` sessions through the broker to one subscriber."""
+    sessions = sessions_from_broker_dir(broker_dir, devices)
+    raise_fd_limit(devices + 256)
+    rng = random.Random(0)
+    payloads = [rng.randbytes(n) for n in sizes[:1000]]
+    subscriber = Subscriber(load_broker_account(broker_dir / "orchestrator.toml"), port)
+    flood = Flooder(sessions, RAW_WINDOW)
+    try:
+        flood.connect(300)
+        # The subscriber is in place once a probe comes through.
+        probe, probe_topic = flood.clients[0]
+        deadline = time.monotonic() + 30
+        while not subscriber.times:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the subscriber never received a probe")
+            probe.publish(probe_topic, b"probe", qos=1)
+            until = time.monotonic() + 0.5
+            while time.monotonic() < until and not subscriber.times:
+                flood.pool.serve(0.05)
+        received_before = len(subscriber.times)
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < seconds:
+            sent += flood.fill(payloads, sent)
+            flood.pool.serve(0.01)
+        arrived = list(subscriber.times)[received_before:]
+        in_window = sum(1 for t in arrived if t <= started + seconds)
+    finally:
+        flood.close()
+        subscriber.stop()
+    return {
+        "msgs_per_s": in_window / seconds,
+        "published": sent,
+        "received_in_window": in_window,
+        "bytes_per_msg_mean": sum(len(p) for p in payloads) / len(payloads),
+    }
+
+
+def orchestrator_rate(
+    folder: Path, broker_dir: Path, devices: int, config: LoadConfig
+) -> tuple[dict[str, Any], list[int]]:
+    """The loadgen's results against ``ftte orchestrator``, and the payload sizes it sent."""
+    budget = config.connect_timeout_s + config.duration_s + config.drain_s + 120
+    process = start_orchestrator(folder, broker_dir, budget)
+    try:
+        # The orchestrator must be subscribed before the births, or they reach it retained.
+        wait_for_job_state(load_broker_account(broker_dir / "operator.toml"), budget)
+        run = LoadRun(sessions_from_broker_dir(broker_dir, devices), config)
+        results = run.run()
+        sizes = [n for d in run.devices for n in d.payload_sizes]
+    finally:
+        process.terminate()
+        process.wait(120)
+    results["orchestrator_accepted"] = orchestrator_accepted(folder)
+    return results, sizes
+
+
+def wait_for_job_state(account: BrokerSettings, timeout_s: float) -> None:
+    """Until the orchestrator has published its retained job state (it is serving)."""
+    from orchestrator.status import read_status
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            read_status(account, FLEET, timeout_s=5)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def ingest_benchmark(
+    sizes: list[int], config: LoadConfig, raw_seconds: float, folder: Path
+) -> dict[str, Any]:
+    """Both measurements at each fleet size, on one generated broker per size."""
+    results: dict[str, Any] = {"loadgen": asdict(config), "raw_seconds": raw_seconds}
+    runs = {}
+    for devices in sizes:
+        sub = folder / f"fleet-{devices}"
+        sub.mkdir()
+        fleet, broker_dir = make_fleet(sub, devices)
+        broker: RunningBroker = start_dev_broker(fleet, broker_dir, fleet.fleet.broker_port)
+        try:
+            live, payload_sizes = orchestrator_rate(sub, broker_dir, devices, config)
+            raw = raw_rate(broker_dir, broker.port, devices, payload_sizes, raw_seconds)
+        finally:
+            broker.stop()
+        runs[str(devices)] = {
+            "orchestrator": live,
+            "raw_broker": raw,
+            # None: nothing reached the subscriber (a window the broker could not carry).
+            "ratio": live["updates_per_s"] / raw["msgs_per_s"] if raw["msgs_per_s"] else None,
+        }
+        print(format_row(devices, runs[str(devices)]), flush=True)
+    results["fleets"] = runs
+    return results
+
+
+def format_row(devices: int, run: dict[str, Any]) -> str:
+    """One fleet size: both rates, their ratio, losses and latency."""
+    live, raw = run["orchestrator"], run["raw_broker"]
+    p = live["latency_ms"]["submit_to_ack"]
+    return (
+        f"{devices:6d} {live['peak_sessions']:9d} {live['bytes_per_update_mean']:8.0f} "
+        f"{live['updates_per_s']:10.0f} {raw['msgs_per_s']:10.0f} {run['ratio'] or 0:6.3f} "
+        f"{p['p50']:7.0f} {p['p99']:7.0f} {live['lost']:5d} "
+        f"{live['acks'].get('journaled', 0):8d} {live['orchestrator_accepted']:8d}"
+    )
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Every fleet size, one row each."""
+    lines = [
+        f"{'devices':>6s} {'sessions':>9s} {'B/upd':>8s} {'orch upd/s':>10s} {'raw msg/s':>10s} "
+        f"{'ratio':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'lost':>5s} {'acked':>8s} {'accepted':>8s}"
+    ]
+    lines += [format_row(int(n), run) for n, run in results["fleets"].items()]
+    return "\n".join(lines)
+
+
+def run_ingest_benchmark(args: argparse.Namespace) -> int:
+    """Run for the CLI's arguments, print the table and write JSON."""
+    config = LoadConfig(
+        duration_s=args.duration, think_s=args.think, drain_s=args.drain, seed=args.seed
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        results = ingest_benchmark(args.sizes, config, args.raw_seconds, Path(tmp))
+    publish(results, format_table(results), args.json)
+    return 0
