@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_broker(commands)
     _add_orchestrator(commands)
     _add_status(commands)
+    _add_release(commands)
     _add_demo(commands)
     _add_strategies(commands)
     _add_loadgen(commands)
@@ -399,6 +400,29 @@ def _run_status(args: argparse.Namespace) -> int:
         print(f"  excluded devices: {state['excluded']}")
         for device, reason in sorted(state["excluded_devices"].items()):
             print(f"    {device}: {reason}")
+    return 0
+
+
+def _add_release(commands: Any) -> None:
+    p = commands.add_parser("release", help="a kept release as a file other tools run")
+    which = p.add_subparsers(dest="release", required=True)
+    export = which.add_parser("export", help="TorchScript or ONNX of a release")
+    export.add_argument("--release", type=Path, required=True, help="a .release file")
+    export.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--task", default=None, help="default: the release's model name")
+    export.set_defaults(run=_run_release_export)
+
+
+def _run_release_export(args: argparse.Namespace) -> int:
+    from ftte.tasks import load_model_spec
+    from ftte.wire.codec import decode_release
+    from orchestrator.export import ExportFormat, export_release
+
+    release = decode_release(args.release.read_bytes())
+    spec = load_model_spec(args.task or release.model)
+    out = export_release(release, spec, ExportFormat(args.format), args.out)
+    print(f"{args.format} of job {release.job} version {release.version}: {out}")
     return 0
 
 
