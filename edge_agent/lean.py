@@ -3,7 +3,7 @@
 It trains the layers of ``ftte.tasks.layers`` (Conv1d, Conv2d, ReLU, MaxPool1d/2d, Flatten,
 Linear) with the semantics of the torch reference (``edge_agent.trainer.train_slice``):
 only the assigned tensors train; the frozen prefix (every layer before the first trainable
-one) runs forward in chunks of ``FROZEN_PREFIX_CHUNK`` samples and keeps nothing; the rest
+one) runs forward a sample at a time and keeps nothing; the rest
 keeps what its backward needs; backward stops at the first trainable layer; each batch's
 gradient is the mean over the batch, accumulated over ``micro_batch`` chunks; the gradient
 norm over the slice is clipped to ``clip_norm``; SGD with momentum as ``torch.optim.SGD``;
@@ -33,7 +33,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edge_agent.runtime import TrainResult, epoch_orders
-from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK, optimizer_slots
+from ftte.memory import FLOAT_BYTES, optimizer_slots
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import (
     LEAN_LAYERS,
@@ -88,8 +88,18 @@ class _Grads:
     input: bool
 
 
+# Samples per im2col matrix, and per pass of the frozen prefix. The matrix is kernel-size
+# times the input, so with whole batches the lean runtime's accounted peak was up to 1.75x
+# the memory model's (which is profiled on torch's direct convolutions; digits, a head
+# slice at micro-batch 8); with 4 samples, 1.75x still on digits' frozen prefix; with one,
+# at most 1.0x on the shipped models (docs/architecture.md), for twice the CPU of
+# whole-batch matrices (digits, whole model: 0.21 s against 0.11 s per assignment).
+IM2COL_SAMPLES = 1
+LEAN_FROZEN_CHUNK = 1
+
+
 class _Conv:
-    """Convolution over 1 or 2 spatial dimensions as one matmul on the im2col matrix."""
+    """Convolution over 1 or 2 spatial dimensions as matmuls on im2col matrices."""
 
     def __init__(self, layer: Conv1d | Conv2d) -> None:
         self.dims = 1 if isinstance(layer, Conv1d) else 2
@@ -112,13 +122,18 @@ class _Conv:
     def forward(self, x: Array, w: Array, b: Array, meter: _Meter) -> tuple[Array, Array]:
         """Output and the padded input (what backward needs)."""
         xp = self._pad(x)
-        cols, out_shape = self._cols(xp)
-        rows = cols @ w.reshape(w.shape[0], -1).T
-        rows += b
-        out = np.ascontiguousarray(
-            np.moveaxis(rows.reshape(x.shape[0], *out_shape, w.shape[0]), -1, 1)
-        )
-        meter.see(x, xp if xp is not x else None, cols, rows, out)
+        weights = w.reshape(w.shape[0], -1).T
+        out: Array | None = None
+        for start in range(0, len(x), IM2COL_SAMPLES):
+            cols, out_shape = self._cols(xp[start : start + IM2COL_SAMPLES])
+            rows = cols @ weights
+            rows += b
+            if out is None:
+                out = np.empty((len(x), w.shape[0], *out_shape), dtype=rows.dtype)
+            n = min(IM2COL_SAMPLES, len(x) - start)
+            out[start : start + n] = np.moveaxis(rows.reshape(n, *out_shape, w.shape[0]), -1, 1)
+            meter.see(x, xp if xp is not x else None, cols, rows, out)
+        assert out is not None  # a chunk holds at least one sample
         return out, xp
 
     def backward(
@@ -126,31 +141,34 @@ class _Conv:
     ) -> tuple[Array | None, Array | None, Array | None]:
         """Gradients of the weight, the bias and the (unpadded) input, as ``need`` asks."""
         channels_out = w.shape[0]
-        dmat = np.moveaxis(dout, 1, -1).reshape(-1, channels_out)
-        dw = db = dx = None
-        if need.weight:
-            cols, _ = self._cols(xp)
-            dw = (dmat.T @ cols).reshape(w.shape)
-            meter.see(dout, dmat, cols, dw)
-            del cols
-        if need.bias:
-            db = dmat.sum(axis=0)
-        if need.input:
-            out_shape = dout.shape[2:]
-            d = self.dims
-            dcols = (dmat @ w.reshape(channels_out, -1)).reshape(
-                dout.shape[0], *out_shape, xp.shape[1], *self.kernel
-            )
-            # Kernel axes first, then (N, C, *out): one transpose instead of one per offset.
-            by_offset = dcols.transpose(*range(d + 2, 2 * d + 2), 0, d + 1, *range(1, d + 1))
-            dxp = np.zeros_like(xp)
-            # col2im: each kernel offset adds its share to a shifted window of the input.
-            for offset in np.ndindex(*self.kernel):
-                window = tuple(slice(o, o + n) for o, n in zip(offset, out_shape, strict=True))
-                dxp[(slice(None), slice(None), *window)] += by_offset[offset]
-            meter.see(dout, dmat, dcols, dxp)
+        weights = w.reshape(channels_out, -1)
+        d = self.dims
+        out_shape = dout.shape[2:]
+        dw = np.zeros_like(w) if need.weight else None
+        db = dout.sum(axis=(0, *range(2, 2 + d))) if need.bias else None
+        dxp = np.zeros_like(xp) if need.input else None
+        for start in range(0, len(dout), IM2COL_SAMPLES):
+            part = dout[start : start + IM2COL_SAMPLES]
+            dmat = np.moveaxis(part, 1, -1).reshape(-1, channels_out)
+            if dw is not None:
+                cols, _ = self._cols(xp[start : start + IM2COL_SAMPLES])
+                dw += (dmat.T @ cols).reshape(w.shape)
+                meter.see(dout, dmat, cols, dw, dxp)
+                del cols
+            if dxp is not None:
+                dcols = (dmat @ weights).reshape(len(part), *out_shape, xp.shape[1], *self.kernel)
+                # Kernel axes first, then (N, C, *out): one transpose, not one per offset.
+                by_offset = dcols.transpose(*range(d + 2, 2 * d + 2), 0, d + 1, *range(1, d + 1))
+                target = dxp[start : start + len(part)]
+                # col2im: each kernel offset adds its share to a shifted window of the input.
+                for offset in np.ndindex(*self.kernel):
+                    window = tuple(slice(o, o + n) for o, n in zip(offset, out_shape, strict=True))
+                    target[(slice(None), slice(None), *window)] += by_offset[offset]
+                meter.see(dout, dmat, dcols, dxp)
+        dx = None
+        if dxp is not None:
             p = self.padding
-            dx = dxp[(slice(None), slice(None), *[slice(p, -p)] * self.dims)] if p else dxp
+            dx = dxp[(slice(None), slice(None), *[slice(p, -p)] * d)] if p else dxp
         return dw, db, dx
 
 
@@ -304,8 +322,8 @@ class LeanModel:
         if first == 0:
             return x
         parts = []
-        for i in range(0, len(x), FROZEN_PREFIX_CHUNK):
-            h = x[i : i + FROZEN_PREFIX_CHUNK]
+        for i in range(0, len(x), LEAN_FROZEN_CHUNK):
+            h = x[i : i + LEAN_FROZEN_CHUNK]
             for position in range(first):
                 h, _ = self._forward(position, h, self.params, meter)
             parts.append(h)
