@@ -45,16 +45,17 @@ class FleetSection:
 
 @dataclass(frozen=True)
 class DeviceEntry:
-    """One device: its id (also its broker username) and its training budget."""
+    """One device: its id (also its broker username) and its memory budget."""
 
     id: str
-    memory_budget_bytes: int
+    memory_budget_bytes: int  # the whole agent's (0 with training_budget_bytes)
     compute_class: str = "unknown"
     # Where the device's data comes from (at most one of data_path, sensors and loader;
     # none: the task's demo partition):
     data_path: Path | None = None  # labelled windows (.npz, or a header-less .csv) on it
     slowdown: float = 1.0  # lab and demo fleets: stretch training to imitate a slower device
     runtime: str = "lean"  # the agent's training runtime (edge_agent.runtime.RUNTIMES)
+    training_budget_bytes: int = 0  # lab fleets: training's own budget (AgentSection)
     site: str = ""  # the site gateway it connects to ("": the central broker)
     sensors: SensorSource | None = None  # a logger's CSV file or folder, windowed on it
     loader: str | None = None  # package.module:function on it, called with loader_args
@@ -62,8 +63,12 @@ class DeviceEntry:
 
     def __post_init__(self) -> None:
         validate_id(self.id, "device id")
-        if self.memory_budget_bytes <= 0:
-            raise ValueError(f"memory_budget_bytes of {self.id} must be positive")
+        budgets = (self.memory_budget_bytes, self.training_budget_bytes)
+        if min(budgets) < 0 or (budgets[0] > 0) == (budgets[1] > 0):
+            raise ValueError(
+                f"{self.id}: set a positive memory_budget_bytes (what its whole agent may "
+                "use) or, for lab fleets, training_budget_bytes, not both"
+            )
         if self.slowdown < 1.0:
             raise ValueError(f"slowdown of {self.id} must be >= 1.0")
         if self.runtime not in RUNTIMES:

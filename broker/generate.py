@@ -363,6 +363,7 @@ def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str)
             compute_class=device.compute_class,
             slowdown=device.slowdown,
             runtime=device.runtime,
+            training_budget_bytes=device.training_budget_bytes,
         ),
         # The CA sits next to the config in the device's folder.
         broker=BrokerSettings(host, port, device.id, password, Path("ca.crt")),

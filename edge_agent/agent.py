@@ -21,12 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from edge_agent.config import AgentConfig, load_agent_config
+from edge_agent.config import AgentConfig, AgentSection, load_agent_config
 from edge_agent.data import LocalData
 from edge_agent.delivery import UpdateDelivery
 from edge_agent.device import DeviceModel
 from edge_agent.outbox import Outbox
-from edge_agent.process import process_memory
+from edge_agent.process import process_memory, rss_bytes
 from edge_agent.releases import DeviceReleases
 from edge_agent.runtime import single_threaded
 from ftte import __version__, topics
@@ -52,6 +52,23 @@ def measured_budget_bytes() -> int:
     raise RuntimeError("cannot read MemAvailable; set agent.memory_budget_bytes")
 
 
+def training_budget(section: AgentSection, baseline_bytes: int) -> int:
+    """The budget the agent announces for training: what the whole agent may hold minus
+    what it holds before training (``baseline_bytes``: interpreter, runtime, model, data)."""
+    if section.training_budget_bytes:
+        return section.training_budget_bytes
+    if not section.memory_budget_bytes:
+        return measured_budget_bytes()  # measured after loading: the baseline is not free
+    left = section.memory_budget_bytes - baseline_bytes
+    if left <= 0:
+        raise ValueError(
+            f"agent.memory_budget_bytes = {section.memory_budget_bytes} B is what the whole "
+            f"agent may hold, and it holds {baseline_bytes} B before training (runtime, model, "
+            'data): raise it, or use runtime = "lean" (the smaller baseline)'
+        )
+    return left
+
+
 class EdgeAgent:
     """One device's agent process."""
 
@@ -59,12 +76,19 @@ class EdgeAgent:
         self.config = config
         section = config.agent
         self.device_id = section.device_id
-        self.budget = section.memory_budget_bytes or measured_budget_bytes()
         spec = load_model_spec(config.data.task)
         self.data = LocalData(config.data, spec)
         self.data.read()  # data the model cannot train on stops the agent at start, named
         self.model = DeviceModel(spec, section.runtime)
         self.releases = DeviceReleases(section.state_dir / "releases", spec)
+        self.baseline_bytes = rss_bytes()
+        self.budget = training_budget(section, self.baseline_bytes)
+        log.info(
+            "%s runtime: %d B resident before training, training budget %d B",
+            section.runtime,
+            self.baseline_bytes,
+            self.budget,
+        )
         self.trained = 0
         self.failed = 0  # assignments whose training raised (its timeout frees the device)
         self.refused = 0

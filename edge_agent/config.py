@@ -20,7 +20,10 @@ class AgentSection:
     device_id: str
     fleet: str
     state_dir: Path
-    memory_budget_bytes: int = 0  # 0: measure at start (a fraction of available memory)
+    # What the whole agent process may hold (resident); training gets this minus the
+    # agent's own baseline, measured at start (docs/architecture.md, Budgets). 0: training
+    # gets a quarter of the memory available once the agent has loaded.
+    memory_budget_bytes: int = 0
     compute_class: str = "unknown"
     # Demo only: stretch each training by this factor to imitate a slower device.
     slowdown: float = 1.0
@@ -34,12 +37,23 @@ class AgentSection:
     # The training runtime (edge_agent.runtime.RUNTIMES): "lean" trains the layer spec's
     # layers in numpy without torch; "torch" is the reference and trains any model.
     runtime: str = "lean"
+    # Lab fleets only: announce this training budget as is, with no baseline subtracted.
+    # For models whose training needs less memory than process RSS varies by (the demo's
+    # budgets are fractions of a 1 MB training peak); exclusive with memory_budget_bytes.
+    training_budget_bytes: int = 0
 
     def __post_init__(self) -> None:
         validate_id(self.device_id, "agent.device_id")
         validate_id(self.fleet, "agent.fleet")
         if self.memory_budget_bytes < 0:
             raise ValueError("memory_budget_bytes must be >= 0 (0 measures it)")
+        if self.training_budget_bytes < 0:
+            raise ValueError("training_budget_bytes must be >= 0 (0: not set)")
+        if self.memory_budget_bytes and self.training_budget_bytes:
+            raise ValueError(
+                "set memory_budget_bytes (the whole agent) or training_budget_bytes (labs), "
+                "not both"
+            )
         if self.slowdown < 1.0:
             raise ValueError("slowdown is a factor >= 1.0")
         if self.runtime not in RUNTIMES:

@@ -3,7 +3,7 @@
 It trains the layers of ``ftte.tasks.layers`` (Conv1d, Conv2d, ReLU, MaxPool1d/2d, Flatten,
 Linear) with the semantics of the torch reference (``edge_agent.trainer.train_slice``):
 only the assigned tensors train; the frozen prefix (every layer before the first trainable
-one) runs forward in chunks of ``FROZEN_PREFIX_CHUNK`` samples and keeps nothing; the rest
+one) runs forward a sample at a time and keeps nothing; the rest
 keeps what its backward needs; backward stops at the first trainable layer; each batch's
 gradient is the mean over the batch, accumulated over ``micro_batch`` chunks; the gradient
 norm over the slice is clipped to ``clip_norm``; SGD with momentum as ``torch.optim.SGD``;
@@ -13,12 +13,18 @@ the slice's tensors, so the model keeps the global values it was assigned.
 What a layer keeps for backward is chosen for memory: a convolution keeps its padded input
 and rebuilds its im2col matrix in backward (the matrix is kernel-size times larger), a ReLU
 keeps a boolean mask, a max-pool the index of each window's maximum.
+
+The reported peak is accounted from the arrays themselves, as the torch runtime accounts
+its tensors: weights, the slice's working copy, gradients and momentum, then at every layer
+the chunk's input, what is kept for backward so far and the layer's transient (its input,
+output and scratch such as the im2col matrix). ``tracemalloc`` would measure it, but
+starting and stopping it for every training grew the agent's resident set by about 7 KiB
+per assignment (7.8 MiB over 1,000 in ``ftte bench device --flat 1000``).
 """
 
 from __future__ import annotations
 
 import math
-import tracemalloc
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +33,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edge_agent.runtime import TrainResult, epoch_orders
-from ftte.memory import FROZEN_PREFIX_CHUNK
+from ftte.memory import FLOAT_BYTES, optimizer_slots
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import (
     LEAN_LAYERS,
@@ -50,6 +56,29 @@ class UnsupportedModel(ValueError):
     """The model has a layer the lean runtime cannot train."""
 
 
+class _Meter:
+    """The peak bytes of the arrays training holds: static state + held + a transient."""
+
+    def __init__(self, static: int) -> None:
+        self.static = static
+        self.held = 0  # the chunk's input and what is kept for backward so far
+        self.peak = static
+
+    def see(self, *transient: Array | None) -> None:
+        """Arrays live beside the held ones right now (a layer's input, output, scratch)."""
+        live = sum(a.nbytes for a in transient if a is not None)
+        self.peak = max(self.peak, self.static + self.held + live)
+
+
+def _nbytes(cache: Any) -> int:
+    """Bytes a layer keeps for backward (arrays, or shapes that cost nothing)."""
+    if isinstance(cache, np.ndarray):
+        return int(cache.nbytes)
+    if isinstance(cache, tuple) and cache and isinstance(cache[0], np.ndarray):
+        return int(cache[0].nbytes)
+    return 0
+
+
 @dataclass
 class _Grads:
     """What a layer's backward must produce: which parameter gradients and the input's."""
@@ -59,8 +88,18 @@ class _Grads:
     input: bool
 
 
+# Samples per im2col matrix, and per pass of the frozen prefix. The matrix is kernel-size
+# times the input, so with whole batches the lean runtime's accounted peak was up to 1.75x
+# the memory model's (which is profiled on torch's direct convolutions; digits, a head
+# slice at micro-batch 8); with 4 samples, 1.75x still on digits' frozen prefix; with one,
+# at most 1.0x on the shipped models (docs/architecture.md), for twice the CPU of
+# whole-batch matrices (digits, whole model: 0.21 s against 0.11 s per assignment).
+IM2COL_SAMPLES = 1
+LEAN_FROZEN_CHUNK = 1
+
+
 class _Conv:
-    """Convolution over 1 or 2 spatial dimensions as one matmul on the im2col matrix."""
+    """Convolution over 1 or 2 spatial dimensions as matmuls on im2col matrices."""
 
     def __init__(self, layer: Conv1d | Conv2d) -> None:
         self.dims = 1 if isinstance(layer, Conv1d) else 2
@@ -80,42 +119,56 @@ class _Conv:
             return x
         return np.pad(x, [(0, 0), (0, 0)] + [(self.padding, self.padding)] * self.dims)
 
-    def forward(self, x: Array, w: Array, b: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, w: Array, b: Array, meter: _Meter) -> tuple[Array, Array]:
         """Output and the padded input (what backward needs)."""
         xp = self._pad(x)
-        cols, out_shape = self._cols(xp)
-        out = cols @ w.reshape(w.shape[0], -1).T
-        out += b
-        out = out.reshape(x.shape[0], *out_shape, w.shape[0])
-        return np.ascontiguousarray(np.moveaxis(out, -1, 1)), xp
+        weights = w.reshape(w.shape[0], -1).T
+        out: Array | None = None
+        for start in range(0, len(x), IM2COL_SAMPLES):
+            cols, out_shape = self._cols(xp[start : start + IM2COL_SAMPLES])
+            rows = cols @ weights
+            rows += b
+            if out is None:
+                out = np.empty((len(x), w.shape[0], *out_shape), dtype=rows.dtype)
+            n = min(IM2COL_SAMPLES, len(x) - start)
+            out[start : start + n] = np.moveaxis(rows.reshape(n, *out_shape, w.shape[0]), -1, 1)
+            meter.see(x, xp if xp is not x else None, cols, rows, out)
+        assert out is not None  # a chunk holds at least one sample
+        return out, xp
 
     def backward(
-        self, dout: Array, xp: Array, w: Array, need: _Grads
+        self, dout: Array, xp: Array, w: Array, need: _Grads, meter: _Meter
     ) -> tuple[Array | None, Array | None, Array | None]:
         """Gradients of the weight, the bias and the (unpadded) input, as ``need`` asks."""
         channels_out = w.shape[0]
-        dmat = np.moveaxis(dout, 1, -1).reshape(-1, channels_out)
-        dw = db = dx = None
-        if need.weight:
-            cols, _ = self._cols(xp)
-            dw = (dmat.T @ cols).reshape(w.shape)
-        if need.bias:
-            db = dmat.sum(axis=0)
-        if need.input:
-            out_shape = dout.shape[2:]
-            d = self.dims
-            dcols = (dmat @ w.reshape(channels_out, -1)).reshape(
-                dout.shape[0], *out_shape, xp.shape[1], *self.kernel
-            )
-            # Kernel axes first, then (N, C, *out): one transpose instead of one per offset.
-            by_offset = dcols.transpose(*range(d + 2, 2 * d + 2), 0, d + 1, *range(1, d + 1))
-            dxp = np.zeros_like(xp)
-            # col2im: each kernel offset adds its share to a shifted window of the input.
-            for offset in np.ndindex(*self.kernel):
-                window = tuple(slice(o, o + n) for o, n in zip(offset, out_shape, strict=True))
-                dxp[(slice(None), slice(None), *window)] += by_offset[offset]
+        weights = w.reshape(channels_out, -1)
+        d = self.dims
+        out_shape = dout.shape[2:]
+        dw = np.zeros_like(w) if need.weight else None
+        db = dout.sum(axis=(0, *range(2, 2 + d))) if need.bias else None
+        dxp = np.zeros_like(xp) if need.input else None
+        for start in range(0, len(dout), IM2COL_SAMPLES):
+            part = dout[start : start + IM2COL_SAMPLES]
+            dmat = np.moveaxis(part, 1, -1).reshape(-1, channels_out)
+            if dw is not None:
+                cols, _ = self._cols(xp[start : start + IM2COL_SAMPLES])
+                dw += (dmat.T @ cols).reshape(w.shape)
+                meter.see(dout, dmat, cols, dw, dxp)
+                del cols
+            if dxp is not None:
+                dcols = (dmat @ weights).reshape(len(part), *out_shape, xp.shape[1], *self.kernel)
+                # Kernel axes first, then (N, C, *out): one transpose, not one per offset.
+                by_offset = dcols.transpose(*range(d + 2, 2 * d + 2), 0, d + 1, *range(1, d + 1))
+                target = dxp[start : start + len(part)]
+                # col2im: each kernel offset adds its share to a shifted window of the input.
+                for offset in np.ndindex(*self.kernel):
+                    window = tuple(slice(o, o + n) for o, n in zip(offset, out_shape, strict=True))
+                    target[(slice(None), slice(None), *window)] += by_offset[offset]
+                meter.see(dout, dmat, dcols, dxp)
+        dx = None
+        if dxp is not None:
             p = self.padding
-            dx = dxp[(slice(None), slice(None), *[slice(p, -p)] * self.dims)] if p else dxp
+            dx = dxp[(slice(None), slice(None), *[slice(p, -p)] * d)] if p else dxp
         return dw, db, dx
 
 
@@ -214,35 +267,23 @@ class LeanModel:
     def train(
         self, trainable: Collection[str], data: Dataset, config: TrainConfig, seed: int
     ) -> TrainResult:
-        """Train only ``trainable`` on ``data``; return the delta and the measured peak.
-
-        The peak is the weights plus every array allocated while training, as numpy
-        reports its allocations to ``tracemalloc``.
-        """
+        """Train only ``trainable`` on ``data``; return the delta and the accounted peak."""
         unknown = set(trainable) - self.params.keys()
         if unknown or not trainable:
             raise ValueError(f"slice must name parameters of the model; unknown: {sorted(unknown)}")
         if len(data) == 0:
             raise ValueError("no local training data")
-        was_tracing = tracemalloc.is_tracing()
-        if was_tracing:
-            tracemalloc.reset_peak()
-            base, _ = tracemalloc.get_traced_memory()
-        else:
-            tracemalloc.start()
-            base = 0
-        try:
-            delta, loss = self._train(list(trainable), data, config, seed)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            if not was_tracing:
-                tracemalloc.stop()
         weights = sum(p.nbytes for p in self.params.values())
+        slice_numel = sum(self.params[n].size for n in trainable)
+        # The working copy (the torch runtime's snapshot), gradients and momentum buffers.
+        per_value = FLOAT_BYTES * (2 + optimizer_slots(config.momentum))
+        meter = _Meter(weights + slice_numel * per_value)
+        delta, loss = self._train(list(trainable), data, config, seed, meter)
         return TrainResult(
             delta=delta,
             num_samples=len(data),
             loss=loss,
-            peak_mem_bytes=weights + peak - base,
+            peak_mem_bytes=meter.peak,
             samples_processed=len(data) * config.epochs,
         )
 
@@ -258,7 +299,7 @@ class LeanModel:
         return Evaluation(len(data), {"loss": loss, "accuracy": accuracy})
 
     def _train(
-        self, trainable: list[str], data: Dataset, config: TrainConfig, seed: int
+        self, trainable: list[str], data: Dataset, config: TrainConfig, seed: int, meter: _Meter
     ) -> tuple[dict[str, Array], float]:
         first = min(int(name.split(".", 1)[0]) for name in trainable)
         work = {n: self.params[n].copy() for n in trainable}
@@ -272,8 +313,13 @@ class LeanModel:
                 step = config.micro_batch or len(batch)
                 for chunk_start in range(0, len(batch), step):
                     chunk = batch[chunk_start : chunk_start + step]
-                    h = self._frozen_forward(data.x[chunk], first)
-                    total += self._accumulate(h, data.y[chunk], first, work, grads, len(batch))
+                    x = data.x[chunk]
+                    meter.held = x.nbytes
+                    h = self._frozen_forward(x, first, meter)
+                    meter.held = x.nbytes + (h.nbytes if h is not x else 0)
+                    total += self._accumulate(
+                        h, data.y[chunk], first, work, grads, len(batch), meter
+                    )
                 self._step(work, grads, velocity, config)
                 count += len(batch)
             epoch_loss = total / count
@@ -282,37 +328,46 @@ class LeanModel:
     def _value(self, name: str, work: Mapping[str, Array]) -> Array:
         return work[name] if name in work else self.params[name]
 
-    def _frozen_forward(self, x: Array, first: int) -> Array:
+    def _frozen_forward(self, x: Array, first: int, meter: _Meter) -> Array:
         """The frozen prefix, a few samples at a time: it keeps nothing for backward."""
         if first == 0:
             return x
         parts = []
-        for i in range(0, len(x), FROZEN_PREFIX_CHUNK):
-            h = x[i : i + FROZEN_PREFIX_CHUNK]
+        for i in range(0, len(x), LEAN_FROZEN_CHUNK):
+            h = x[i : i + LEAN_FROZEN_CHUNK]
             for position in range(first):
-                h, _ = self._forward(position, h, self.params)
+                h, _ = self._forward(position, h, self.params, meter)
             parts.append(h)
-        return np.concatenate(parts)
+            meter.held += h.nbytes
+        out = np.concatenate(parts)
+        meter.see(out)
+        return out
 
-    def _forward(self, i: int, h: Array, values: Mapping[str, Array]) -> tuple[Array, Any]:
+    def _forward(
+        self, i: int, h: Array, values: Mapping[str, Array], meter: _Meter
+    ) -> tuple[Array, Any]:
         """Layer ``i`` on ``h``: its output and what its backward needs."""
         layer, op = self.layers[i], self._ops[i]
         if isinstance(op, _Conv):
-            return op.forward(
-                h, self._value(f"{i}.weight", values), self._value(f"{i}.bias", values)
-            )
+            weight, bias = self._value(f"{i}.weight", values), self._value(f"{i}.bias", values)
+            return op.forward(h, weight, bias, meter)
+        out: Array
+        cache: Any
         if isinstance(op, _MaxPool):
-            return op.forward(h)
-        if isinstance(layer, ReLU):
-            mask = h > 0
-            return h * mask, mask
-        if isinstance(layer, Flatten):
-            return h.reshape(h.shape[0], -1), h.shape
-        if isinstance(layer, Linear):
+            out, cache = op.forward(h)
+        elif isinstance(layer, ReLU):
+            cache = h > 0
+            out = h * cache
+        elif isinstance(layer, Flatten):
+            out, cache = h.reshape(h.shape[0], -1), h.shape
+        elif isinstance(layer, Linear):
             out = h @ self._value(f"{i}.weight", values).T
             out += self._value(f"{i}.bias", values)
-            return out, h
-        raise AssertionError(f"unsupported layer {layer!r} passed _check_supported")
+            cache = h
+        else:
+            raise AssertionError(f"unsupported layer {layer!r} passed _check_supported")
+        meter.see(h, out)
+        return out, cache
 
     def _accumulate(
         self,
@@ -322,19 +377,22 @@ class LeanModel:
         work: Mapping[str, Array],
         grads: dict[str, Array],
         batch_len: int,
+        meter: _Meter,
     ) -> float:
         """Forward and backward of one chunk from layer ``first``; adds to ``grads`` the
         gradient of the chunk's summed loss over ``batch_len``; returns the summed loss."""
         caches = []
         h = x
         for i in range(first, len(self.layers)):
-            h, cache = self._forward(i, h, work)
+            h, cache = self._forward(i, h, work, meter)
             caches.append(cache)
+            meter.held += _nbytes(cache)
         loss, grad = _cross_entropy_sum(h, y)
         grad /= batch_len
         for i in reversed(range(first, len(self.layers))):
             cache = caches.pop()
-            grad = self._backward(i, grad, cache, work, grads, need_input=i > first)
+            grad = self._backward(i, grad, cache, work, grads, i > first, meter)
+            meter.held -= _nbytes(cache)
         return loss
 
     def _backward(
@@ -345,14 +403,17 @@ class LeanModel:
         work: Mapping[str, Array],
         grads: dict[str, Array],
         need_input: bool,
+        meter: _Meter,
     ) -> Array:
         layer, op = self.layers[i], self._ops[i]
         weight, bias = f"{i}.weight", f"{i}.bias"
         need = _Grads(weight in grads, bias in grads, need_input)
         if isinstance(op, _Conv):
-            dw, db, dx = op.backward(dout, cache, self._value(weight, work), need)
+            dw, db, dx = op.backward(dout, cache, self._value(weight, work), need, meter)
         elif isinstance(op, _MaxPool):
-            return op.backward(dout, cache) if need_input else dout
+            dx = op.backward(dout, cache) if need_input else dout
+            meter.see(dout, dx)
+            return dx
         elif isinstance(layer, ReLU):
             return dout * cache
         elif isinstance(layer, Flatten):
@@ -361,6 +422,7 @@ class LeanModel:
             dw = dout.T @ cache if need.weight else None
             db = dout.sum(axis=0) if need.bias else None
             dx = dout @ self._value(weight, work) if need_input else None
+            meter.see(dout, dw, dx)
         if dw is not None:
             grads[weight] += dw
         if db is not None:

@@ -168,6 +168,19 @@ def _add_bench(commands: Any) -> None:
     attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
     attack.set_defaults(run=_run_bench_attack)
+    device = which.add_parser(
+        "device", help="one agent's process RSS, CPU and bytes: ftte slice vs FedAvg, per runtime"
+    )
+    device.add_argument("--task", default="digits", help="digits or vibration")
+    device.add_argument("--assignments", type=int, default=30, help="per runtime and preset")
+    device.add_argument(
+        "--runtimes", nargs="+", default=["lean", "torch"], choices=["lean", "torch"]
+    )
+    device.add_argument(
+        "--flat", type=int, default=0, help="also run N lean ftte assignments: RSS growth"
+    )
+    device.add_argument("--json", type=Path, default=Path("bench-device.json"))
+    device.set_defaults(run=_run_bench_device)
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
@@ -201,6 +214,13 @@ def _run_bench_ingest(args: argparse.Namespace) -> int:
     from ftte.bench.ingest import run_ingest_benchmark
 
     return run_ingest_benchmark(args)
+
+
+def _run_bench_device(args: argparse.Namespace) -> int:
+    _single_threaded_torch()  # the orchestrator side; each worker picks its own runtime
+    from ftte.bench.device import run_device_benchmark
+
+    return run_device_benchmark(args)
 
 
 def _run_bench_attack(args: argparse.Namespace) -> int:

@@ -110,7 +110,16 @@ class LocalFleet:
                 agent_state_dir=self.run_dir / "agents",
             ),
             [
-                DeviceEntry(device_id, budget, "demo", data_files[device_id], round(slow, 2))
+                # Training budgets: fractions of a ~1 MB training peak, below what an agent
+                # process's RSS varies by, so not derived from a whole-agent budget.
+                DeviceEntry(
+                    device_id,
+                    0,
+                    "demo",
+                    data_files[device_id],
+                    round(slow, 2),
+                    training_budget_bytes=budget,
+                )
                 for device_id, budget, slow in zip(ids, budgets, slowdowns, strict=True)
             ],
         )

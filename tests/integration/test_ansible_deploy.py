@@ -48,8 +48,10 @@ REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 BIN = Path(sys.executable).parent
 DEVICE = "pi-001"
-BUDGET = 400_000
-OVERHEAD = 419_430_400  # edge_agent_memory_overhead_bytes default
+# The whole agent's budget: the gate's agent trains on a partition of digits, so its
+# baseline includes scikit-learn (about 130 MiB with the lean runtime, ftte bench device).
+BUDGET = 268_435_456
+OVERHEAD = 67_108_864  # edge_agent_memory_overhead_bytes default
 UNBUILT = (".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "docs", "tests")
 BROKER_FILES = ("mosquitto.conf", "passwd", "acl", "certs/ca.crt", "certs/server.crt")
 GATE = "Wait for the agent's retained online status on the broker"
