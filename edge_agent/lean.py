@@ -289,7 +289,8 @@ class LeanModel:
 
     def logits(self, x: Array) -> Array:
         """The loaded model's outputs for samples ``x`` (a few samples at a time)."""
-        return self._frozen_forward(np.ascontiguousarray(x, dtype=np.float32), len(self.layers))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self._frozen_forward(x, len(self.layers), _Meter(0))
 
     def evaluate(self, data: Dataset) -> Evaluation:
         """Mean loss and accuracy of the loaded model on ``data``."""

@@ -59,7 +59,7 @@ def worker(runtime: str, task: str, data_path: str) -> int:
     """The device side: train each assignment read from stdin, answer on stdout."""
     # Imported here, as the agent imports them: this module's parent side needs torch.
     from edge_agent.config import DataSection
-    from edge_agent.data import load_local_data
+    from edge_agent.data import LocalData
     from edge_agent.device import DeviceModel
     from edge_agent.process import process_memory, rss_bytes
     from edge_agent.runtime import single_threaded
@@ -71,8 +71,9 @@ def worker(runtime: str, task: str, data_path: str) -> int:
     after_imports = rss_bytes()
     # A sensor file, as in the field (the demo's partition source would build the task's
     # whole dataset, and for digits import scikit-learn, in every agent).
-    data = load_local_data(DataSection(task=task, path=Path(data_path)))
-    model = DeviceModel(load_model_spec(task), runtime)
+    spec = load_model_spec(task)
+    data = LocalData(DataSection(task=task, path=Path(data_path)), spec).read()
+    model = DeviceModel(spec, runtime)
     start = {
         "imports_rss_bytes": after_imports,
         "baseline_rss_bytes": rss_bytes(),

@@ -167,7 +167,9 @@ def test_labels_the_model_cannot_take_are_refused_naming_the_source(tmp_path):
 def test_an_assignment_whose_training_fails_is_counted_and_the_agent_serves_on(tmp_path):
     (tmp_path / "logs").mkdir()
     write_log(tmp_path / "logs" / "day-1.csv", rows=512)
-    (tmp_path / "agent.toml").write_text(SENSORS_AGENT)
+    # A training budget as such: this test process holds far more than an agent would.
+    budget = SENSORS_AGENT.replace("memory_budget_bytes", "training_budget_bytes")
+    (tmp_path / "agent.toml").write_text(budget)
     ca = init_broker(make_fleet(), tmp_path / "broker").ca_cert
     (tmp_path / "ca.crt").write_bytes(ca.read_bytes())
     agent = EdgeAgent(load_agent_config(tmp_path / "agent.toml"))
