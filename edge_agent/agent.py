@@ -135,7 +135,10 @@ class EdgeAgent:
                     self._handle_release(message.payload)
                 self.delivery.resend_due(time.monotonic())
         finally:
-            self.link.publish(self._status_topic, OFFLINE, retain=True).wait_for_publish(2.0)
+            try:
+                self.link.publish(self._status_topic, OFFLINE, retain=True).wait_for_publish(2.0)
+            except RuntimeError:  # the broker is gone (stopped first): its will says offline
+                log.info("no goodbye: not connected to the broker")
             self.link.stop()
             d = self.delivery
             log.info(

@@ -18,10 +18,19 @@ __all__ = ["MODELS", "TASKS", "Dataset", "ModelSpec", "Task", "load_model_spec",
 def load_model_spec(spec: str) -> ModelSpec:
     """The model of a built-in task without building its data (what a device needs).
 
-    A user task (``package.module:factory``) is built once with one partition for its spec.
+    A user's ``package.module:NAME`` may name a ``ModelSpec`` (nothing else is built) or a
+    task factory (built once with one partition, for its spec).
     """
     if spec in MODELS:
         return MODELS[spec]
+    module_name, _, attr = spec.partition(":")
+    if module_name and attr:
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"task {spec!r}: cannot import it ({exc})") from None
+        if isinstance(found, ModelSpec):  # a device names the model alone: no data built
+            return found
     return load_task(spec, num_devices=1, seed=0).model
 
 

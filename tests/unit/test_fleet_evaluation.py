@@ -6,19 +6,19 @@ import pytest
 from ftte.errors import Rejected
 from ftte.wire import decode_update, encode_update
 from ftte.wire.messages import Evaluation, Update
-from orchestrator.evaluation import WINDOW, FleetEvaluation
+from orchestrator.evaluation import SPAN, FleetEvaluation
 
 
-def test_a_versions_fleet_metrics_are_sample_weighted_one_report_per_device():
+def test_the_fleets_measure_is_sample_weighted_over_each_devices_newest_report():
     fleet = FleetEvaluation(max_samples=1000)
     fleet.add(3, "a", Evaluation(10, {"accuracy": 0.5, "loss": 1.0}))
-    fleet.add(3, "b", Evaluation(30, {"accuracy": 0.9, "loss": 0.2}))
-    fleet.add(3, "a", Evaluation(10, {"accuracy": 0.7, "loss": 0.8}))  # replaces a's first
-    fleet.add(4, "c", Evaluation(5, {"accuracy": 0.1}))
+    fleet.add(4, "b", Evaluation(30, {"accuracy": 0.9, "loss": 0.2}))
+    fleet.add(5, "a", Evaluation(10, {"accuracy": 0.7, "loss": 0.8}))  # replaces a's first
+    fleet.add(2, "a", Evaluation(10, {"accuracy": 0.0, "loss": 9.0}))  # late and older: kept out
     latest = fleet.latest(min_devices=2)
-    assert (latest.version, latest.devices, latest.samples) == (3, 2, 40)
+    assert (latest.version, latest.devices, latest.samples) == (5, 2, 40)
     assert latest.metrics == pytest.approx({"accuracy": 0.85, "loss": 0.35})
-    assert fleet.latest().version == 4  # one report is enough when one is asked for
+    assert fleet.latest(min_devices=3) is None
 
 
 def test_a_huge_claimed_sample_count_weighs_no_more_than_the_cap():
@@ -28,11 +28,11 @@ def test_a_huge_claimed_sample_count_weighs_no_more_than_the_cap():
     assert fleet.latest().metrics["accuracy"] == pytest.approx(0.45)
 
 
-def test_only_a_window_of_versions_is_kept_and_it_survives_a_restart():
+def test_reports_on_versions_long_past_are_left_out_and_the_state_survives_a_restart():
     fleet = FleetEvaluation(max_samples=100)
-    for version in range(3 * WINDOW):
-        fleet.add(version, "a", Evaluation(1, {"accuracy": version / 1000}))
-    assert len(fleet.state_dict()) <= WINDOW
+    fleet.add(1, "gone", Evaluation(50, {"accuracy": 0.1}))
+    fleet.add(1 + SPAN + 1, "here", Evaluation(5, {"accuracy": 0.9}))
+    assert fleet.latest().devices == 1 and fleet.latest().metrics["accuracy"] == 0.9
     restored = FleetEvaluation(max_samples=100)
     restored.load_state_dict(fleet.state_dict())
     assert restored.latest() == fleet.latest()
