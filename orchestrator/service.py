@@ -260,23 +260,28 @@ class OrchestratorService:
         """Process messages behind the boundary, then make their journal entries durable
         with one fsync (group commit), then acknowledge them all: to the devices on their
         ack topics and to the broker. Each is acknowledged whatever happens to it."""
-        try:
-            for message in messages:
-                try:
-                    self._dispatch_message(
-                        message.topic, message.payload, journal=True, retained=message.retain
-                    )
-                except Exception as exc:  # one message, whatever it raised, must not stop us
-                    self._set_aside(message.topic, message.payload, exc)
-            if self._staged:
+        for message in messages:
+            try:
+                self._dispatch_message(
+                    message.topic, message.payload, journal=True, retained=message.retain
+                )
+            except Exception as exc:  # one message, whatever it raised, must not stop us
+                self._set_aside(message.topic, message.payload, exc)
+        durable = True
+        if self._staged:
+            self._staged = 0
+            try:
                 self.journal.sync()
-                self._staged = 0
-        finally:
-            for device_id, ack in self._acks:
+            except OSError as exc:  # the disk failed: no "journaled" may go out
+                durable = False
+                self.failures[type(exc).__name__] += 1
+                log.error("journal sync failed (%s); the batch's updates are not acknowledged", exc)
+        acks, self._acks = self._acks, []
+        for device_id, ack in acks:
+            if durable or ack.verdict is not Verdict.JOURNALED:
                 self._publish_ack(device_id, ack)
-            self._acks.clear()
-            for message in messages:
-                self.link.ack(message)
+        for message in messages:
+            self.link.ack(message)
 
     def _set_aside(self, topic: str, payload: bytes, exc: Exception) -> None:
         kind = type(exc).__name__
