@@ -4,8 +4,8 @@ The release holds the values of every tensor of the model; the architecture come
 task's model spec (``release.model`` names it). Both exports take a batch of samples shaped
 as the model takes them (any batch size) and give the model's outputs (logits); a test
 checks them against the model on the same input. ONNX uses torch's TorchScript-based
-exporter (``dynamo=False``), which needs no package beyond torch; run the file with
-``onnxruntime`` or any ONNX runtime.
+exporter (``dynamo=False``), which needs the ``onnx`` package (in ``[server]``); run the file
+with ``onnxruntime`` or any ONNX runtime.
 """
 
 from __future__ import annotations
