@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -162,21 +163,30 @@ def write_local_conf(
 ) -> Path:
     """``config_dir/mosquitto.local.conf``: the generated config with paths inside
     ``config_dir``, run as the current user; returns its path."""
-    data = config_dir / "local-data"
-    data.mkdir(exist_ok=True)
-    conf_path = config_dir / "mosquitto.local.conf"
-    conf_path.write_text(
-        mosquitto_conf(
+
+    def render(persistence_dir: Path) -> str:
+        return mosquitto_conf(
             fleet,
             config_dir.resolve(),
             port=port,
             bind_address=bind_address,
-            persistence_dir=data.resolve(),
+            persistence_dir=persistence_dir,
             run_as=getpass.getuser(),
             queue=queue,
             persistence=persistence,
         )
-    )
+
+    return _write_local(config_dir, render)
+
+
+def _write_local(config_dir: Path, render: Callable[[Path], str]) -> Path:
+    """``render(persistence folder)`` as ``config_dir/mosquitto.local.conf`` (private: a
+    site's holds its bridge's password); the persistence folder is ``config_dir/local-data``."""
+    data = config_dir / "local-data"
+    data.mkdir(exist_ok=True)
+    conf_path = config_dir / "mosquitto.local.conf"
+    conf_path.write_text(render(data.resolve()))
+    conf_path.chmod(0o600)
     return conf_path
 
 
@@ -186,23 +196,22 @@ def start_site_broker(
     """Start a site gateway's Mosquitto on 127.0.0.1 with its generated files (``site_dir``
     from init_broker), bridged to the central broker on 127.0.0.1:``central_port``."""
     port = port or free_port()
-    data = site_dir / "local-data"
-    data.mkdir(exist_ok=True)
-    conf_path = site_dir / "mosquitto.local.conf"
-    conf_path.write_text(
-        site_conf(
+    password = str(read_toml(site_dir / "bridge.toml")["broker"]["password"])
+
+    def render(persistence_dir: Path) -> str:
+        return site_conf(
             fleet,
             site,
             site_dir.resolve(),
             port=port,
             bind_address="127.0.0.1",
-            persistence_dir=data.resolve(),
+            persistence_dir=persistence_dir,
             run_as=getpass.getuser(),
             central=("127.0.0.1", central_port),
-            password=str(read_toml(site_dir / "bridge.toml")["broker"]["password"]),
-        ),
-    )
-    conf_path.chmod(0o600)  # it holds the bridge's password
+            password=password,
+        )
+
+    conf_path = _write_local(site_dir, render)
     broker = RunningBroker(site_dir, port, conf_path, site_dir / "mosquitto.log")
     broker.start()
     return broker

@@ -7,9 +7,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from broker.fleet import DeviceEntry, Fleet, FleetSection
+from broker.generate import BrokerFiles, init_broker
+from broker.launcher import free_port
+
+FLEET = "bench"  # the fleet name of every benchmark fleet
+
 
 def publish(results: dict[str, Any], table: str, path: Path) -> None:
     """Record the command that produced ``results``, print ``table``, write the JSON."""
     results["command"] = " ".join(["ftte", *sys.argv[1:]])
     print(table)
     path.write_text(json.dumps(results, indent=1))
+
+
+def loopback_fleet(folder: Path, devices: int, budget_bytes: int) -> tuple[Fleet, BrokerFiles]:
+    """A fleet of ``devices`` on a free loopback port, its files generated under ``folder``."""
+    fleet = Fleet(
+        FleetSection(
+            name=FLEET,
+            broker_host="127.0.0.1",
+            broker_port=free_port(),
+            bind_address="127.0.0.1",
+            task="digits",
+            agent_state_dir=folder / "agents",
+        ),
+        [DeviceEntry(f"dev-{i:05d}", budget_bytes) for i in range(devices)],
+    )
+    return fleet, init_broker(fleet, folder / "broker")

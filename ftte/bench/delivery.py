@@ -40,14 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from broker.fleet import DeviceEntry, Fleet, FleetSection
-from broker.generate import SHIPPED_PERSISTENCE, Persistence, QueueLimits, init_broker, queue_limits
-from broker.launcher import RunningBroker, free_port, start_dev_broker
+from broker.fleet import Fleet
+from broker.generate import SHIPPED_PERSISTENCE, Persistence, QueueLimits, queue_limits
+from broker.launcher import RunningBroker, start_dev_broker
 from edge_agent.config import load_agent_config
 from edge_agent.delivery import UpdateDelivery
 from edge_agent.outbox import Outbox
 from ftte import topics
-from ftte.bench import publish
+from ftte.bench import FLEET, loopback_fleet, publish
 from ftte.errors import Rejected
 from ftte.transport.mqtt import BrokerDrops, BrokerSettings, Inbound, MqttLink
 from ftte.wire import decode_update, encode_update
@@ -56,7 +56,6 @@ from ftte.wire.messages import DeltaEncoding, Update
 from orchestrator.checkpoint import Journal
 from orchestrator.status import load_broker_account
 
-FLEET = "bench"
 UPDATE_FLOATS = 18_506  # the digits model, int8 as ftte sends slices: about 19 KB an update
 SENTINEL = "sentinel"  # update id prefix of the markers that end a backlog
 DROPPED_LOG_LINE = "Outgoing messages are being dropped"
@@ -214,18 +213,7 @@ def start_fleet(
     folder: Path, devices: int, queue: QueueLimits | None, persistence: Persistence
 ) -> BenchFleet:
     """Generate a fleet's files and start its broker."""
-    fleet = Fleet(
-        FleetSection(
-            name=FLEET,
-            broker_host="127.0.0.1",
-            broker_port=free_port(),
-            bind_address="127.0.0.1",
-            task="digits",
-            agent_state_dir=folder / "agents",
-        ),
-        [DeviceEntry(f"dev-{i:04d}", 10**6) for i in range(devices)],
-    )
-    files = init_broker(fleet, folder / "broker")
+    fleet, files = loopback_fleet(folder, devices, 10**6)
     broker = start_dev_broker(
         fleet, files.out_dir, fleet.fleet.broker_port, queue=queue, persistence=persistence
     )

@@ -34,11 +34,9 @@ from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 
-from broker.fleet import DeviceEntry, Fleet, FleetSection
-from broker.generate import init_broker
-from broker.launcher import RunningBroker, free_port, start_dev_broker
+from broker.launcher import RunningBroker, start_dev_broker
 from ftte import topics
-from ftte.bench import publish
+from ftte.bench import FLEET, loopback_fleet, publish
 from ftte.config import dump_section, write_toml
 from ftte.loadgen.pool import SessionPool
 from ftte.loadgen.run import (
@@ -51,28 +49,10 @@ from ftte.loadgen.run import (
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.status import load_broker_account
 
-FLEET = "bench"
 # QoS 1 publishes in flight per session: one, as a device with one update to deliver (the
 # orchestrator run's devices). A window of 20 (the broker's max_inflight_messages) on 1,000
 # sessions overflowed the subscriber's queue: 218 msgs/s arrived, the rest was dropped.
 RAW_WINDOW = 1
-
-
-def make_fleet(folder: Path, devices: int) -> tuple[Fleet, Path]:
-    """A fleet of ``devices`` with generous budgets, its files generated under ``folder``."""
-    fleet = Fleet(
-        FleetSection(
-            name=FLEET,
-            broker_host="127.0.0.1",
-            broker_port=free_port(),
-            bind_address="127.0.0.1",
-            task="digits",
-            agent_state_dir=folder / "agents",
-        ),
-        [DeviceEntry(f"dev-{i:05d}", 10**8) for i in range(devices)],
-    )
-    files = init_broker(fleet, folder / "broker")
-    return fleet, files.out_dir
 
 
 def start_orchestrator(folder: Path, broker_dir: Path, max_wall_s: float) -> subprocess.Popen[Any]:
@@ -296,7 +276,8 @@ def ingest_benchmark(
     for devices in sizes:
         sub = folder / f"fleet-{devices}"
         sub.mkdir()
-        fleet, broker_dir = make_fleet(sub, devices)
+        fleet, files = loopback_fleet(sub, devices, 10**8)
+        broker_dir = files.out_dir
         broker: RunningBroker = start_dev_broker(fleet, broker_dir, fleet.fleet.broker_port)
         try:
             live, payload_sizes = orchestrator_rate(sub, broker_dir, devices, config)
