@@ -33,4 +33,4 @@ lint: $(STAMP)
 # Two workers, a test file each at a time (pytest-xdist): the suite is CPU-bound on 2 cores
 # and its fleet tests wait on processes, so two files overlap well (5 min 46 s vs 9 min 44 s).
 test: install lint
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder

@@ -29,8 +29,11 @@ def test_updates_finished_while_the_orchestrator_is_away_all_arrive_past_a_full_
     # The queue overflowed: 150 updates vanished on the way, as in the issue...
     assert report["first_delivery"] == 50
     # ...and the loss was seen: the orchestrator counted the drops, the broker logged them.
-    # (End markers published while the queue was still full may have been dropped as well.)
-    assert 150 <= report["broker_dropped"] <= 150 + report["end_markers_sent"] - 1
+    # Besides those 150, only what was sent later can have been dropped too: end markers
+    # published while the queue was still full (all but the one that arrived), and resends
+    # beyond the 150 that got through (a loaded machine's slow consumer refills the queue).
+    assert report["broker_dropped"] >= 150
+    assert report["broker_dropped"] <= report["resent"] + report["end_markers_sent"] - 1
     assert report["broker_drop_log_lines"] >= 1
     # The devices sent again what was not acknowledged; every update was journaled once.
     assert report["resent"] >= 150

@@ -6,7 +6,7 @@ import pytest
 
 from ftte.bench.paper import STRATEGIES, BenchSize, check_resumable, format_table, paper_benchmark
 
-TINY = BenchSize(devices=6, seeds=2, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
+TINY = BenchSize(devices=6, seeds=2, time_budget_s=5.0, time_limit_s=30.0, max_updates=20)
 PER_STRATEGY = (
     "time_to_target_s",
     "final_acc",
@@ -23,7 +23,7 @@ PER_STRATEGY = (
 def resumed():
     """One seed run, then resumed to two: the second seed is the only new work (one
     benchmark of two seeds serves both tests; it is the slow part of this module)."""
-    one = BenchSize(devices=6, seeds=1, time_budget_s=10.0, time_limit_s=60.0, max_updates=40)
+    one = BenchSize(devices=6, seeds=1, time_budget_s=5.0, time_limit_s=30.0, max_updates=20)
     first = json.loads(json.dumps(paper_benchmark("digits", one)))  # as --json stores it
     for runs in first["runs"].values():
         runs[0]["marker"] = "kept"  # a rerun would not carry this

@@ -30,8 +30,8 @@ def run_simulator(config: SimConfig):
 
 
 def test_same_seed_gives_the_same_curve():
-    a = simulate(replace(SMALL, strategy="ftte"))
-    b = simulate(replace(SMALL, strategy="ftte"))
+    config = replace(SMALL, strategy="ftte", max_updates=30, strategy_params={"buffer_size": 5})
+    a, b = simulate(config), simulate(config)
     assert a["curve"] == b["curve"] and len(a["curve"]) > 3
 
 
