@@ -181,6 +181,14 @@ def _add_bench(commands: Any) -> None:
     )
     device.add_argument("--json", type=Path, default=Path("bench-device.json"))
     device.set_defaults(run=_run_bench_device)
+    predict = which.add_parser(
+        "predict", help="serving a release on a device: lean numpy vs onnxruntime vs torch"
+    )
+    predict.add_argument("--tasks", nargs="+", default=["digits", "vibration"])
+    predict.add_argument("--windows", type=int, default=500, help="batch-1 calls timed")
+    predict.add_argument("--repeats", type=int, default=3, help="fresh processes per path")
+    predict.add_argument("--json", type=Path, default=Path("bench-predict.json"))
+    predict.set_defaults(run=_run_bench_predict)
 
 
 def _run_bench_paper(args: argparse.Namespace) -> int:
@@ -221,6 +229,12 @@ def _run_bench_device(args: argparse.Namespace) -> int:
     from ftte.bench.device import run_device_benchmark
 
     return run_device_benchmark(args)
+
+
+def _run_bench_predict(args: argparse.Namespace) -> int:
+    from ftte.bench.predict import run_predict_benchmark
+
+    return run_predict_benchmark(args)
 
 
 def _run_bench_attack(args: argparse.Namespace) -> int:

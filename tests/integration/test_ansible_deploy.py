@@ -122,6 +122,42 @@ class Deployment:
         return self.root / "hosts" / host
 
 
+TASK_PACKAGE = {
+    "pyproject.toml": """
+[build-system]
+requires = ["setuptools>=77"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "fieldtask"
+version = "0.3.1"
+
+[tool.setuptools]
+py-modules = ["fieldtask"]
+""",
+    "fieldtask.py": """
+from ftte.tasks.base import ModelSpec
+from ftte.tasks.layers import Flatten, Linear
+
+MODEL = ModelSpec("fieldtask", (Flatten(), Linear(12, 3)), (2, 6), 3)
+""",
+}
+
+
+def _task_package_wheel(root: Path) -> Path:
+    """A user's task package (a model spec only), built as the inventory's comment says."""
+    source = root / "fieldtask"
+    source.mkdir()
+    for name, text in TASK_PACKAGE.items():
+        (source / name).write_text(text.lstrip())
+    out = root / "task-dist"
+    subprocess.run(
+        [BIN / "pip", "wheel", "-q", "--no-deps", "-w", out, source], check=True, timeout=300
+    )
+    (wheel,) = out.glob("fieldtask-0.3.1-*.whl")
+    return wheel
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProcess[str]]:
     d = Deployment(tmp_path_factory.mktemp("ansible"))
@@ -133,6 +169,7 @@ def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProces
         check=True,
         timeout=300,
     )
+    task_wheel = _task_package_wheel(d.root)
     # The example inventory's fleet-wide settings, with this machine's overrides.
     example = yaml.safe_load((ANSIBLE / "inventories/example/group_vars/all.yml").read_text())
     inventory = {
@@ -147,6 +184,7 @@ def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProces
                 "ftte_wheel_dir": str(d.root / "dist"),
                 "ftte_fleet_name": "test-fleet",
                 "ftte_task": "digits",
+                "ftte_task_wheels": [str(task_wheel)],
                 "fleet_files_ftte_cli": str(BIN / "ftte"),
                 # This machine has no ftte-agent account; nobody proves ownership is applied.
                 "edge_agent_user": "nobody",
@@ -258,6 +296,14 @@ def test_installed_agent_runs_from_agent_only_dependencies(deployment):
         assert absent.returncode != 0, not_for_the_lean_agent
     config = tomllib.loads((d.prefix(DEVICE) / "etc/ftte-agent/agent.toml").read_text())
     assert config["agent"]["runtime"] == "lean"
+
+
+def test_the_users_task_package_is_installed_beside_the_agent(deployment):
+    d, _ = deployment
+    python = d.prefix(DEVICE) / "opt/ftte-agent/venv/bin/python"
+    probe = "from ftte.tasks import load_model_spec; print(load_model_spec('fieldtask:MODEL'))"
+    run = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and "fieldtask" in run.stdout, run.stderr
 
 
 def test_second_run_changes_nothing(deployment):
