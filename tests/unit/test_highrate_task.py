@@ -32,7 +32,7 @@ def test_windows_are_three_axes_of_4096_samples_with_class_labels():
     assert MODELS["highrate"] is task.model
     for data in (*task.devices, task.validation):
         assert data.x.shape[1:] == (AXES, WINDOW) and data.x.dtype == np.float32
-        assert 0 <= data.y.min() and data.y.max() < task.model.num_classes
+        assert data.y.min() >= 0 and data.y.max() < task.model.num_classes
     assert sorted(set(task.validation.y.tolist())) == list(range(task.model.num_classes))
 
 
