@@ -26,7 +26,7 @@ from edge_agent.data import LocalData
 from edge_agent.delivery import UpdateDelivery
 from edge_agent.device import DeviceModel
 from edge_agent.outbox import Outbox
-from edge_agent.process import process_memory, rss_bytes
+from edge_agent.process import MEMORY_SHARE, process_memory, rss_bytes
 from edge_agent.releases import DeviceReleases
 from edge_agent.runtime import single_threaded
 from ftte import __version__, topics
@@ -40,7 +40,6 @@ from ftte.wire.messages import Assignment
 
 log = logging.getLogger("ftte.agent")
 
-MEMORY_SHARE = 0.25  # of MemAvailable, when no budget is configured: the sensing app keeps the rest
 TAKEN_REMEMBERED = 64  # assignment ids remembered to train a re-sent assignment only once
 
 

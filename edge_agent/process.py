@@ -7,6 +7,9 @@ from pathlib import Path
 from ftte.wire.messages import ProcessMemory
 
 STATUS = Path("/proc/self/status")
+# The agent's share of MemAvailable when no budget is configured: the sensing application
+# keeps the rest. The simulator's device classes (``ftte.sim.fleet``) apply the same rule.
+MEMORY_SHARE = 0.25
 
 
 def process_memory(status: Path = STATUS) -> ProcessMemory:

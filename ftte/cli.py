@@ -118,7 +118,14 @@ def _add_bench(commands: Any) -> None:
     which = p.add_subparsers(dest="bench", required=True)
     paper = which.add_parser("paper", help="FTTE vs FedBuff vs FedAvg on one simulated fleet")
     paper.add_argument("--quick", action="store_true", help="50 devices, 1 seed, < 10 min")
-    paper.add_argument("--task", default="digits", help="digits or vibration")
+    paper.add_argument("--task", default="digits", help="digits, vibration or highrate")
+    paper.add_argument(
+        "--budgets",
+        choices=["fraction", "device-classes"],
+        default="fraction",
+        help="device budgets: fractions of full-model training memory, or Raspberry Pi RAM "
+        "classes (512 MB-4 GB) minus the sensing share and the runtime (its own fleet size)",
+    )
     paper.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
     paper.add_argument(
         "--resume",
@@ -171,8 +178,15 @@ def _add_bench(commands: Any) -> None:
     device = which.add_parser(
         "device", help="one agent's process RSS, CPU and bytes: ftte slice vs FedAvg, per runtime"
     )
-    device.add_argument("--task", default="digits", help="digits or vibration")
+    device.add_argument("--task", default="digits", help="digits, vibration or highrate")
     device.add_argument("--assignments", type=int, default=30, help="per runtime and preset")
+    device.add_argument(
+        "--ram-mib",
+        type=int,
+        default=None,
+        help="budget of a device with this much RAM (the fleet's device classes, with the "
+        "worker's measured baseline) instead of 0.12 of full-model training memory",
+    )
     device.add_argument(
         "--runtimes", nargs="+", default=["lean", "torch"], choices=["lean", "torch"]
     )

@@ -34,6 +34,9 @@ class PlanMode(StrEnum):
     PER_DEVICE = "per-device"  # ftte: each device's own budget
     WEAKEST = "weakest"  # the paper: one subset sized for the smallest budget
     FULL = "full"  # baselines (FedAvg, FedBuff): every tensor, whatever the budget
+    # Baselines as a real fleet runs them: every tensor, and a device whose budget cannot
+    # hold the whole model does not train (it is excluded, as under ``BudgetTooSmall``).
+    FULL_IN_BUDGET = "full-in-budget"
 
 
 class BudgetTooSmall(ValueError):
@@ -77,6 +80,17 @@ class SlicePlanner:
         """Every tensor trainable, as FedAvg and FedBuff train."""
         order = tuple(self.memory.order)
         return SlicePlan(order, self.peak(order), float("nan"))
+
+    def full_within(self, budget_bytes: int) -> SlicePlan:
+        """The whole model, if its predicted peak fits ``budget_bytes``."""
+        plan = self.full()
+        if plan.predicted_peak_bytes > budget_bytes:
+            raise BudgetTooSmall(
+                f"memory budget {budget_bytes} B cannot hold the whole model "
+                f"({plan.predicted_peak_bytes} B at batch {self.batch_size}); this strategy "
+                "trains only whole models"
+            )
+        return plan
 
     def plan(self, budget_bytes: int, scores: Mapping[str, float]) -> SlicePlan:
         """The slice with the largest total score whose predicted peak fits ``budget_bytes``,

@@ -2,7 +2,9 @@
 
 The baselines train the full model and move float32 both ways, as their papers do; ftte
 trains per-device slices, sends int8 deltas up and float16 model values down.
-``ftte-weakest`` is the FTTE paper's single subset sized for the weakest device. This module
+``ftte-weakest`` is the FTTE paper's single subset sized for the weakest device;
+``fedavg-excluded`` and ``fedbuff-excluded`` are the baselines on a real fleet, where a
+device whose budget cannot hold the whole model does not take part. This module
 is the one place a preset becomes a running ``TrainingServer`` (service and simulator alike).
 """
 
@@ -40,6 +42,9 @@ PRESETS: dict[str, Preset] = {
     "fedbuff": Preset("fedbuff", PlanMode.FULL, _FULL, _FULL),
     "fedavg": Preset("fedavg", PlanMode.FULL, _FULL, _FULL),
     "fedasync": Preset("fedasync", PlanMode.FULL, _FULL, _FULL),
+    # The baselines with the devices that cannot hold the whole model left out (issue 15).
+    "fedbuff-excluded": Preset("fedbuff", PlanMode.FULL_IN_BUDGET, _FULL, _FULL),
+    "fedavg-excluded": Preset("fedavg", PlanMode.FULL_IN_BUDGET, _FULL, _FULL),
 }
 
 

@@ -430,6 +430,8 @@ class TrainingServer:
     def _plan_budget(self, budget: int) -> SlicePlan:
         if self.config.plan_mode is PlanMode.FULL:
             return self.planner.full()
+        if self.config.plan_mode is PlanMode.FULL_IN_BUDGET:
+            return self.planner.full_within(budget)
         plan = self._plans.get(budget)
         if plan is None:
             plan = self.planner.plan(budget, self._scores)
@@ -440,7 +442,7 @@ class TrainingServer:
         due = self._scores_version < 0 or self.version - self._scores_version >= (
             self.settings.rescore_every
         )
-        if self.config.plan_mode is PlanMode.FULL or not due:
+        if self.config.plan_mode in (PlanMode.FULL, PlanMode.FULL_IN_BUDGET) or not due:
             return
         self._scores = gradient_scores(self.model, self.task.validation)
         self._scores_version = self.version

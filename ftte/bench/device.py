@@ -103,15 +103,20 @@ def worker(runtime: str, task: str, data_path: str) -> int:
 
 
 def _run(
-    runtime: str, preset: str, task: Task, data_path: Path, assignments: int
+    runtime: str,
+    preset: str,
+    task: Task,
+    data_path: Path,
+    assignments: int,
+    ram_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """One fresh worker process answering ``assignments`` of a real server."""
+    """One fresh worker process answering ``assignments`` of a real server; the device's
+    budget is a device class's (``ram_bytes``) or ``BUDGET_FRACTION`` of the full model's."""
+    from ftte.sim.fleet import class_training_budget
     from ftte.wire import encode_assignment
     from orchestrator.presets import make_server
 
     server = make_server(preset, task, seed=0, run_tag="bench")
-    budget = int(BUDGET_FRACTION * server.full_model_peak())
-    server.register(DEVICE, budget)
     rng = np.random.default_rng(0)
     proc = subprocess.Popen(
         [
@@ -130,6 +135,11 @@ def _run(
     assert proc.stdout is not None
     try:
         start = json.loads(_receive(proc.stdout) or b"{}")
+        if ram_bytes is None:
+            budget = int(BUDGET_FRACTION * server.full_model_peak())
+        else:  # what this process has left once loaded, as the agent announces it
+            budget = class_training_budget(ram_bytes, start["baseline_rss_bytes"])
+        server.register(DEVICE, budget)
         rows, down, up = [], [], []
         for _ in range(assignments):
             (assignment,) = server.dispatch(rng, 0.0)
@@ -177,14 +187,16 @@ RATIOS = (
 
 def run_device_benchmark(args: argparse.Namespace) -> int:
     """``ftte bench device``: every runtime x preset, then the optional RSS-flat check."""
+    from ftte.sim.fleet import MIB
     from ftte.tasks import load_task
 
     task = load_task(args.task, num_devices=20, seed=0)
     folder = Path(tempfile.mkdtemp(prefix="ftte-bench-device-"))
     data_path = folder / "windows.npz"
     np.savez(data_path, x=task.devices[0].x, y=task.devices[0].y)
+    ram = None if args.ram_mib is None else args.ram_mib * MIB
     runs = {
-        f"{runtime}/{preset}": _run(runtime, preset, task, data_path, args.assignments)
+        f"{runtime}/{preset}": _run(runtime, preset, task, data_path, args.assignments, ram)
         for runtime in args.runtimes
         for preset in PRESETS
     }
@@ -196,7 +208,8 @@ def run_device_benchmark(args: argparse.Namespace) -> int:
     }
     results: dict[str, Any] = {
         "task": args.task,
-        "budget_fraction": BUDGET_FRACTION,
+        "budget_fraction": None if ram else BUDGET_FRACTION,
+        "ram_mib": args.ram_mib,
         "runs": runs,
         "ftte_over_fedavg": ratios,
     }
@@ -207,7 +220,7 @@ def run_device_benchmark(args: argparse.Namespace) -> int:
             for preset in PRESETS
         }
     if args.flat:
-        flat = _run("lean", "ftte", task, data_path, args.flat)
+        flat = _run("lean", "ftte", task, data_path, args.flat, ram)
         growth = flat["rss_bytes_last"] - flat["rss_bytes_settled"]
         results["flat"] = {**flat, "rss_growth_bytes": growth}
     shutil.rmtree(folder)
@@ -217,16 +230,19 @@ def run_device_benchmark(args: argparse.Namespace) -> int:
 
 def _table(results: dict[str, Any]) -> str:
     mib = 1024 * 1024
+    if results["ram_mib"] is None:
+        device = f"{results['budget_fraction']:.2f} of full-model training memory"
+    else:
+        device = f"what a {results['ram_mib']} MiB device class leaves after the runtime"
     lines = [
-        f"task {results['task']}, one device with {results['budget_fraction']:.2f} of "
-        "full-model training memory as its training budget",
-        f"{'run':14s} {'imports':>8s} {'baseline':>8s} {'RSS peak':>8s} {'anon':>8s} "
-        f"{'train pk':>9s} {'CPU ms':>7s} {'down B':>8s} {'up B':>7s}",
+        f"task {results['task']}, one device with {device} as its training budget",
+        f"{'run':14s} {'imports':>8s} {'baseline':>8s} {'budget':>8s} {'RSS peak':>8s} "
+        f"{'anon':>8s} {'train pk':>9s} {'CPU ms':>7s} {'down B':>8s} {'up B':>7s}",
     ]
     for name, r in results["runs"].items():
         lines.append(
             f"{name:14s} {r['imports_rss_bytes'] / mib:7.1f}M "
-            f"{r['baseline_rss_bytes'] / mib:7.1f}M "
+            f"{r['baseline_rss_bytes'] / mib:7.1f}M {r['budget_bytes'] / mib:7.1f}M "
             f"{r['rss_peak_bytes'] / mib:7.1f}M {r['rss_anon_bytes_steady'] / mib:7.1f}M "
             f"{r['train_peak_bytes_max'] / 1024:8.0f}K {1000 * r['cpu_s_per_assignment']:7.1f} "
             f"{r['bytes_down_per_assignment']:8.0f} {r['bytes_up_per_assignment']:7.0f}"

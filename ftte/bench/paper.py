@@ -22,11 +22,21 @@ from typing import Any
 
 import torch
 
+from edge_agent.process import MEMORY_SHARE
 from ftte.bench import publish
-from ftte.sim.fleet import FleetSpec
+from ftte.sim.fleet import (
+    DEVICE_CLASSES_MIB,
+    MIB,
+    SYSTEM_RESERVE_MIB,
+    FleetSpec,
+    class_training_budget,
+)
 from ftte.sim.run import SimConfig, simulate
 
 STRATEGIES = ("fedavg", "fedbuff", "ftte", "ftte-weakest")
+# With device-class budgets the baselines run twice: as if every device could train the whole
+# model (the paper's comparison) and as a real fleet would, without the devices it does not fit.
+EXCLUDED = ("fedavg-excluded", "fedbuff-excluded")
 # What the paper reports against synchronous FedAvg (abstract of arXiv 2510.03165).
 PAPER_CLAIMS = {
     "time_to_target": 1 - 0.81,
@@ -46,6 +56,7 @@ class BenchSize:
     time_budget_s: float  # every strategy runs at least this long; accuracy compared here
     time_limit_s: float  # no run goes past this (FedAvg needs long to reach the target)
     max_updates: int
+    samples_per_device: int = 60
 
 
 # The budget is where accuracy is compared: the buffered strategies have converged by then
@@ -57,20 +68,33 @@ QUICK = BenchSize(
 FULL = BenchSize(
     devices=500, seeds=3, time_budget_s=120.0, time_limit_s=48 * 3600.0, max_updates=40000
 )
+# Device-class budgets (issue 15, for the highrate task): one whole-model training there
+# touches ~200 MiB per step and costs seconds of real CPU, so the fleet is small (10
+# devices per RAM class) and each holds one batch; the slower virtual clock (a larger
+# model's FLOPs) sets the time budget.
+CLASSES = BenchSize(
+    devices=40,
+    seeds=1,
+    time_budget_s=90.0,
+    time_limit_s=48 * 3600.0,
+    max_updates=400,
+    samples_per_device=32,
+)
 
 
 def run_paper_benchmark(args: argparse.Namespace) -> int:
     """Run the benchmark for the CLI's arguments, print the table, write JSON and plots."""
-    size = QUICK if args.quick else FULL
+    size = CLASSES if args.budgets == "device-classes" else QUICK if args.quick else FULL
     if args.seeds is not None:
         size = replace(size, seeds=args.seeds)
     task_name = args.task
     previous = None
     if args.resume is not None:
         previous = json.loads(args.resume.read_text())
-        check_resumable(previous, task_name, size)
+        check_resumable(previous, task_name, size, args.budgets)
     started = time.perf_counter()
-    results = paper_benchmark(task_name, size, workers=os.cpu_count() or 1, previous=previous)
+    workers = os.cpu_count() or 1
+    results = paper_benchmark(task_name, size, workers, previous, args.budgets)
     results["wall_time_s"] = time.perf_counter() - started
     publish(results, format_table(results), args.json)
     if args.plots is not None:
@@ -81,7 +105,11 @@ def run_paper_benchmark(args: argparse.Namespace) -> int:
 
 
 def paper_benchmark(
-    task_name: str, size: BenchSize, workers: int = 1, previous: dict[str, Any] | None = None
+    task_name: str,
+    size: BenchSize,
+    workers: int = 1,
+    previous: dict[str, Any] | None = None,
+    budgets: str = "fraction",
 ) -> dict[str, Any]:
     """Run every strategy on every seed; return medians, spreads, runs and ratios.
 
@@ -95,11 +123,12 @@ def paper_benchmark(
         for position, run in enumerate(old_runs):
             # Runs are stored in seed order; older results did not record the seed.
             done[run.get("seed", position), strategy] = run
+    names = STRATEGIES + EXCLUDED if budgets == "device-classes" else STRATEGIES
     # Costliest first (ftte-weakest makes the most, smallest updates), so no core idles
     # at the end waiting for it.
-    order = list(reversed(STRATEGIES))
+    order = list(reversed(names))
     jobs = [
-        (task_name, size, seed, s)
+        (task_name, size, budgets, seed, s)
         for seed in range(size.seeds)
         for s in order
         if (seed, s) not in done
@@ -110,15 +139,17 @@ def paper_benchmark(
             new = list(pool.map(_run_one, jobs))
     else:
         new = [_run_one(job) for job in jobs]
-    for (_, _, seed, strategy), result in zip(jobs, new, strict=True):
+    for (_, _, _, seed, strategy), result in zip(jobs, new, strict=True):
         done[seed, strategy] = result
-    runs = {s: [done[seed, s] for seed in range(size.seeds)] for s in STRATEGIES}
+    runs = {s: [done[seed, s] for seed in range(size.seeds)] for s in names}
     strategies = {name: aggregate_runs(r) for name, r in runs.items()}
     return {
         "task": task_name,
         "devices": size.devices,
         "seeds": size.seeds,
         "time_budget_s": size.time_budget_s,
+        "budgets": budgets,
+        **({"device_classes": device_classes()} if budgets == "device-classes" else {}),
         "strategies": strategies,
         "ratios_vs_fedavg": ratios(strategies),
         "paper_claims_as_ratios": PAPER_CLAIMS,
@@ -127,27 +158,50 @@ def paper_benchmark(
     }
 
 
-def check_resumable(previous: dict[str, Any], task_name: str, size: BenchSize) -> None:
+def device_classes() -> dict[str, Any]:
+    """The device classes' RAM and training budgets, and the assumptions behind them."""
+    spec = FleetSpec(budgets="device-classes")
+    return {
+        "ram_mib": list(DEVICE_CLASSES_MIB),
+        "training_budget_bytes": [
+            class_training_budget(ram * MIB, spec.runtime_baseline_bytes)
+            for ram in DEVICE_CLASSES_MIB
+        ],
+        "system_reserve_mib": SYSTEM_RESERVE_MIB,
+        "agent_share_of_free_memory": MEMORY_SHARE,
+        "runtime_baseline_bytes": spec.runtime_baseline_bytes,
+    }
+
+
+def check_resumable(
+    previous: dict[str, Any], task_name: str, size: BenchSize, budgets: str = "fraction"
+) -> None:
     """Refuse to mix runs of another setting into this one, naming what differs."""
-    wanted = {"task": task_name, "devices": size.devices, "time_budget_s": size.time_budget_s}
+    wanted = {
+        "task": task_name,
+        "devices": size.devices,
+        "time_budget_s": size.time_budget_s,
+        "budgets": budgets,
+    }
     for key, value in wanted.items():
-        if previous.get(key) != value:
+        if previous.get(key, "fraction" if key == "budgets" else None) != value:
             raise ValueError(
                 f"--resume: the earlier result has {key} = {previous.get(key)!r}, this run "
-                f"{value!r}; resume only a result of the same --task and --quick setting"
+                f"{value!r}; resume only a result of the same --task, --quick and --budgets"
             )
 
 
-def _run_one(job: tuple[str, BenchSize, int, str]) -> dict[str, Any]:
+def _run_one(job: tuple[str, BenchSize, str, int, str]) -> dict[str, Any]:
     """One strategy on one seed's fleet (a worker process's unit of work)."""
-    task_name, size, seed, strategy = job
+    task_name, size, budgets, seed, strategy = job
     torch.set_num_threads(1)  # one process per core; more threads only contend
     print(f"[{task_name} seed {seed}] {strategy} ...", file=sys.stderr, flush=True)
     config = SimConfig(
         task=task_name,
         strategy=strategy,
-        fleet=FleetSpec(devices=size.devices),
+        fleet=FleetSpec(devices=size.devices, budgets=budgets),
         seed=seed,
+        samples_per_device=size.samples_per_device,
         time_limit_s=size.time_limit_s,
         min_time_s=size.time_budget_s,
         max_updates=size.max_updates,
@@ -166,6 +220,7 @@ METRICS = (
     "bytes_down_per_update",
     "bytes_total",
     "devices_over_budget",
+    "excluded_devices",
     "versions",
     "updates_accepted",
 )
@@ -220,7 +275,8 @@ def format_table(results: dict[str, Any]) -> str:
         f"task {setting(results)}, time budget {results['time_budget_s']:.0f} s (virtual)",
         f"{'strategy':14s} {'t->target s':>12s} {'acc@budget':>9s} {'peak B max':>11s} "
         f"{'peak B weak':>11s} {'B up/upd':>9s} {'B down/upd':>10s} {'ratio t':>8s} "
-        f"{'mem weak':>8s} {'ratio up':>8s} {'acc-FedBuff':>11s} {'over budget':>11s}",
+        f"{'mem weak':>8s} {'ratio up':>8s} {'acc-FedBuff':>11s} {'over budget':>11s} "
+        f"{'excluded':>8s}",
     ]
     for name, s in results["strategies"].items():
         r = results["ratios_vs_fedavg"][name]
@@ -231,7 +287,8 @@ def format_table(results: dict[str, Any]) -> str:
             f"{_fmt(r['time_to_target'], '.3f'):>8s} "
             f"{_fmt(r['peak_memory_weakest_device'], '.3f'):>8s} "
             f"{_fmt(r['bytes_up_per_update'], '.3f'):>8s} "
-            f"{r['acc_at_budget_minus_fedbuff_points']:+11.1f} {s['devices_over_budget']:11.0f}"
+            f"{r['acc_at_budget_minus_fedbuff_points']:+11.1f} {s['devices_over_budget']:11.0f} "
+            f"{s['excluded_devices']:8.0f}"
         )
     return "\n".join(lines)
 
@@ -240,7 +297,8 @@ def setting(results: dict[str, Any]) -> str:
     """The run's task and size, e.g. ``digits: 500 devices, 1 seed`` (tables, plot titles)."""
     seeds = results["seeds"]
     plural = "" if seeds == 1 else "s"
-    return f"{results['task']}: {results['devices']} devices, {seeds} seed{plural}"
+    classes = ", device-class budgets" if results.get("budgets") == "device-classes" else ""
+    return f"{results['task']}: {results['devices']} devices{classes}, {seeds} seed{plural}"
 
 
 def _fmt(value: float | None, spec: str) -> str:

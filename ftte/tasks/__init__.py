@@ -7,10 +7,19 @@ from typing import Any
 
 from ftte.tasks.base import Dataset, ModelSpec, Task, TaskFactory, check_dataset
 from ftte.tasks.digits import DIGITS_MODEL, digits_task
+from ftte.tasks.highrate import HIGHRATE_MODEL, highrate_task
 from ftte.tasks.vibration import VIBRATION_MODEL, vibration_task
 
-TASKS: dict[str, TaskFactory] = {"digits": digits_task, "vibration": vibration_task}
-MODELS: dict[str, ModelSpec] = {"digits": DIGITS_MODEL, "vibration": VIBRATION_MODEL}
+TASKS: dict[str, TaskFactory] = {
+    "digits": digits_task,
+    "vibration": vibration_task,
+    "highrate": highrate_task,
+}
+MODELS: dict[str, ModelSpec] = {
+    "digits": DIGITS_MODEL,
+    "vibration": VIBRATION_MODEL,
+    "highrate": HIGHRATE_MODEL,
+}
 
 __all__ = ["MODELS", "TASKS", "Dataset", "ModelSpec", "Task", "load_model_spec", "load_task"]
 

@@ -289,3 +289,12 @@ def test_accepted_updates_report_the_fleets_measure_of_the_version_they_were_sen
     fleet = s.fleet_evaluation.latest(min_devices=4)
     assert fleet.version == 0 and fleet.devices == 4
     assert fleet.metrics["accuracy"] == pytest.approx(0.3)  # (1+4+9+16)/(1+2+3+4) / 10
+
+
+def test_fedbuff_excluded_leaves_out_a_device_that_cannot_hold_the_whole_model():
+    s = server("fedbuff-excluded")
+    s.register("small", s.full_model_peak() - 1)  # would hold a slice, not the whole model
+    assignments = dispatch(s)
+    assert "small" not in assignments and len(assignments) == 4
+    assert "whole model" in s.excluded_devices()["small"]
+    assert all(len(a.trainable) == len(TASK_SHAPES) for a in assignments.values())
