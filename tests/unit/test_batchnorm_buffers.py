@@ -3,15 +3,12 @@
 from dataclasses import replace
 
 import numpy as np
-import pytest
 import torch
 
 from edge_agent.device import DeviceModel
 from edge_agent.lean import LeanModel
 from ftte.errors import RejectReason
 from ftte.tasks import load_task
-from ftte.tasks.base import ModelSpec
-from ftte.tasks.layers import Flatten, Linear, TorchLayer
 from ftte.wire import decode_assignment, encode_assignment, encode_update
 from ftte.wire.messages import Assignment, Release
 from orchestrator.export import ExportFormat, export_release
@@ -79,18 +76,6 @@ def test_a_negative_running_variance_is_refused():
     a = assignments(s)[0]
     stats = {STATS[0]: np.zeros(16, np.float32), STATS[1]: np.full(16, -1.0, np.float32)}
     assert s.ingest(a.device_id, answer(a, stats)).reason is RejectReason.MALFORMED
-
-
-def test_a_torch_layer_with_buffers_is_refused_by_name():
-    spec = ModelSpec(
-        "custom",
-        (Flatten(), TorchLayer("BatchNorm1d(4)", lambda: torch.nn.BatchNorm1d(4)), Linear(4, 2)),
-        (4,),
-        2,
-    )
-    task = replace(TASK, model=spec)
-    with pytest.raises(ValueError, match=r"layer 1 \(BatchNorm1d\(4\)\).*ftte.tasks.layers"):
-        make_server("fedavg", task)
 
 
 def test_prediction_and_the_export_use_the_released_statistics(tmp_path):
