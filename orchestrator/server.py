@@ -465,7 +465,8 @@ class TrainingServer:
         expected = expected_buffers = None
         if record.open is not None:
             expected = {n: self.shapes[n] for n in record.open.trainable}
-            moved = self.task.model.updated_buffers(record.open.trainable)
+            # Skipped without buffers: admit is on the ingest path's hot loop.
+            moved = self.task.model.updated_buffers(record.open.trainable) if self.buffers else ()
             expected_buffers = {n: self.shapes[n] for n in moved}
         try:
             update = decode_update(payload, self.limits, expected, expected_buffers)

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from edge_agent.device import DeviceModel
@@ -11,7 +12,7 @@ from ftte.errors import RejectReason
 from ftte.tasks import load_task
 from ftte.wire import decode_assignment, encode_assignment, encode_update
 from ftte.wire.messages import Assignment, Release
-from orchestrator.export import ExportFormat, export_release
+from orchestrator.export import release_model
 from orchestrator.presets import make_server
 from orchestrator.server import TrainingServer
 
@@ -71,6 +72,20 @@ def test_an_update_without_the_statistics_its_training_moved_is_refused():
     assert s.ingest(a.device_id, answer(a)).reason is RejectReason.WRONG_SLICE
 
 
+@pytest.mark.parametrize(
+    ("mean", "reason"),
+    [
+        (np.zeros(8, np.float32), RejectReason.BAD_SHAPE),
+        (np.full(16, np.inf, np.float32), RejectReason.NON_FINITE),
+    ],
+)
+def test_statistics_are_decoded_as_strictly_as_the_delta(mean, reason):
+    s = fedavg()
+    a = assignments(s)[0]
+    stats = {STATS[0]: mean, STATS[1]: np.ones(16, np.float32)}
+    assert s.ingest(a.device_id, answer(a, stats)).reason is reason
+
+
 def test_a_negative_running_variance_is_refused():
     s = fedavg()
     a = assignments(s)[0]
@@ -78,9 +93,9 @@ def test_a_negative_running_variance_is_refused():
     assert s.ingest(a.device_id, answer(a, stats)).reason is RejectReason.MALFORMED
 
 
-def test_prediction_and_the_export_use_the_released_statistics(tmp_path):
-    # ONNX is exported from the same torch model (orchestrator.export.release_model); it
-    # is left out here for its exporter's start-up cost.
+def test_prediction_and_the_export_use_the_released_statistics():
+    # TorchScript and ONNX export this torch model (tests/unit/test_release_export.py
+    # checks them against it).
     rng = np.random.default_rng(0)
     tensors = {
         n: rng.normal(0, 0.3, s).astype(np.float32)
@@ -96,6 +111,6 @@ def test_prediction_and_the_export_use_the_released_statistics(tmp_path):
     at_init = LeanModel(TASK.model)
     at_init.load({n: v for n, v in tensors.items() if n not in STATS})
     assert np.abs(at_init.logits(x) - served).max() > 0.1  # the statistics matter
-    script = export_release(release, TASK.model, ExportFormat.TORCHSCRIPT, tmp_path / "m.pt")
-    traced = torch.jit.load(str(script))(torch.from_numpy(x)).detach().numpy()
-    np.testing.assert_allclose(traced, served, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        exported = release_model(release, TASK.model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(exported, served, rtol=1e-4, atol=1e-4)
