@@ -19,7 +19,7 @@ class DeviceModel:
 
     def __init__(self, spec: ModelSpec, runtime: str = "torch") -> None:
         self.trainer: SliceTrainer = make_trainer(spec, runtime)
-        self.shapes = self.trainer.parameter_shapes()
+        self.shapes = self.trainer.parameter_shapes() | self.trainer.buffer_shapes()
         self.version = -1
         self.job: str | None = None  # whose model ``version`` counts versions of
 
@@ -62,5 +62,6 @@ class DeviceModel:
             result.peak_mem_bytes,
             update_id=update_id or uuid.uuid4().hex,
             evaluation=evaluation,
+            buffers=result.buffers,
         )
         return update, result

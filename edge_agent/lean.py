@@ -1,14 +1,18 @@
 """The lean runtime: slice training in numpy (im2col + BLAS matmul), without torch.
 
 It trains the layers of ``ftte.tasks.layers`` (Conv1d, Conv2d, ReLU, MaxPool1d/2d, Flatten,
-Linear) with the semantics of the torch reference (``edge_agent.trainer.train_slice``):
-only the assigned tensors train; the frozen prefix (every layer before the first trainable
-one) runs forward a sample at a time and keeps nothing; the rest
-keeps what its backward needs; backward stops at the first trainable layer; each batch's
-gradient is the mean over the batch, accumulated over ``micro_batch`` chunks; the gradient
-norm over the slice is clipped to ``clip_norm``; SGD with momentum as ``torch.optim.SGD``;
-epochs and batch order as ``edge_agent.runtime.epoch_orders``. Training works on copies of
-the slice's tensors, so the model keeps the global values it was assigned.
+Linear, BatchNorm1d/2d) with the semantics of the torch reference
+(``edge_agent.trainer.train_slice``): only the assigned tensors train; the frozen prefix
+(every layer before the first trainable one) runs forward a sample at a time and keeps
+nothing; the rest keeps what its backward needs; backward stops at the first trainable
+layer; each batch's gradient is the mean over the batch, accumulated over ``micro_batch``
+chunks; the gradient norm over the slice is clipped to ``clip_norm``; SGD with momentum as
+``torch.optim.SGD``; epochs and batch order as ``edge_agent.runtime.epoch_orders``.
+Training works on copies of the slice's tensors, so the model keeps the global values it
+was assigned. Batch norms from the first trainable layer on normalise with each chunk's
+statistics and move copies of their running statistics as torch does (momentum, unbiased
+variance), returned with the delta; those of the frozen prefix, and every one at
+prediction, use the running statistics.
 
 What a layer keeps for backward is chosen for memory: a convolution keeps its padded input
 and rebuilds its im2col matrix in backward (the matrix is kernel-size times larger), a ReLU
@@ -37,6 +41,8 @@ from ftte.memory import FLOAT_BYTES, optimizer_slots
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import (
     LEAN_LAYERS,
+    BatchNorm1d,
+    BatchNorm2d,
     Conv1d,
     Conv2d,
     Flatten,
@@ -224,6 +230,71 @@ class _MaxPool:
         return dx
 
 
+class _BatchNorm:
+    """Batch normalisation over every axis but the channels' (axis 1), as torch's."""
+
+    def __init__(self, layer: BatchNorm1d | BatchNorm2d) -> None:
+        self.eps = layer.eps
+        self.momentum = layer.momentum
+
+    @staticmethod
+    def _per_channel(v: Array, x: Array) -> Array:
+        return v.reshape(1, -1, *([1] * (x.ndim - 2)))
+
+    def forward_eval(self, x: Array, w: Array, b: Array, mean: Array, var: Array) -> Array:
+        """Normalised with the running statistics (inference, and the frozen prefix)."""
+        scale = w / np.sqrt(var + np.float32(self.eps))
+        out = x * self._per_channel(scale, x)
+        out += self._per_channel(b - mean * scale, x)
+        return out
+
+    def forward_train(
+        self, x: Array, w: Array, b: Array, mean: Array, var: Array
+    ) -> tuple[Array, tuple[Array, Array, Array]]:
+        """Normalised with the batch's statistics; moves ``mean`` and ``var`` in place.
+
+        Returns the output and (input, batch mean, 1/std): backward rebuilds the normalised
+        input from them, as torch keeps them.
+        """
+        count = x.size // x.shape[1]
+        if count < 2:
+            raise ValueError(
+                f"batch norm needs more than one value per channel to train, got input {x.shape}"
+            )
+        batch_mean = x.mean(axis=(0, *range(2, x.ndim)))
+        out = x - self._per_channel(batch_mean, x)
+        flat = out.reshape(x.shape[0], x.shape[1], -1)
+        batch_var = np.einsum("ncl,ncl->c", flat, flat) / np.float32(count)  # no squared copy
+        invstd = (1.0 / np.sqrt(batch_var + np.float32(self.eps))).astype(np.float32)
+        out *= self._per_channel(invstd * w, x)
+        out += self._per_channel(b, x)
+        m = np.float32(self.momentum)
+        mean *= 1 - m
+        mean += m * batch_mean
+        var *= 1 - m
+        var += m * batch_var * np.float32(count / (count - 1))  # torch keeps the unbiased one
+        return out, (x, batch_mean, invstd)
+
+    def backward(
+        self, dout: Array, cache: tuple[Array, Array, Array], w: Array, need: _Grads
+    ) -> tuple[Array | None, Array | None, Array | None]:
+        """Gradients of the weight, the bias and the input, as ``need`` asks."""
+        x, batch_mean, invstd = cache
+        axes = (0, *range(2, x.ndim))
+        xhat = x - self._per_channel(batch_mean, x)
+        xhat *= self._per_channel(invstd, x)
+        dw = (dout * xhat).sum(axis=axes) if need.weight else None
+        db = dout.sum(axis=axes) if need.bias else None
+        dx = None
+        if need.input:
+            # d(input) = w/std · (dout − mean(dout) − x̂ · mean(dout · x̂)), means per channel
+            xhat *= self._per_channel((dout * xhat).mean(axis=axes), x)
+            dx = dout - self._per_channel(dout.mean(axis=axes), x)
+            dx -= xhat
+            dx *= self._per_channel(w * invstd, x)
+        return dw, db, dx
+
+
 def _check_supported(spec: ModelSpec) -> None:
     for i, layer in enumerate(spec.layers):
         if not isinstance(layer, LEAN_LAYERS):
@@ -242,16 +313,24 @@ class LeanModel:
         _check_supported(spec)
         self.layers: tuple[Layer, ...] = spec.layers
         self._shapes = spec.parameter_shapes()
+        self._spec = spec
         # Zeros: the first assignment carries every tensor (the device's version is unknown).
         self.params: dict[str, Array] = {
             n: np.zeros(s, dtype=np.float32) for n, s in self._shapes.items()
         }
-        self._ops: list[_Conv | _MaxPool | None] = []
+        # Torch's initial statistics (mean 0, variance 1) until the global ones arrive.
+        self.buffers: dict[str, Array] = {
+            n: (np.ones if n.endswith("running_var") else np.zeros)(s, dtype=np.float32)
+            for n, s in spec.buffer_shapes().items()
+        }
+        self._ops: list[_Conv | _MaxPool | _BatchNorm | None] = []
         for layer in self.layers:
             if isinstance(layer, Conv1d | Conv2d):
                 self._ops.append(_Conv(layer))
             elif isinstance(layer, MaxPool1d | MaxPool2d):
                 self._ops.append(_MaxPool(layer))
+            elif isinstance(layer, BatchNorm1d | BatchNorm2d):
+                self._ops.append(_BatchNorm(layer))
             else:
                 self._ops.append(None)
 
@@ -259,10 +338,15 @@ class LeanModel:
         """Every parameter's name and shape."""
         return dict(self._shapes)
 
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every buffer's name and shape (batch norms' running statistics)."""
+        return {n: b.shape for n, b in self.buffers.items()}
+
     def load(self, values: Mapping[str, np.ndarray]) -> None:
-        """Set the named parameters to ``values``."""
+        """Set the named parameters and buffers to ``values``."""
         for name, value in values.items():
-            self.params[name] = np.array(value, dtype=np.float32)
+            target = self.buffers if name in self.buffers else self.params
+            target[name] = np.array(value, dtype=np.float32)
 
     def train(
         self, trainable: Collection[str], data: Dataset, config: TrainConfig, seed: int
@@ -274,17 +358,21 @@ class LeanModel:
         if len(data) == 0:
             raise ValueError("no local training data")
         weights = sum(p.nbytes for p in self.params.values())
+        weights += sum(b.nbytes for b in self.buffers.values())
         slice_numel = sum(self.params[n].size for n in trainable)
-        # The working copy (the torch runtime's snapshot), gradients and momentum buffers.
+        stats = {n: self.buffers[n].copy() for n in self._spec.updated_buffers(trainable)}
+        # The working copy (the torch runtime's snapshot), gradients and momentum buffers,
+        # and the working copy of the running statistics training moves.
         per_value = FLOAT_BYTES * (2 + optimizer_slots(config.momentum))
-        meter = _Meter(weights + slice_numel * per_value)
-        delta, loss = self._train(list(trainable), data, config, seed, meter)
+        meter = _Meter(weights + slice_numel * per_value + sum(b.nbytes for b in stats.values()))
+        delta, loss = self._train(list(trainable), data, config, seed, meter, stats)
         return TrainResult(
             delta=delta,
             num_samples=len(data),
             loss=loss,
             peak_mem_bytes=meter.peak,
             samples_processed=len(data) * config.epochs,
+            buffers=stats,
         )
 
     def logits(self, x: Array) -> Array:
@@ -300,7 +388,13 @@ class LeanModel:
         return Evaluation(len(data), {"loss": loss, "accuracy": accuracy})
 
     def _train(
-        self, trainable: list[str], data: Dataset, config: TrainConfig, seed: int, meter: _Meter
+        self,
+        trainable: list[str],
+        data: Dataset,
+        config: TrainConfig,
+        seed: int,
+        meter: _Meter,
+        stats: dict[str, Array],
     ) -> tuple[dict[str, Array], float]:
         first = min(int(name.split(".", 1)[0]) for name in trainable)
         work = {n: self.params[n].copy() for n in trainable}
@@ -319,7 +413,7 @@ class LeanModel:
                     h = self._frozen_forward(x, first, meter)
                     meter.held = x.nbytes + (h.nbytes if h is not x else 0)
                     total += self._accumulate(
-                        h, data.y[chunk], first, work, grads, len(batch), meter
+                        h, data.y[chunk], first, work, grads, len(batch), meter, stats
                     )
                 self._step(work, grads, velocity, config)
                 count += len(batch)
@@ -345,16 +439,30 @@ class LeanModel:
         return out
 
     def _forward(
-        self, i: int, h: Array, values: Mapping[str, Array], meter: _Meter
+        self,
+        i: int,
+        h: Array,
+        values: Mapping[str, Array],
+        meter: _Meter,
+        stats: dict[str, Array] | None = None,
     ) -> tuple[Array, Any]:
-        """Layer ``i`` on ``h``: its output and what its backward needs."""
+        """Layer ``i`` on ``h``: its output and what its backward needs. With ``stats`` (the
+        running statistics training moves), batch norms are in training mode."""
         layer, op = self.layers[i], self._ops[i]
         if isinstance(op, _Conv):
             weight, bias = self._value(f"{i}.weight", values), self._value(f"{i}.bias", values)
             return op.forward(h, weight, bias, meter)
         out: Array
         cache: Any
-        if isinstance(op, _MaxPool):
+        if isinstance(op, _BatchNorm):
+            weight, bias = self._value(f"{i}.weight", values), self._value(f"{i}.bias", values)
+            mean, var = f"{i}.running_mean", f"{i}.running_var"
+            if stats is None:
+                out = op.forward_eval(h, weight, bias, self.buffers[mean], self.buffers[var])
+                cache = None
+            else:
+                out, cache = op.forward_train(h, weight, bias, stats[mean], stats[var])
+        elif isinstance(op, _MaxPool):
             out, cache = op.forward(h)
         elif isinstance(layer, ReLU):
             cache = h > 0
@@ -379,13 +487,14 @@ class LeanModel:
         grads: dict[str, Array],
         batch_len: int,
         meter: _Meter,
+        stats: dict[str, Array],
     ) -> float:
         """Forward and backward of one chunk from layer ``first``; adds to ``grads`` the
         gradient of the chunk's summed loss over ``batch_len``; returns the summed loss."""
         caches = []
         h = x
         for i in range(first, len(self.layers)):
-            h, cache = self._forward(i, h, work, meter)
+            h, cache = self._forward(i, h, work, meter, stats)
             caches.append(cache)
             meter.held += _nbytes(cache)
         loss, grad = _cross_entropy_sum(h, y)
@@ -411,6 +520,9 @@ class LeanModel:
         need = _Grads(weight in grads, bias in grads, need_input)
         if isinstance(op, _Conv):
             dw, db, dx = op.backward(dout, cache, self._value(weight, work), need, meter)
+        elif isinstance(op, _BatchNorm):
+            dw, db, dx = op.backward(dout, cache, self._value(weight, work), need)
+            meter.see(dout, cache[0], dx)
         elif isinstance(op, _MaxPool):
             dx = op.backward(dout, cache) if need_input else dout
             meter.see(dout, dx)

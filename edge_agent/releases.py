@@ -28,7 +28,7 @@ class DeviceReleases:
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
         self.folder = folder
         self.spec = spec
-        self._shapes = spec.parameter_shapes()
+        self._shapes = spec.tensor_shapes()
 
     def receive(self, payload: bytes) -> Release | None:
         """Keep a published release; ``None`` if it is the one served already. A release of

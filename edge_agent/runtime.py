@@ -8,7 +8,7 @@ chosen runtime only when asked, so an agent on the lean runtime never loads torc
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +30,8 @@ class TrainResult:
     loss: float
     peak_mem_bytes: int
     samples_processed: int  # samples seen, epochs included, for compute-time accounting
+    # New values of the running statistics the pass moved (``ModelSpec.updated_buffers``).
+    buffers: TensorDict = field(default_factory=dict)
 
 
 class SliceTrainer(Protocol):
@@ -39,8 +41,12 @@ class SliceTrainer(Protocol):
         """Every parameter's name and shape."""
         ...
 
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every buffer's name and shape (batch norms' running statistics)."""
+        ...
+
     def load(self, values: Mapping[str, np.ndarray]) -> None:
-        """Set the named parameters to ``values`` (the global model's)."""
+        """Set the named parameters and buffers to ``values`` (the global model's)."""
         ...
 
     def train(

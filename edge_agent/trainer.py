@@ -9,6 +9,10 @@ chunks of ``FROZEN_PREFIX_CHUNK`` samples, so autograd keeps none of its activat
 transient memory does not grow with the batch. The delta of the slice is returned and the device's
 copy of the model is put back to the global values it was assigned, so the next assignment
 only needs to carry what changed on the server.
+
+Batch norms from the first trainable layer on train in training mode (batch statistics) and
+move their running statistics, whose new values are returned beside the delta; those of the
+frozen prefix run in eval mode and move nothing (``ftte.tasks.layers.updated_buffers``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from torch import nn
 from edge_agent.runtime import TrainResult, epoch_orders
 from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK, optimizer_slots
 from ftte.tasks.base import Dataset, ModelSpec
+from ftte.tasks.layers import BUFFERS
+from ftte.tasks.torch_model import model_buffers
 from ftte.wire.messages import Evaluation, TrainConfig
 
 
@@ -34,16 +40,22 @@ class TorchModel:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._params = dict(self.model.named_parameters())
+        self._buffers = model_buffers(self.model, spec.layers)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's name and shape."""
         return {n: tuple(p.shape) for n, p in self._params.items()}
 
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every buffer's name and shape (batch norms' running statistics)."""
+        return {n: tuple(b.shape) for n, b in self._buffers.items()}
+
     def load(self, values: Mapping[str, np.ndarray]) -> None:
-        """Set the named parameters to ``values``."""
+        """Set the named parameters and buffers to ``values``."""
         with torch.no_grad():
             for name, value in values.items():
-                self._params[name].copy_(torch.from_numpy(value))
+                target = self._params[name] if name in self._params else self._buffers[name]
+                target.copy_(torch.from_numpy(value))
 
     def train(
         self, trainable: Collection[str], data: Dataset, config: TrainConfig, seed: int
@@ -86,6 +98,10 @@ def train_slice(
     first = min(int(name.split(".", 1)[0]) for name in trainable)
     frozen_prefix, trained_suffix = model[:first], model[first:]
     start = {name: params[name].detach().clone() for name in trainable}
+    # Every buffer behind the frozen prefix moves in training mode (num_batches_tracked too);
+    # all are put back after, and the running statistics' new values returned.
+    moved = {n: b for n, b in model.named_buffers() if int(n.split(".", 1)[0]) >= first}
+    start_buffers = {n: b.clone() for n, b in moved.items()}
     slice_params = [params[n] for n in trainable]
     optimizer = torch.optim.SGD(slice_params, lr=config.lr, momentum=config.momentum)
     x_all = torch.from_numpy(data.x)
@@ -93,6 +109,7 @@ def train_slice(
     meter = _PeakMeter(model, trainable, config.momentum)
     epoch_loss = 0.0
     model.train()
+    frozen_prefix.eval()  # inference: batch norms there use, and keep, the running statistics
     for order in epoch_orders(len(data), config.epochs, seed):
         total, count = 0.0, 0
         for batch in torch.from_numpy(order).split(config.batch_size):
@@ -116,6 +133,14 @@ def train_slice(
         for name in trainable:
             delta[name] = (params[name] - start[name]).numpy().astype(np.float32, copy=True)
             params[name].copy_(start[name])
+        buffers = {
+            n: b.numpy().astype(np.float32, copy=True)
+            for n, b in moved.items()
+            if n.rsplit(".", 1)[1] in BUFFERS
+        }
+        for name, value in start_buffers.items():
+            moved[name].copy_(value)
+    model.eval()
     for p in params.values():
         p.requires_grad_(False)
     return TrainResult(
@@ -124,6 +149,7 @@ def train_slice(
         loss=epoch_loss,
         peak_mem_bytes=meter.peak,
         samples_processed=len(data) * config.epochs,
+        buffers=buffers,
     )
 
 
@@ -152,9 +178,15 @@ class _PeakMeter:
         self._model = model
         self._param_storages = {p.untyped_storage().data_ptr() for p in params.values()}
         trainable_numel = sum(params[n].numel() for n in trainable)
-        self._static = sum(
-            p.numel() for p in params.values()
-        ) * FLOAT_BYTES + trainable_numel * FLOAT_BYTES * (2 + optimizer_slots(momentum))
+        first = min(int(n.split(".", 1)[0]) for n in trainable)
+        # Buffers are held once, and those training moves once more (their starting values).
+        buffers = [(int(n.split(".", 1)[0]), _nbytes(b)) for n, b in model.named_buffers()]
+        self._static = (
+            sum(p.numel() for p in params.values()) * FLOAT_BYTES
+            + trainable_numel * FLOAT_BYTES * (2 + optimizer_slots(momentum))
+            + sum(size for _, size in buffers)
+            + sum(size for layer, size in buffers if layer >= first)
+        )
         self._largest_batch = 0
         self.peak = self._static
 

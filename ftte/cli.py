@@ -175,6 +175,12 @@ def _add_bench(commands: Any) -> None:
     attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
     attack.set_defaults(run=_run_bench_attack)
+    batchnorm = which.add_parser(
+        "batchnorm",
+        help="a model with a batch norm: running statistics aggregated against dropped",
+    )
+    batchnorm.add_argument("--json", type=Path, default=Path("bench-batchnorm.json"))
+    batchnorm.set_defaults(run=_run_bench_batchnorm)
     device = which.add_parser(
         "device", help="one agent's process RSS, CPU and bytes: ftte slice vs FedAvg, per runtime"
     )
@@ -249,6 +255,13 @@ def _run_bench_predict(args: argparse.Namespace) -> int:
     from ftte.bench.predict import run_predict_benchmark
 
     return run_predict_benchmark(args)
+
+
+def _run_bench_batchnorm(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
+    from ftte.bench.batchnorm import run_batchnorm_benchmark
+
+    return run_batchnorm_benchmark(args)
 
 
 def _run_bench_attack(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ class ComputeModel:
         """Count multiply-adds of each module for one sample of ``input_shape``."""
         macs = []
         h = torch.zeros((1, *input_shape))
+        model.eval()  # one sample: a batch norm in training mode would refuse it
         with torch.no_grad():
             for module in model:
                 out = module(h)

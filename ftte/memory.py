@@ -1,7 +1,9 @@
 """The memory model: predicted peak training memory of a parameter slice.
 
-peak(slice) = all weights + the slice's gradients + its optimizer state
+peak(slice) = all weights and buffers + the slice's gradients + its optimizer state
               + the slice's starting values (kept to form the delta)
+              + the starting values of the buffers training moves (batch norms' running
+                statistics from the first trainable layer on, put back after)
               + the input batch
               + max(frozen phase, trained phase), where
                 frozen phase  = the largest transient of a frozen-prefix module, run in chunks
@@ -96,6 +98,7 @@ class MemoryModel:
         transients: list[tuple[int, int]],
         boundary_per_sample: list[int],
         input_per_sample: int,
+        buffers: list[tuple[int, int]] | None = None,
     ) -> None:
         self.tensors = {t.name: t for t in tensors}
         self.order = [t.name for t in tensors]
@@ -103,6 +106,7 @@ class MemoryModel:
         self.transients = transients  # per module: (fixed bytes, bytes per sample)
         self.boundary_per_sample = boundary_per_sample  # per module: bytes of its input
         self.input_per_sample = input_per_sample
+        self.buffers = buffers or []  # per buffer: (position of its module, bytes)
 
     @classmethod
     def profile(cls, model: nn.Sequential, input_shape: tuple[int, ...]) -> MemoryModel:
@@ -131,6 +135,10 @@ class MemoryModel:
                 )
             )
         weight_bytes = sum(p.numel() for p in params.values()) * FLOAT_BYTES
+        buffers = [
+            (int(n.split(".", 1)[0]), b.untyped_storage().nbytes())
+            for n, b in model.named_buffers()
+        ]
         # Live at the peak besides what autograd keeps: the input batch and labels, and the
         # largest transient of any one module (its input, its output and whatever scratch
         # the kernel allocates, e.g. a layout reorder in oneDNN convolutions).
@@ -143,7 +151,13 @@ class MemoryModel:
             transients.append((max(0, t_small - per_sample * PROFILE_BATCH), per_sample))
         boundary = [_ceil_div(b, PROFILE_BATCH) for _, b in small]
         input_bytes = x[0].numel() * FLOAT_BYTES + 8
-        return cls(profiles, weight_bytes, transients, boundary, input_bytes)
+        return cls(profiles, weight_bytes, transients, boundary, input_bytes, buffers)
+
+    def buffer_bytes(self, first_layer: int) -> int:
+        """Buffers held while training from ``first_layer``: every one, and the starting
+        values of those training moves (from ``first_layer`` on)."""
+        moved = sum(size for layer, size in self.buffers if layer >= first_layer)
+        return sum(size for _, size in self.buffers) + moved
 
     def first_layer(self, trainable: Collection[str]) -> int:
         """Position of the earliest module with a trainable tensor."""
@@ -169,11 +183,12 @@ class MemoryModel:
         trainable_numel = sum(self.tensors[n].numel for n in trainable)
         first = self.first_layer(trainable)
         chunk = min(micro_batch or batch_size, batch_size)
+        moved = sum(size for layer, size in self.buffers if layer >= first)
         return MemoryBreakdown(
-            weights=self.weight_bytes,
+            weights=self.weight_bytes + sum(size for _, size in self.buffers),
             gradients=trainable_numel * FLOAT_BYTES,
             optimizer=trainable_numel * FLOAT_BYTES * optimizer_slots(momentum),
-            snapshot=trainable_numel * FLOAT_BYTES,
+            snapshot=trainable_numel * FLOAT_BYTES + moved,
             activations=self.activation_per_sample(trainable) * chunk,
             inputs=self.input_per_sample * batch_size,
             frozen_phase=self.frozen_phase(first, chunk),

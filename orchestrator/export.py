@@ -1,11 +1,12 @@
 """A release as a file other tools run: TorchScript or ONNX.
 
-The release holds the values of every tensor of the model; the architecture comes from the
-task's model spec (``release.model`` names it). Both exports take a batch of samples shaped
-as the model takes them (any batch size) and give the model's outputs (logits); a test
-checks them against the model on the same input. ONNX uses torch's TorchScript-based
-exporter (``dynamo=False``), which needs the ``onnx`` package (in ``[server]``); run the file
-with ``onnxruntime`` or any ONNX runtime.
+The release holds the values of every tensor of the model (parameters and batch norms'
+running statistics, which both exports use: the model is exported in eval mode); the
+architecture comes from the task's model spec (``release.model`` names it). Both exports
+take a batch of samples shaped as the model takes them (any batch size) and give the
+model's outputs (logits); a test checks them against the model on the same input. ONNX
+uses torch's TorchScript-based exporter (``dynamo=False``), which needs the ``onnx``
+package (in ``[server]``); run the file with ``onnxruntime`` or any ONNX runtime.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ftte.tasks.base import ModelSpec
+from ftte.tasks.torch_model import model_buffers
 from ftte.wire.messages import Release
 
 
@@ -31,12 +33,12 @@ def release_model(release: Release, spec: ModelSpec) -> torch.nn.Sequential:
     if release.model != spec.name:
         raise ValueError(f"release of model {release.model!r}, not the task's {spec.name!r}")
     model = spec.make_model().eval()
-    params = dict(model.named_parameters())
-    if set(params) != set(release.tensors):
-        raise ValueError("the release's tensors are not the model's parameters")
+    tensors = dict(model.named_parameters()) | model_buffers(model, spec.layers)
+    if set(tensors) != set(release.tensors):
+        raise ValueError("the release's tensors are not the model's parameters and buffers")
     with torch.no_grad():
         for name, value in release.tensors.items():
-            params[name].copy_(torch.from_numpy(value))
+            tensors[name].copy_(torch.from_numpy(value))
     return model
 
 

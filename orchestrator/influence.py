@@ -155,6 +155,14 @@ class InfluenceBound:
                 self._norms.setdefault(name, {})[device_id] = norm
         return Bounded(bounded, frozenset(clipped), frozenset(capped), merged)
 
+    def sample_cap(self) -> float:
+        """The cap on one device's sample count now: ``sample_factor`` × the median of the
+        devices' latest counts (after ``apply``, the cap it used), at most ``max_samples``."""
+        s = self.settings
+        if not self._samples:
+            return float(s.max_samples)
+        return min(float(s.max_samples), s.sample_factor * _median(self._samples, {}))
+
     def _say(self, device: str) -> float:
         """The factor on a device's delta: the fleet's mean join rate over its own, at most 1."""
         window = self.settings.equal_say_window

@@ -184,7 +184,7 @@ class SlicePlanner:
         batch = micro or full_batch  # activations and transients are one chunk's
         anchor = mem.tensors[anchor_name]
         base = budget - mem.weight_bytes - mem.input_per_sample * full_batch
-        base -= self._state_bytes(anchor_name)
+        base -= self._state_bytes(anchor_name) + mem.buffer_bytes(anchor.layer)
         frozen = mem.frozen_phase(anchor.layer, batch)
         trained = anchor.first_act_per_sample * batch + mem.trained_transient(anchor.layer, batch)
         state = [self._state_bytes(n) for n in candidates]

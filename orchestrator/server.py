@@ -22,15 +22,17 @@ import torch
 from ftte.errors import Rejected, RejectReason
 from ftte.memory import MemoryModel
 from ftte.tasks.base import Task
+from ftte.tasks.torch_model import model_buffers
 from ftte.wire import WireLimits, decode_update
 from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
+from orchestrator.buffers import aggregate_buffers, check_buffers
 from orchestrator.evaluation import FleetEvaluation
 from orchestrator.influence import InfluenceBound, InfluenceSettings
 from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner
 from orchestrator.scoring import gradient_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 4  # bump when the state_dict schema changes
+STATE_FORMAT = 5  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)
@@ -155,27 +157,25 @@ class TrainingServer:
         torch.manual_seed(config.model_seed)
         self.model = task.model.make_model()
         self.model.eval()
-        buffers = [name for name, _ in self.model.named_buffers()]
-        if buffers:
-            # Dropped, they would leave every device and the server with their initial
-            # statistics (a BatchNorm model measured 15 points worse); refused, nothing hides.
-            raise ValueError(
-                f"model {task.model.name!r} has buffers ({', '.join(buffers[:4])}), e.g. "
-                "BatchNorm running statistics, which ftte does not send, aggregate or save "
-                "yet: use a model without them (GroupNorm or LayerNorm normalise without "
-                "running statistics)"
-            )
-        # The numpy arrays are the model: torch parameters are views of them, so a
-        # strategy's in-place update is what evaluation sees, with no copy.
+        # The numpy arrays are the model: torch parameters and buffers are views of them,
+        # so a strategy's in-place update is what evaluation sees, with no copy.
         self.params: TensorDict = {}
         for name, p in self.model.named_parameters():
             arr = p.detach().numpy().astype(np.float32, copy=True)
             p.requires_grad_(False)
             p.data = torch.from_numpy(arr)
             self.params[name] = arr
-        self.shapes = {n: a.shape for n, a in self.params.items()}
+        # Batch norms' running statistics travel, aggregate and are saved like parameters
+        # (orchestrator.buffers); a model with buffers ftte cannot move is refused here.
+        self.buffers: TensorDict = {}
+        for name, b in model_buffers(self.model, task.model.layers).items():
+            arr = b.numpy().astype(np.float32, copy=True)
+            b.data = torch.from_numpy(arr)
+            self.buffers[name] = arr
+        self.shapes = {n: a.shape for n, a in self.model_state().items()}
         self.version = 0
-        self.stamps = dict.fromkeys(self.params, 0)  # version at which each tensor last changed
+        # Version at which each tensor (parameter or buffer) last changed.
+        self.stamps = dict.fromkeys(self.shapes, 0)
         self.memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
         self.planner = SlicePlanner(self.memory, config.train.batch_size, config.train.momentum)
         self.influence = InfluenceBound(config.influence)
@@ -385,9 +385,8 @@ class TrainingServer:
             if self.on_excluded is not None:
                 self.on_excluded(record.device_id, record.excluded)
             return None
-        tensors = {
-            n: self.params[n].copy() for n, v in self.stamps.items() if v > record.synced_version
-        }
+        state = self.model_state()
+        tensors = {n: state[n].copy() for n, v in self.stamps.items() if v > record.synced_version}
         assignment = Assignment(
             job=self.config.job,
             device_id=record.device_id,
@@ -465,11 +464,14 @@ class TrainingServer:
         record = self.devices.get(device_id)
         if record is None:
             return Refusal(device_id, RejectReason.UNKNOWN_DEVICE, "device never registered")
-        expected = None
+        expected = expected_buffers = None
         if record.open is not None:
             expected = {n: self.shapes[n] for n in record.open.trainable}
+            # Skipped without buffers: admit is on the ingest path's hot loop.
+            moved = self.task.model.updated_buffers(record.open.trainable) if self.buffers else ()
+            expected_buffers = {n: self.shapes[n] for n in moved}
         try:
-            update = decode_update(payload, self.limits, expected)
+            update = decode_update(payload, self.limits, expected, expected_buffers)
         except Rejected as exc:
             if self._settled(record, exc.device_id, exc.assignment_id, exc.update_id):
                 # A resend of the settled answer, checked against the slice now open.
@@ -557,11 +559,18 @@ class TrainingServer:
         """Apply the buffer if the strategy says so; bump the version."""
         if not self.strategy.ready():
             return None
+        batch = self.strategy.buffered()
         report = self.strategy.aggregate(self.params, self.influence)
+        changed = aggregate_buffers(self.buffers, batch, self.influence) if self.buffers else ()
         self.version += 1
-        for name in report.changed:
+        for name in (*report.changed, *changed):
             self.stamps[name] = self.version
         return report
+
+    def model_state(self) -> TensorDict:
+        """Every tensor of the global model by name: parameters, then buffers (the arrays
+        themselves, not copies)."""
+        return self.params | self.buffers
 
     def _validate(self, record: DeviceRecord, update: Update) -> ReceivedUpdate:
         if update.device_id != record.device_id:
@@ -581,6 +590,7 @@ class TrainingServer:
         # passes the open assignment's shapes), so they are not checked twice.
         if set(update.delta) != set(assignment.trainable):
             raise Rejected(RejectReason.WRONG_SLICE, "delta tensors differ from the assignment")
+        check_buffers(update.buffers)
         age = self.version - update.base_version
         if age > self.settings.max_staleness:
             raise Rejected(RejectReason.TOO_STALE, f"age {age} > {self.settings.max_staleness}")
@@ -599,6 +609,7 @@ class TrainingServer:
             "job": self.config.job,
             "version": self.version,
             "params": dict(self.params),
+            "buffers": dict(self.buffers),
             "stamps": dict(self.stamps),
             "accepted": self.accepted,
             "rejected": dict(self.rejected),
@@ -621,6 +632,8 @@ class TrainingServer:
             raise ValueError(f"state belongs to job {state['job']!r}, not {self.config.job!r}")
         for name, arr in self.params.items():
             arr[...] = state["params"][name]
+        for name, arr in self.buffers.items():
+            arr[...] = state["buffers"][name]
         self.version = int(state["version"])
         self.stamps.update(state["stamps"])
         self.accepted = int(state["accepted"])

@@ -481,7 +481,7 @@ class OrchestratorService:
             server.version,
             server.task.model.name,
             {ACCURACY: self.accuracy, "loss": loss},
-            server.params,
+            server.model_state(),
             time.time(),
         )
         if only_if_best:

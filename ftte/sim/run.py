@@ -85,7 +85,7 @@ def simulate(
         metrics = {ACCURACY: accuracy, "loss": loss}
         model = task.model.name
         return Release(
-            server.config.job, server.version, model, metrics, server.params, time.time()
+            server.config.job, server.version, model, metrics, server.model_state(), time.time()
         )
 
     def seen(point: CurvePoint) -> None:

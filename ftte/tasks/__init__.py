@@ -6,17 +6,19 @@ import importlib
 from typing import Any
 
 from ftte.tasks.base import Dataset, ModelSpec, Task, TaskFactory, check_dataset
-from ftte.tasks.digits import DIGITS_MODEL, digits_task
+from ftte.tasks.digits import DIGITS_BN_MODEL, DIGITS_MODEL, digits_bn_task, digits_task
 from ftte.tasks.highrate import HIGHRATE_MODEL, highrate_task
 from ftte.tasks.vibration import VIBRATION_MODEL, vibration_task
 
 TASKS: dict[str, TaskFactory] = {
     "digits": digits_task,
+    "digits_bn": digits_bn_task,
     "vibration": vibration_task,
     "highrate": highrate_task,
 }
 MODELS: dict[str, ModelSpec] = {
     "digits": DIGITS_MODEL,
+    "digits_bn": DIGITS_BN_MODEL,
     "vibration": VIBRATION_MODEL,
     "highrate": HIGHRATE_MODEL,
 }

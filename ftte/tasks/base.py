@@ -7,13 +7,13 @@ and validation set exist for the simulator, the benchmarks and the demo's orches
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ftte.tasks.layers import Layer, parameter_shapes
+from ftte.tasks.layers import Layer, buffer_shapes, parameter_shapes, updated_buffers
 
 if TYPE_CHECKING:
     from torch import nn
@@ -54,6 +54,18 @@ class ModelSpec:
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Parameter names and shapes, as torch's ``named_parameters`` would list them."""
         return parameter_shapes(self.layers)
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Buffer names and shapes (batch norms' running statistics), as torch names them."""
+        return buffer_shapes(self.layers)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor of the model's state: parameters, then buffers."""
+        return self.parameter_shapes() | self.buffer_shapes()
+
+    def updated_buffers(self, trainable: Collection[str]) -> tuple[str, ...]:
+        """The buffers training the slice ``trainable`` updates (``layers.updated_buffers``)."""
+        return updated_buffers(self.layers, min(int(n.split(".", 1)[0]) for n in trainable))
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ augmented and never on a device.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ftte.tasks.base import Dataset, ModelSpec, Task
 from ftte.tasks.layers import (
+    BatchNorm2d,
     Conv2d,
     Flatten,
     Linear,
@@ -43,6 +46,11 @@ DIGITS_LAYERS = (
     Linear(32, 10),
 )
 DIGITS_MODEL = ModelSpec("digits", DIGITS_LAYERS, (1, 8, 8), 10)
+
+# The same CNN with a batch norm after the first convolution: the task that shows running
+# statistics travelling and aggregating (``ftte bench batchnorm``, docs/benchmarks.md).
+DIGITS_BN_LAYERS = (DIGITS_LAYERS[0], BatchNorm2d(16), *DIGITS_LAYERS[1:])
+DIGITS_BN_MODEL = ModelSpec("digits_bn", DIGITS_BN_LAYERS, (1, 8, 8), 10)
 
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -95,3 +103,11 @@ def digits_task(
         validation=Dataset(val_x[:, None, :, :].astype(np.float32), val_y),
         target_accuracy=TARGET_ACCURACY,
     )
+
+
+def digits_bn_task(
+    num_devices: int = 20, seed: int = 0, alpha: float = 0.5, samples_per_device: int = 60
+) -> Task:
+    """The digits task's data with ``DIGITS_BN_MODEL``, the CNN with one batch norm."""
+    task = digits_task(num_devices, seed, alpha, samples_per_device)
+    return replace(task, model=DIGITS_BN_MODEL)

@@ -5,8 +5,11 @@ reference trainer, the orchestrator, the simulator) is built from it by
 ``ftte.tasks.torch_model.build_torch_model`` and the device's lean numpy runtime by
 ``edge_agent.lean``; both name parameters ``"{position}.weight"`` / ``"{position}.bias"``
 with the shapes ``parameter_shapes`` gives, so updates from either runtime are
-interchangeable. A layer the spec cannot describe goes in as a ``TorchLayer``: only the
-torch runtime can train such a model.
+interchangeable. Batch normalisation also has buffers (``"{position}.running_mean"`` /
+``"{position}.running_var"``, ``buffer_shapes``): statistics that training updates without
+gradients, which travel and aggregate beside the parameters (docs/architecture.md). A
+layer the spec cannot describe goes in as a ``TorchLayer``: only the torch runtime can
+train such a model, and one with buffers is refused.
 """
 
 from __future__ import annotations
@@ -72,6 +75,28 @@ class Linear:
 
 
 @dataclass(frozen=True)
+class BatchNorm1d:
+    """Batch normalisation over (N, C) or (N, C, L), as ``torch.nn.BatchNorm1d``.
+
+    In training it normalises with the batch's statistics and moves its running mean and
+    (unbiased) variance towards them by ``momentum``; otherwise it uses the running ones.
+    """
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+
+@dataclass(frozen=True)
+class BatchNorm2d:
+    """Batch normalisation over (N, C, H, W), as ``torch.nn.BatchNorm2d`` (see BatchNorm1d)."""
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+
+@dataclass(frozen=True)
 class TorchLayer:
     """A torch module the spec cannot describe: trainable only by the torch runtime.
 
@@ -83,8 +108,30 @@ class TorchLayer:
     factory: Callable[[], nn.Module]
 
 
-Layer = Conv1d | Conv2d | ReLU | MaxPool1d | MaxPool2d | Flatten | Linear | TorchLayer
-LEAN_LAYERS = (Conv1d, Conv2d, ReLU, MaxPool1d, MaxPool2d, Flatten, Linear)
+Layer = (
+    Conv1d
+    | Conv2d
+    | ReLU
+    | MaxPool1d
+    | MaxPool2d
+    | Flatten
+    | Linear
+    | BatchNorm1d
+    | BatchNorm2d
+    | TorchLayer
+)
+LEAN_LAYERS = (
+    Conv1d,
+    Conv2d,
+    ReLU,
+    MaxPool1d,
+    MaxPool2d,
+    Flatten,
+    Linear,
+    BatchNorm1d,
+    BatchNorm2d,
+)
+BUFFERS = ("running_mean", "running_var")  # a batch norm's buffers, in torch's order
 
 
 def layer_name(layer: Layer) -> str:
@@ -106,6 +153,8 @@ def parameter_shapes(layers: Sequence[Layer]) -> dict[str, tuple[int, ...]]:
             weight = (layer.out_channels, layer.in_channels, k, k)
         elif isinstance(layer, Linear):
             weight = (layer.out_features, layer.in_features)
+        elif isinstance(layer, BatchNorm1d | BatchNorm2d):
+            weight = (layer.num_features,)
         elif isinstance(layer, TorchLayer):
             raise ValueError(f"layer {i} ({layer.name}) has parameters only torch can list")
         else:
@@ -113,3 +162,26 @@ def parameter_shapes(layers: Sequence[Layer]) -> dict[str, tuple[int, ...]]:
         shapes[f"{i}.weight"] = weight
         shapes[f"{i}.bias"] = (weight[0],)
     return shapes
+
+
+def buffer_shapes(layers: Sequence[Layer]) -> dict[str, tuple[int, ...]]:
+    """Every buffer the spec's layers hold (batch norms' running statistics), in model order.
+
+    Torch's ``num_batches_tracked`` is left out: with a fixed momentum nothing reads it.
+    """
+    return {
+        f"{i}.{name}": (layer.num_features,)
+        for i, layer in enumerate(layers)
+        if isinstance(layer, BatchNorm1d | BatchNorm2d)
+        for name in BUFFERS
+    }
+
+
+def updated_buffers(layers: Sequence[Layer], first_trained: int) -> tuple[str, ...]:
+    """The buffers a training pass updates when its first trainable layer is ``first_trained``.
+
+    Layers from it on run in training mode (batch statistics, running statistics moved);
+    the frozen prefix before it is inference, in eval mode, and moves nothing: it runs a
+    few samples at a time, whose statistics would be noise.
+    """
+    return tuple(name for name in buffer_shapes(layers) if int(name.split(".")[0]) >= first_trained)

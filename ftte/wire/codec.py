@@ -6,6 +6,10 @@ Layout of the msgpack map (wire format version 1)::
     tensor = {"dtype": "float32" | "float16" | "int8", "shape": [int, ...],
               "data": <raw little-endian bytes>, "scale": float (int8 only)}
 
+An update of a model with batch norms also has ``"buffers": {name: tensor}``: the new values
+of the running statistics its training moved, always float32 (they are a few values per
+channel, and the decoder checks them against the buffers the slice moves, exactly).
+
 Decoding treats the bytes as hostile and is bounded before allocation: the compressed size,
 the zstd frame's declared content size (python-zstandard would otherwise allocate whatever
 a header claims; a frame without a declared size is refused), no trailing data after the
@@ -148,6 +152,8 @@ def encode_update(
         "tensors": {n: encode_tensor(v, encoding) for n, v in u.delta.items()},
     }
     doc |= _evaluation_field(u.evaluation)
+    if u.buffers:  # absent otherwise: an update of a model without buffers is as before
+        doc["buffers"] = {n: encode_tensor(v, DeltaEncoding.FLOAT32) for n, v in u.buffers.items()}
     if u.process is not None:
         doc["rss_peak_bytes"] = u.process.rss_peak_bytes
         doc["rss_anon_bytes"] = u.process.rss_anon_bytes
@@ -359,12 +365,14 @@ def decode_update(
     data: bytes,
     limits: WireLimits | None = None,
     expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    expected_buffers: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Update:
-    """Parse and check an update; ``expected_shapes`` is the assigned slice, if known."""
+    """Parse and check an update; ``expected_shapes`` is the assigned slice and
+    ``expected_buffers`` the buffers its training moves, if known (exactly those must come)."""
     limits = limits or WireLimits()
     doc = _unpack(data, limits)
     reported = doc.keys() >= _PROCESS_FIELDS
-    optional = (_PROCESS_FIELDS if reported else set()) | ({"eval"} & doc.keys())
+    optional = (_PROCESS_FIELDS if reported else set()) | ({"eval", "buffers"} & doc.keys())
     _check_fields(doc, "update", _UPDATE_FIELDS | optional)
     device_id = _str(doc["device_id"], "device_id")
     assignment_id = _str(doc["assignment_id"], "assignment_id")
@@ -379,6 +387,7 @@ def decode_update(
             loss=_float(doc["loss"], "loss"),
             peak_mem_bytes=_int(doc["peak_mem_bytes"], "peak_mem_bytes", 0),
             delta=_decode_tensors(doc["tensors"], limits, expected_shapes),
+            buffers=_decode_tensors(doc.get("buffers", {}), limits, expected_buffers),
             evaluation=_decode_evaluation(doc["eval"]) if "eval" in doc else None,
             process=ProcessMemory(
                 rss_peak_bytes=_int(doc["rss_peak_bytes"], "rss_peak_bytes", 0),

@@ -38,6 +38,7 @@ class Assignment:
     ``tensors`` holds the current values of every tensor that changed since the model
     version the device last received (all tensors when that is unknown); the device keeps
     its copy of the rest. ``trainable`` names the slice; every other tensor stays frozen.
+    Buffers (batch norms' running statistics) travel in ``tensors`` like parameters.
     """
 
     job: str
@@ -57,6 +58,7 @@ class Assignment:
         update_id: str | None = None,
         evaluation: Evaluation | None = None,
         process: ProcessMemory | None = None,
+        buffers: TensorDict | None = None,
     ) -> Update:
         """The update answering this assignment with ``delta`` (update id: ``{id}.u``)."""
         return Update(
@@ -70,6 +72,7 @@ class Assignment:
             delta=delta,
             evaluation=evaluation,
             process=process,
+            buffers=buffers or {},
         )
 
 
@@ -109,12 +112,16 @@ class Update:
     delta: TensorDict
     evaluation: Evaluation | None = None  # of the model at base_version, if the device has one
     process: ProcessMemory | None = None  # None from agents before the field existed
+    # New values (not deltas) of the running statistics training moved: those of every
+    # batch norm from the slice's first layer on (``ModelSpec.updated_buffers``).
+    buffers: TensorDict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Release:
     """A trained model as the fleet receives and keeps it: the values of every tensor of the
-    job's model (by the model's parameter names), what it scored, and where it came from.
+    job's model (parameters and buffers, by torch's names), what it scored, and where it
+    came from.
 
     ``model`` names the architecture (the task's model spec); a device refuses a release
     of another model than its own.

@@ -35,6 +35,12 @@ CASES = [
     ("vibration", "all", 0.5, 2.0, 0),
     ("vibration", ("0.bias", "6.weight"), 0.9, 0.0, 7),
     ("vibration", ("3.weight", "3.bias", "10.weight", "10.bias"), 0.0, 0.5, 8),
+    # The batch norm (layer 1) in training mode: under the whole model with micro-batches,
+    # alone, and behind a slice from layer 0; in eval mode in the frozen prefix.
+    ("digits_bn", "all", 0.9, 1.0, 8),
+    ("digits_bn", ("1.weight", "1.bias"), 0.5, 0.0, 0),
+    ("digits_bn", ("0.weight", "12.bias"), 0.0, 5.0, 6),
+    ("digits_bn", ("6.weight", "12.bias"), 0.9, 0.0, 0),
 ]
 
 
@@ -49,7 +55,13 @@ def _pair(spec: ModelSpec) -> tuple[TorchModel, LeanModel]:
     torch.manual_seed(1)
     reference = TorchModel(spec)
     lean = LeanModel(spec)
-    lean.load({n: p.detach().numpy() for n, p in reference.model.named_parameters()})
+    values = {n: p.detach().numpy() for n, p in reference.model.named_parameters()}
+    # Running statistics away from their initial 0 and 1, so eval mode is exercised.
+    rng = np.random.default_rng(1)
+    for name, shape in spec.buffer_shapes().items():
+        values[name] = rng.uniform(0.5, 1.5, size=shape).astype(np.float32)
+    reference.load(values)
+    lean.load(values)
     return reference, lean
 
 
@@ -69,6 +81,10 @@ def test_lean_delta_equals_the_torch_delta(tasks, model, trainable, momentum, cl
         np.testing.assert_allclose(got.delta[name], expected.delta[name], rtol=RTOL, atol=ATOL)
     assert got.loss == pytest.approx(expected.loss, rel=RTOL)
     assert got.num_samples == expected.num_samples == SAMPLES
+    moved = task.model.updated_buffers(names)
+    assert set(got.buffers) == set(expected.buffers) == set(moved)
+    for name in moved:
+        np.testing.assert_allclose(got.buffers[name], expected.buffers[name], rtol=RTOL, atol=ATOL)
 
 
 def test_lean_training_leaves_the_assigned_values(tasks):
@@ -95,14 +111,14 @@ def test_a_layer_the_lean_runtime_cannot_train_is_named_with_the_fix():
         "custom",
         (
             Flatten(),
-            TorchLayer("BatchNorm1d(4)", lambda: torch.nn.BatchNorm1d(4)),
+            TorchLayer("LayerNorm(4)", lambda: torch.nn.LayerNorm(4)),
             ReLU(),
             Linear(4, 2),
         ),
         (4,),
         2,
     )
-    with pytest.raises(UnsupportedModel, match=r'layer 1 \(BatchNorm1d\(4\)\).*runtime = "torch"'):
+    with pytest.raises(UnsupportedModel, match=r'layer 1 \(LayerNorm\(4\)\).*runtime = "torch"'):
         make_trainer(spec, "lean")
     assert make_trainer(spec, "torch").parameter_shapes()["3.weight"] == (2, 4)
 
@@ -145,7 +161,7 @@ def test_the_lean_agent_starts_without_importing_torch(tmp_path):
     assert run.stdout.split() == ["LeanModel", "False"], run.stderr
 
 
-@pytest.mark.parametrize("model", ["digits", "vibration"])
+@pytest.mark.parametrize("model", ["digits", "digits_bn", "vibration"])
 def test_lean_peak_stays_within_the_memory_model_the_planner_uses(tasks, model):
     task = tasks[model]
     _, lean = _pair(task.model)

@@ -33,13 +33,21 @@ def slices(order: list[str]) -> list[list[str]]:
     ]
 
 
+def batch_norm_slices(order: list[str]) -> list[list[str]]:
+    # The batch norm (layer 1) trained under the whole model, alone, and frozen in eval mode.
+    return [order, ["1.weight", "1.bias"], order[-2:]]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("task_name", ["digits", "vibration"])
-def test_prediction_bounds_measured_peak(task_name):
+@pytest.mark.parametrize(
+    ("task_name", "cases_of"),
+    [("digits", slices), ("vibration", slices), ("digits_bn", batch_norm_slices)],
+)
+def test_prediction_bounds_measured_peak(task_name, cases_of):
     task = load_task(task_name, num_devices=2, seed=0)
     torch.manual_seed(0)
     memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
-    cases = slices(memory.order)
+    cases = cases_of(memory.order)
     spec = {"task": task_name, "slices": cases, "batch": BATCH, "momentum": MOMENTUM, "steps": 2}
     out = subprocess.run(
         [sys.executable, "-m", "tests.memory_probe", json.dumps(spec)],
