@@ -58,14 +58,17 @@ class SlicePlan:
 
 
 def budget_class(budget_bytes: int) -> int:
-    """The floor of ``budget_bytes``'s planning class: the largest 1.01^k at or below it."""
+    """The floor of ``budget_bytes``'s planning class: the largest int(1.01^k) at or below
+    it (so a floor is its own class)."""
     if budget_bytes < 1:
         return budget_bytes
-    floor = int(BUDGET_CLASS_RATIO ** math.floor(math.log(budget_bytes, BUDGET_CLASS_RATIO)))
-    # math.log may round either way at a class boundary; never plan above the budget.
-    while floor > budget_bytes:
-        floor = int(floor / BUDGET_CLASS_RATIO)
-    return floor
+    k = math.floor(math.log(budget_bytes, BUDGET_CLASS_RATIO))
+    # math.log may round either way at a class boundary: settle on the exact integer test.
+    if int(BUDGET_CLASS_RATIO ** (k + 1)) <= budget_bytes:
+        k += 1
+    while int(BUDGET_CLASS_RATIO**k) > budget_bytes:
+        k -= 1
+    return int(BUDGET_CLASS_RATIO**k)
 
 
 class SlicePlanner:
