@@ -58,6 +58,7 @@ def _add_sim(commands: Any) -> None:
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--stragglers", type=float, default=0.9, help="fraction slowed down")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID concentration")
+    p.add_argument("--samples-per-device", type=int, default=60, help="local samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-acc", type=float, default=None, help="default: the task's target")
     p.add_argument("--time-limit", type=float, default=6 * 3600.0, help="virtual seconds")
@@ -86,6 +87,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         fleet=FleetSpec(devices=args.devices, stragglers=args.stragglers),
         seed=args.seed,
         alpha=args.alpha,
+        samples_per_device=args.samples_per_device,
         target_accuracy=args.target_acc,
         time_limit_s=args.time_limit,
         max_updates=args.max_updates,
@@ -106,7 +108,9 @@ def _run_sim(args: argparse.Namespace) -> int:
         f"peak memory max {report['peak_mem_bytes_max']} B"
     )
     if args.json:
-        args.json.write_text(json.dumps({"config": asdict(config), **report}, indent=1))
+        # default=str: enums in the config (the influence bound's rule) as their names.
+        text = json.dumps({"config": asdict(config), **report}, indent=1, default=str)
+        args.json.write_text(text)
     if releases is not None and releases.best is not None:
         best = releases.best
         print(f"best release: version {best.version} in {args.releases / best.file}")

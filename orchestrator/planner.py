@@ -16,6 +16,7 @@ largest micro-batch wins (fewer, larger kernels are faster on the device).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,6 +27,12 @@ from ftte.memory import FLOAT_BYTES, MemoryModel, optimizer_slots
 
 KNAPSACK_CELLS = 2048  # budget resolution; item costs round up, so a plan never exceeds it
 MICRO_BATCH_DIVISORS = (1, 2, 4, 8)  # micro-batches tried: the batch, its half, ...
+# Budgets are planned in classes 1 % apart: every device of a class trains the slice planned
+# for the class's floor, at most 1 % below its own budget. A fleet draws budgets from a
+# continuum, so without classes every device was planned on its own after each rescore:
+# at 2,000 devices that was 2,000 planner calls (34 s of a 906 s cProfiled run); a class
+# grid bounds them at ~210 over the 12-100 % budget range, whatever the fleet size.
+BUDGET_CLASS_RATIO = 1.01
 
 
 class PlanMode(StrEnum):
@@ -51,6 +58,20 @@ class SlicePlan:
     predicted_peak_bytes: int
     score: float
     micro_batch: int = 0  # gradient accumulation chunk; 0: the whole batch at once
+
+
+def budget_class(budget_bytes: int) -> int:
+    """The floor of ``budget_bytes``'s planning class: the largest int(1.01^k) at or below
+    it (so a floor is its own class)."""
+    if budget_bytes < 1:
+        return budget_bytes
+    k = math.floor(math.log(budget_bytes, BUDGET_CLASS_RATIO))
+    # math.log may round either way at a class boundary: settle on the exact integer test.
+    if int(BUDGET_CLASS_RATIO ** (k + 1)) <= budget_bytes:
+        k += 1
+    while int(BUDGET_CLASS_RATIO**k) > budget_bytes:
+        k -= 1
+    return int(BUDGET_CLASS_RATIO**k)
 
 
 class SlicePlanner:

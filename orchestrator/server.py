@@ -28,7 +28,7 @@ from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfi
 from orchestrator.buffers import aggregate_buffers, check_buffers
 from orchestrator.evaluation import FleetEvaluation
 from orchestrator.influence import InfluenceBound, InfluenceSettings
-from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner
+from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner, budget_class
 from orchestrator.scoring import gradient_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
@@ -185,7 +185,10 @@ class TrainingServer:
         self.accepted = 0
         self._scores: dict[str, float] = {}
         self._scores_version = -1
-        self._plans: dict[int, SlicePlan] = {}
+        # Plans by budget class (None: the class floor holds no slice), and the smallest
+        # budget for the weakest-device mode: planning never walks the registry per event.
+        self._plans: dict[int, SlicePlan | None] = {}
+        self._weakest_budget: int | None = None
         # Assignment ids carry a tag drawn when a job starts afresh (kept across restarts):
         # the counter restarts at 1 in every job, and agents still holding an earlier job's
         # assignment would otherwise answer one of this job's with the same id.
@@ -227,9 +230,11 @@ class TrainingServer:
             record = DeviceRecord(device_id, budget_bytes)
             self.devices[device_id] = record
             self._order[device_id] = len(self._order)
+            self._weakest_budget = None
         if record.budget_bytes != budget_bytes:
             record.plan = None
             record.excluded = None
+            self._weakest_budget = None
         record.budget_bytes = budget_bytes
         record.online = True
         # A device that restarted may hold less than we sent it: trust the lower version.
@@ -326,8 +331,11 @@ class TrainingServer:
             return []
         chosen = self.strategy.select(self.idle_devices(), self.in_flight(), rng)
         assignments = []
+        # One copy of each tensor sent, shared by this dispatch's assignments (same version):
+        # a copy per assignment held 10,000 copies of the model at a 10,000-device start.
+        sent: TensorDict = {}
         for device_id in chosen:
-            assignment = self._assign(self.devices[device_id], now)
+            assignment = self._assign(self.devices[device_id], now, sent)
             if assignment is not None:
                 assignments.append(assignment)
         return assignments
@@ -371,11 +379,10 @@ class TrainingServer:
         """The slice this device trains now (planned under its budget and the mode)."""
         record = self.devices[device_id]
         self._refresh_scores()
-        if record.plan is None:
-            record.plan = self._plan_budget(self._planning_budget(record))
+        record.plan = self._plan_budget(self._planning_budget(record))
         return record.plan
 
-    def _assign(self, record: DeviceRecord, now: float) -> Assignment | None:
+    def _assign(self, record: DeviceRecord, now: float, sent: TensorDict) -> Assignment | None:
         try:
             plan = self.plan_for(record.device_id)
         except BudgetTooSmall as exc:
@@ -386,7 +393,12 @@ class TrainingServer:
                 self.on_excluded(record.device_id, record.excluded)
             return None
         state = self.model_state()
-        tensors = {n: state[n].copy() for n, v in self.stamps.items() if v > record.synced_version}
+        tensors = {}
+        for n, v in self.stamps.items():
+            if v > record.synced_version:
+                if n not in sent:
+                    sent[n] = state[n].copy()
+                tensors[n] = sent[n]
         assignment = Assignment(
             job=self.config.job,
             device_id=record.device_id,
@@ -423,7 +435,9 @@ class TrainingServer:
 
     def _planning_budget(self, record: DeviceRecord) -> int:
         if self.config.plan_mode is PlanMode.WEAKEST:
-            return min(d.budget_bytes for d in self.devices.values())
+            if self._weakest_budget is None:
+                self._weakest_budget = min(d.budget_bytes for d in self.devices.values())
+            return self._weakest_budget
         return record.budget_bytes
 
     def _plan_budget(self, budget: int) -> SlicePlan:
@@ -431,11 +445,15 @@ class TrainingServer:
             return self.planner.full()
         if self.config.plan_mode is PlanMode.FULL_IN_BUDGET:
             return self.planner.full_within(budget)
-        plan = self._plans.get(budget)
-        if plan is None:
-            plan = self.planner.plan(budget, self._scores)
-            self._plans[budget] = plan
-        return plan
+        floor = budget_class(budget)
+        if floor not in self._plans:
+            try:
+                self._plans[floor] = self.planner.plan(floor, self._scores)
+            except BudgetTooSmall:
+                self._plans[floor] = None
+        plan = self._plans[floor]
+        # A budget within a class of the smallest slice: planned on its own (rare, uncached).
+        return plan if plan is not None else self.planner.plan(budget, self._scores)
 
     def _refresh_scores(self) -> None:
         due = self._scores_version < 0 or self.version - self._scores_version >= (
@@ -446,8 +464,6 @@ class TrainingServer:
         self._scores = gradient_scores(self.model, self.task.validation)
         self._scores_version = self.version
         self._plans.clear()
-        for record in self.devices.values():
-            record.plan = None
 
     # -- updates -----------------------------------------------------------------------
 
@@ -640,7 +656,7 @@ class TrainingServer:
         self.rejected = Counter(state["rejected"])
         self._next_assignment = int(state["next_assignment"])
         self._run_tag = str(state["run_tag"])
-        self.devices, self._order = {}, {}
+        self.devices, self._order, self._weakest_budget = {}, {}, None
         self._idle, self._training, self._deadlines = set(), set(), []
         for saved in state["devices"]:
             record = DeviceRecord(

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.device import DeviceModel
 from ftte.compute import ComputeModel
 from ftte.sim.attacks import Attack, corrupt
+from ftte.sim.devices import FleetModels
 from ftte.sim.fleet import DeviceProfile, FleetSpec
 from ftte.wire import decode_assignment, encode_assignment, encode_update
 from orchestrator.server import TrainingServer
@@ -90,7 +90,7 @@ class FleetSimulator:
         self.compute = ComputeModel.profile(
             server.task.model.make_model(), server.task.model.input_shape
         )
-        self.models = {p.device_id: DeviceModel(server.task.model) for p in profiles}
+        self.models = FleetModels(server.task.model)
         self._queue: list[_Event] = []
         self._seq = itertools.count()
         # The simulated devices' own work in progress (device -> token of the arrival it
@@ -161,7 +161,7 @@ class FleetSimulator:
                 return self._curve_point()
         elif event.kind == "online" and live_chain:
             profile = self.profiles[device_id]
-            self.server.register(device_id, profile.budget_bytes, self.models[device_id].version)
+            self.server.register(device_id, profile.budget_bytes, self.models.version(device_id))
             self._go_offline_later(device_id, self.rng.exponential(self.spec.mean_online_s))
         elif event.kind == "arrive" and self._working.get(event.device_id) == event.token:
             del self._working[event.device_id]
@@ -187,8 +187,8 @@ class FleetSimulator:
             down = encode_assignment(assignment, self.server.config.model_encoding)
             received = decode_assignment(down)
             seed = int(self.rng.integers(2**31))
-            update, trained = self.models[device_id].train(
-                received, self.data[device_id], seed, update_id=f"{received.assignment_id}.u"
+            update, trained = self.models.train(
+                device_id, received, self.data[device_id], seed, f"{received.assignment_id}.u"
             )
             if device_id in self.hostile:
                 update = corrupt(update, self.hostile[device_id])

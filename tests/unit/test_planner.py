@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ftte.memory import MemoryModel
-from orchestrator.planner import BudgetTooSmall, SlicePlanner
+from orchestrator.planner import BUDGET_CLASS_RATIO, BudgetTooSmall, SlicePlanner, budget_class
 
 
 def small_cnn() -> nn.Sequential:
@@ -99,3 +99,12 @@ def test_micro_batches_let_a_mid_budget_train_every_tensor(planner):
     assert 0 < plan.micro_batch <= planner.batch_size // 4
     # With room for the whole batch, no accumulation.
     assert planner.plan(planner.full().predicted_peak_bytes, scores).micro_batch == 0
+
+
+def test_a_budget_class_floor_is_at_most_the_budget_and_within_one_class_of_it():
+    budgets = np.random.default_rng(0).integers(1, 10**9, size=2000).tolist()
+    budgets += [int(BUDGET_CLASS_RATIO**k) for k in range(1, 2000, 7)]  # class boundaries
+    for budget in budgets:
+        floor = budget_class(budget)
+        assert floor <= budget < (floor + 1) * BUDGET_CLASS_RATIO
+        assert budget_class(floor) == floor
