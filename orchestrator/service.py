@@ -41,7 +41,7 @@ from ftte import topics
 from ftte.errors import Rejected, RejectReason
 from ftte.tasks import load_task
 from ftte.transport.mqtt import BrokerDrops, Inbound, MqttLink, PayloadTooLarge, Will
-from ftte.wire import encode_assignment
+from ftte.wire import ModelForms, encode_assignment
 from ftte.wire.control import (
     GONE,
     HEARTBEAT_S,
@@ -145,6 +145,7 @@ class OrchestratorService:
         # Acknowledgements by verdict, assignments sent again or withdrawn, broker drops.
         self.delivery: Counter[str] = Counter()
         self._sent: dict[str, SentAssignment] = {}  # by device: its open assignment as sent
+        self._model_forms = ModelForms()  # the model's tensors converted once per version
         self._recoveries: Counter[str] = Counter()  # by device, since its last answer
         self._connects_seen = 0
         self._staged = 0  # journal entries of this batch not yet synced
@@ -584,7 +585,8 @@ class OrchestratorService:
         fleet = self.config.job.fleet
         timeout = int(self.config.server.assignment_timeout_s)
         for assignment in assignments:
-            payload = encode_assignment(assignment, self.server.config.model_encoding)
+            encoding = self.server.config.model_encoding
+            payload = encode_assignment(assignment, encoding, forms=self._model_forms)
             try:
                 self.link.publish(
                     topics.assign_topic(fleet, assignment.device_id),
