@@ -311,13 +311,20 @@ def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
         )
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     if t["dtype"] == "int8":
-        scale = _float(t["scale"], f"tensor {name!r} scale")
-        out = arr.astype(np.float32) * np.float32(scale)
+        scale = np.float32(_float(t["scale"], f"tensor {name!r} scale"))
+        out = np.multiply(arr, scale, dtype=np.float32)
+        # |q| <= 128: a scale within float32's range / 128 makes every value finite, so the
+        # pass over the values is needed only for an absurd scale.
+        if abs(scale) <= _INT8_FINITE_SCALE:
+            return out
     else:
         out = arr.astype(np.float32)
     if not np.isfinite(out).all():
         raise Rejected(RejectReason.NON_FINITE, f"tensor {name!r} has NaN or infinity")
     return out
+
+
+_INT8_FINITE_SCALE = np.float32(np.finfo(np.float32).max / 128)
 
 
 def _decode_tensors(
