@@ -149,7 +149,10 @@ class InfluenceBound:
             if samples > sample_cap:
                 samples = max(1, math.floor(sample_cap))
                 capped.add(update.update_id)
-            bounded.append(replace(r, update=replace(update, delta=delta, num_samples=samples)))
+            cut = say < 1.0 or update.update_id in clipped or samples != update.num_samples
+            if cut:
+                r = replace(r, update=replace(update, delta=delta, num_samples=samples))
+            bounded.append(r)
         self._samples.update(counts)
         self._rms.update(rms)
         self._join(devices)
