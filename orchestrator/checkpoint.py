@@ -2,7 +2,9 @@
 
 The orchestrator acknowledges an update to the broker only after appending its raw bytes
 to the journal and fsyncing it: once per batch of updates taken from its inbox (group
-commit), before any of the batch is acknowledged. A checkpoint is
+commit), before any of the batch is acknowledged. The records of the assignments opened in
+the same loop turn share that fsync, and the assignments are sent only after it. A
+checkpoint is
 ``TrainingServer.state_dict()`` written atomically (``ftte.fileio.atomic_write``); then the
 journal is emptied. After a crash the
 service loads the checkpoint and replays the journal through the same validation and
@@ -74,9 +76,10 @@ class Journal:
         self.path = run_dir / JOURNAL
         self._file = self.path.open("ab")
 
-    def append_dispatch(self, record: dict[str, Any]) -> None:
-        """Persist one dispatch record durably (``TrainingServer.dispatch_record``)."""
-        self.append(DISPATCH, msgpack.packb(record, use_bin_type=True))
+    def stage_dispatch(self, record: dict[str, Any]) -> None:
+        """Append one dispatch record (``TrainingServer.dispatch_record``): durable at the
+        next ``sync``, which the service makes before it sends the assignments."""
+        self.stage(DISPATCH, msgpack.packb(record, use_bin_type=True))
 
     def append(self, topic: str, payload: bytes) -> None:
         """Persist one received update durably (returns after fsync)."""

@@ -38,7 +38,16 @@ class JobSection:
     target_accuracy: float = 0.0  # 0: the task's own target
     max_versions: int = 1000
     max_wall_s: float = 3600.0
-    checkpoint_every: int = 1  # versions between checkpoints
+    # Evaluation and checkpoints run on a version once this many versions or seconds have
+    # passed since they last ran, whichever comes first (orchestrator/cadence.py): off the
+    # per-message path, so ingest is not capped by them. 0 s: every version, as before.
+    # The stop rule and releases see the evaluated versions: a target reached is seen at
+    # most evaluate_every versions or evaluate_every_s seconds later. A checkpoint only
+    # bounds the journal (and so replay time): every acknowledged update is journaled.
+    evaluate_every: int = 50
+    evaluate_every_s: float = 1.0
+    checkpoint_every: int = 100
+    checkpoint_every_s: float = 5.0
     keep_releases: int = 5  # newest releases kept in run_dir/releases, beside the best
     # Which accuracy the target applies to: the orchestrator's validation set, or the fleet's
     # own (devices' held-out data, over at least fleet_min_devices reports on one version).
@@ -50,9 +59,18 @@ class JobSection:
         validate_id(self.fleet, "job.fleet")
         if self.strategy not in PRESETS:
             raise ValueError(f"job.strategy {self.strategy!r}: choose one of {sorted(PRESETS)}")
-        for name in ("max_versions", "checkpoint_every", "keep_releases", "fleet_min_devices"):
+        for name in (
+            "max_versions",
+            "evaluate_every",
+            "checkpoint_every",
+            "keep_releases",
+            "fleet_min_devices",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"job.{name} must be at least 1")
+        for name in ("evaluate_every_s", "checkpoint_every_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"job.{name} must be >= 0 (seconds; 0: every version)")
 
 
 @dataclass(frozen=True)

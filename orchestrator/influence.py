@@ -121,14 +121,17 @@ class InfluenceBound:
         devices = [r.update.device_id for r in batch]
         counts = {d: float(r.update.num_samples) for d, r in zip(devices, batch, strict=True)}
         sample_cap = min(float(s.max_samples), s.sample_factor * _median(self._samples, counts))
-        norms = [{n: _norm(d) for n, d in r.update.delta.items()} for r in batch]
+        squares = [{n: _square_sum(d) for n, d in r.update.delta.items()} for r in batch]
+        norms = [{n: math.sqrt(q) for n, q in sq.items()} for sq in squares]
         tensor_caps = {}
         for name in {name for n in norms for name in n}:
             now = {d: n[name] for d, n in zip(devices, norms, strict=True) if name in n}
             tensor_caps[name] = s.clip_factor * _median(self._norms.get(name, {}), now)
         # A tensor that only hostile devices hold has a hostile median norm; the fleet's
         # median RMS over whole deltas, one value per device, still bounds it.
-        rms = {d: _rms(r.update.delta) for d, r in zip(devices, batch, strict=True)}
+        rms = {
+            d: _rms(sq, r.update.delta) for d, r, sq in zip(devices, batch, squares, strict=True)
+        }
         rms_cap = min(s.max_delta_rms, s.clip_factor * _median(self._rms, rms))
         bounded, clipped, capped = [], set(), set()
         for r, update_norms in zip(batch, norms, strict=True):
@@ -146,7 +149,10 @@ class InfluenceBound:
             if samples > sample_cap:
                 samples = max(1, math.floor(sample_cap))
                 capped.add(update.update_id)
-            bounded.append(replace(r, update=replace(update, delta=delta, num_samples=samples)))
+            cut = say < 1.0 or update.update_id in clipped or samples != update.num_samples
+            if cut:
+                r = replace(r, update=replace(update, delta=delta, num_samples=samples))
+            bounded.append(r)
         self._samples.update(counts)
         self._rms.update(rms)
         self._join(devices)
@@ -270,15 +276,16 @@ def _one_per_device(
     return folded, frozenset(merged)
 
 
-def _norm(delta: np.ndarray) -> float:
-    # float64: a finite float32 delta of 3e38 has a finite norm only in double precision.
-    return float(np.linalg.norm(delta.astype(np.float64, copy=False).ravel()))
+def _square_sum(delta: np.ndarray) -> float:
+    """Σ x² of one tensor; float64: a finite float32 delta of 3e38 has a finite norm only in
+    double precision. One pass, shared by the tensor's norm and the whole delta's RMS."""
+    flat = delta.astype(np.float64).ravel()
+    return float(flat @ flat)
 
 
-def _rms(delta: dict[str, np.ndarray]) -> float:
-    """Root-mean-square over every value of a (sliced) delta, in double precision."""
-    total = sum(float(np.square(d.astype(np.float64)).sum()) for d in delta.values())
-    return math.sqrt(total / max(1, sum(d.size for d in delta.values())))
+def _rms(squares: dict[str, float], delta: dict[str, np.ndarray]) -> float:
+    """Root-mean-square over every value of a (sliced) delta from its tensors' Σ x²."""
+    return math.sqrt(sum(squares.values()) / max(1, sum(d.size for d in delta.values())))
 
 
 def _median(latest: dict[str, float], batch: dict[str, float]) -> float:

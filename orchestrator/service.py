@@ -2,10 +2,12 @@
 
 One worker thread owns all state. paho's network thread only queues messages; the worker
 takes what waits in the inbox as a batch, hands each payload and the time to the engine
-(``TrainingServer``), writes each admitted update to the journal before it counts, makes
-the batch durable with one fsync (group commit) before the broker is acknowledged, then
-tells each device so on its ack topic (the agent keeps the update until then: a PUBACK is
-not delivery), checkpoints after aggregations, dispatches assignments to idle devices and
+(``TrainingServer``), writes each admitted update to the journal before it counts, opens
+assignments for idle devices and journals their record, makes all of it durable with one
+fsync (group commit), then acknowledges the batch to the broker, tells each device so on
+its ack topic (the agent keeps the update until then: a PUBACK is not delivery) and sends
+the assignments. Evaluation and checkpoints run every few versions or seconds (the job's
+``evaluate_every*`` and ``checkpoint_every*``), not after every aggregation; the service
 publishes the retained job state. An assignment a broker crash lost is sent again,
 unchanged, when the device's live birth does not name it or when the orchestrator itself
 reconnects, so no one waits for the assignment timeout; overflowing broker queues are
@@ -39,7 +41,7 @@ from ftte import topics
 from ftte.errors import Rejected, RejectReason
 from ftte.tasks import load_task
 from ftte.transport.mqtt import BrokerDrops, Inbound, MqttLink, PayloadTooLarge, Will
-from ftte.wire import encode_assignment
+from ftte.wire import ModelForms, encode_assignment
 from ftte.wire.control import (
     GONE,
     HEARTBEAT_S,
@@ -52,6 +54,7 @@ from ftte.wire.control import (
     decode_status,
 )
 from ftte.wire.messages import Assignment, Release
+from orchestrator.cadence import Cadence
 from orchestrator.checkpoint import DISPATCH, Journal, decode_dispatch, load_state, save_state
 from orchestrator.config import JobConfig, TargetOn
 from orchestrator.evaluation import FleetMetrics
@@ -142,6 +145,7 @@ class OrchestratorService:
         # Acknowledgements by verdict, assignments sent again or withdrawn, broker drops.
         self.delivery: Counter[str] = Counter()
         self._sent: dict[str, SentAssignment] = {}  # by device: its open assignment as sent
+        self._model_forms = ModelForms()  # the model's tensors converted once per version
         self._recoveries: Counter[str] = Counter()  # by device, since its last answer
         self._connects_seen = 0
         self._staged = 0  # journal entries of this batch not yet synced
@@ -154,7 +158,14 @@ class OrchestratorService:
             self.run_dir / "releases", metric=ACCURACY, keep=job.keep_releases
         )
         self.rng = np.random.default_rng(job.seed + self.server.version)
-        self.accuracy = self.server.evaluate()[0]
+        self.accuracy, self._loss = self.server.evaluate()
+        now = time.monotonic()
+        version = self.server.version
+        self._evaluation = Cadence(job.evaluate_every, job.evaluate_every_s, version, now)
+        self._checkpoints = Cadence(job.checkpoint_every, job.checkpoint_every_s, version, now)
+        # The newest aggregation while its version is not evaluated: its telemetry point
+        # waits for the evaluation (or goes out without it once a newer version supersedes it).
+        self._unevaluated: AggregationReport | None = None
         self._replaying = False
         self._fleet_reported = -1  # the version whose fleet metrics telemetry has
         self._started = time.monotonic()
@@ -189,16 +200,16 @@ class OrchestratorService:
                     log.warning("job wall-time limit of %.0f s reached", job.max_wall_s)
                     break
                 batch = self._next_batch()
-                if batch:
-                    self.handle_batch(batch)
                 self._expire_overdue()
                 if self.link.connects != self._connects_seen:
                     self._reconnected()
-                if self.link.connected.is_set():
-                    self._dispatch()
-                    if time.monotonic() - last_state > HEARTBEAT_S:
-                        self._publish_state("running")
-                        last_state = time.monotonic()
+                self.handle_batch(batch)
+                self._evaluate_if_due()
+                self._checkpoint_if_due()
+                heartbeat_due = time.monotonic() - last_state > HEARTBEAT_S
+                if heartbeat_due and self.link.connected.is_set():
+                    self._publish_state("running")
+                    last_state = time.monotonic()
                 if time.monotonic() - last_progress > PROGRESS_S:
                     self._log_progress()
                     last_progress = time.monotonic()
@@ -257,9 +268,11 @@ class OrchestratorService:
         self.handle_batch([message])
 
     def handle_batch(self, messages: list[Inbound]) -> None:
-        """Process messages behind the boundary, then make their journal entries durable
-        with one fsync (group commit), then acknowledge them all: to the devices on their
-        ack topics and to the broker. Each is acknowledged whatever happens to it."""
+        """Process messages behind the boundary and, when connected, open assignments for
+        idle devices; then make the journal entries of both durable with one fsync (group
+        commit); then acknowledge every message, to the devices on their ack topics and to
+        the broker, and send the assignments. Each message is acknowledged whatever happens
+        to it."""
         for message in messages:
             try:
                 self._dispatch_message(
@@ -267,6 +280,7 @@ class OrchestratorService:
                 )
             except Exception as exc:  # one message, whatever it raised, must not stop us
                 self._set_aside(message.topic, message.payload, exc)
+        opened = self._open_assignments() if self.link.connected.is_set() else []
         durable = True
         if self._staged:
             self._staged = 0
@@ -282,6 +296,7 @@ class OrchestratorService:
                 self._publish_ack(device_id, ack)
         for message in messages:
             self.link.ack(message)
+        self._send_assignments(opened, durable)
 
     def _set_aside(self, topic: str, payload: bytes, exc: Exception) -> None:
         kind = type(exc).__name__
@@ -439,39 +454,65 @@ class OrchestratorService:
         )
 
     def _after(self, report: AggregationReport | None) -> None:
-        """After an aggregation: evaluate, checkpoint (outside replay), telemetry."""
+        """After an aggregation: telemetry, and the evaluation if one is due (not on replay)."""
         if report is None:
             return
-        started = time.monotonic()
-        self.accuracy, loss = self.server.evaluate()
-        self.history.append((time.monotonic() - self._started, self.server.version, self.accuracy))
-        due = self.server.version % self.config.job.checkpoint_every == 0
-        if due and not self._replaying:
-            self._checkpoint()
-        if not self._replaying:
-            self._release(loss, only_if_best=True)
-        self.telemetry.aggregation(
-            version=self.server.version,
-            buffer_fill=len(self.server.strategy.buffered()),
-            num_updates=len(report.weights),
-            clipped=len(report.clipped),
-            capped=len(report.capped),
-            merged=len(report.merged),
-            val_accuracy=self.accuracy,
-            val_loss=loss,
-            wall_time_s=time.monotonic() - started,
-        )
+        if self._unevaluated is not None:  # superseded before it was evaluated
+            self._aggregation_point(self._unevaluated, self.server.version - 1, None)
+        self._unevaluated = report
         fleet = self.server.fleet_evaluation.latest(self.config.job.fleet_min_devices)
         if fleet is not None and fleet.version != self._fleet_reported:
             self._fleet_reported = fleet.version
             self.telemetry.fleet_evaluation(
                 version=fleet.version, devices=fleet.devices, metrics=fleet.metrics
             )
+        if not self._replaying:
+            self._evaluate_if_due()
+
+    def _evaluate_if_due(self) -> None:
+        if self._evaluation.due(self.server.version, time.monotonic()):
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        """Evaluate the current version: the stop rule, history, release and telemetry."""
+        started = time.monotonic()
+        self.accuracy, self._loss = self.server.evaluate()
+        self._evaluation.ran(self.server.version, started)
+        self.history.append((started - self._started, self.server.version, self.accuracy))
+        if not self._replaying:
+            self._release(self._loss, only_if_best=True)
+        if self._unevaluated is not None:
+            self._aggregation_point(
+                self._unevaluated, self.server.version, time.monotonic() - started
+            )
+            self._unevaluated = None
         log.info("version %d: accuracy %.3f", self.server.version, self.accuracy)
+
+    def _aggregation_point(
+        self, report: AggregationReport, version: int, evaluated_s: float | None
+    ) -> None:
+        """Telemetry of one aggregation; the validation metrics only if it was evaluated
+        (``evaluated_s``: how long its evaluation and release took)."""
+        self.telemetry.aggregation(
+            version=version,
+            buffer_fill=len(self.server.strategy.buffered()),
+            num_updates=len(report.weights),
+            clipped=len(report.clipped),
+            capped=len(report.capped),
+            merged=len(report.merged),
+            val_accuracy=None if evaluated_s is None else self.accuracy,
+            val_loss=None if evaluated_s is None else self._loss,
+            wall_time_s=evaluated_s or 0.0,
+        )
+
+    def _checkpoint_if_due(self) -> None:
+        if self._checkpoints.due(self.server.version, time.monotonic()):
+            self._checkpoint()
 
     def _checkpoint(self) -> None:
         save_state(self.run_dir, self.server.state_dict())
         self.journal.truncate()
+        self._checkpoints.ran(self.server.version, time.monotonic())
 
     def _release(self, loss: float, only_if_best: bool = False) -> None:
         """Keep the model as it is now as a release: a new best, or the job's last."""
@@ -512,6 +553,8 @@ class OrchestratorService:
                 self._set_aside(topic, payload, exc)
         self._replaying = False
         if entries:
+            if self._unevaluated is not None:
+                self._evaluate()
             self._checkpoint()
             log.info(
                 "replayed %d journaled updates: now at version %d with %d accepted updates",
@@ -522,15 +565,28 @@ class OrchestratorService:
 
     # -- dispatch ----------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        fleet = self.config.job.fleet
-        timeout = int(self.config.server.assignment_timeout_s)
+    def _open_assignments(self) -> list[Assignment]:
+        """Open assignments for the devices the strategy starts now, and journal their record
+        (durable with the batch's fsync, before they are sent: after a crash, answers to them
+        must still be accepted)."""
         assignments = self.server.dispatch(self.rng, time.monotonic())
         if assignments:
-            # Journaled before sent: after a crash, answers to these must still be accepted.
-            self.journal.append_dispatch(self.server.dispatch_record(assignments))
+            self.journal.stage_dispatch(self.server.dispatch_record(assignments))
+            self._staged += 1
+        return assignments
+
+    def _send_assignments(self, assignments: list[Assignment], durable: bool) -> None:
+        """Send opened assignments, or, if their record could not be made durable, take them
+        back (the devices are idle again and get fresh ones once the disk works)."""
+        if not durable:
+            for assignment in assignments:
+                self._after(self.server.withdraw(assignment.device_id))
+            return
+        fleet = self.config.job.fleet
+        timeout = int(self.config.server.assignment_timeout_s)
         for assignment in assignments:
-            payload = encode_assignment(assignment, self.server.config.model_encoding)
+            encoding = self.server.config.model_encoding
+            payload = encode_assignment(assignment, encoding, forms=self._model_forms)
             try:
                 self.link.publish(
                     topics.assign_topic(fleet, assignment.device_id),
@@ -646,10 +702,12 @@ class OrchestratorService:
         return self.link.publish(topic, self.job_state(state).encode(), qos=1, retain=True)
 
     def _finish(self) -> None:
+        if self._unevaluated is not None:
+            self._evaluate()
         self._checkpoint()
         last = self.releases.last
         if last is None or last.version != self.server.version:
-            self._release(self.server.evaluate()[1])
+            self._release(self._loss)
         if self.link.connected.is_set():
             self._publish_best_release()
             self._publish_state("done").wait_for_publish(5.0)

@@ -8,7 +8,9 @@ fsync per ``MAX_BATCH`` updates (the service's group commit) and, for comparison
 update (the service before group commit).
 The floor it is compared with is a raw loop over the same bytes: zstd decompress, msgpack
 unpack, ``np.frombuffer``, dequantise, and ``param += w * delta`` into the model. Every
-timing is repeated; medians and the ratio to the raw loop are reported.
+timing is repeated; medians and the ratio to the raw loop are reported, in wall time (what
+a dedicated core gives, fsync waits included) and in the process's CPU time (steady when
+other work shares the cores, but blind to the time spent waiting on the disk).
 
 Deltas are random normal values of each device's planned slice: the timing depends on
 their sizes, which are real (the planner's slices for a fleet drawn as the simulator draws
@@ -102,15 +104,19 @@ def raw_loop(batch: Batch) -> None:
             params[name] += weight * values.reshape(t["shape"])
 
 
-def _time(make: Callable[[], Batch], run: Callable[[Batch], None], repeats: int) -> list[float]:
-    """Seconds per run, each on a fresh batch (a server takes an assignment's answer once)."""
-    times = []
+def _time(
+    make: Callable[[], Batch], run: Callable[[Batch], None], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds per run, each on a fresh batch (a server takes an assignment's
+    answer once)."""
+    wall, cpu = [], []
     for _ in range(repeats):
         batch = make()
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         run(batch)
-        times.append(time.perf_counter() - started)
-    return times
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    return wall, cpu
 
 
 def aggregator_benchmark(
@@ -133,10 +139,12 @@ def aggregator_benchmark(
                 ),
             }
             make = partial(make_batch, name, task, devices, seed)
-            timings = {path: _time(make, run, repeats) for path, run in paths.items()}
+            both = {path: _time(make, run, repeats) for path, run in paths.items()}
             journal.close()
         n = len(sample.payloads)
+        timings = {path: wall for path, (wall, _) in both.items()}
         rates = {path: n / statistics.median(t) for path, t in timings.items()}
+        cpu_rates = {path: n / statistics.median(cpu) for path, (_, cpu) in both.items()}
         results[name] = {
             "updates_per_round": n,
             "delta_encoding": preset(name).delta_encoding.value,
@@ -144,6 +152,10 @@ def aggregator_benchmark(
             "updates_per_s": rates,
             "updates_per_s_spread": {path: [n / max(t), n / min(t)] for path, t in timings.items()},
             "ratio_to_raw": {path: rate / rates["raw_decode_axpy"] for path, rate in rates.items()},
+            "updates_per_cpu_s": cpu_rates,
+            "cpu_ratio_to_raw": {
+                path: rate / cpu_rates["raw_decode_axpy"] for path, rate in cpu_rates.items()
+            },
         }
     return {"task": task_name, "devices": devices, "repeats": repeats, "presets": results}
 
@@ -153,12 +165,14 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"task {results['task']}: {results['devices']} devices, one update each, "
         f"median of {results['repeats']} runs",
-        f"{'preset':8s} {'path':36s} {'updates/s':>10s} {'ratio to raw':>12s} {'B/update':>9s}",
+        f"{'preset':8s} {'path':36s} {'updates/s':>10s} {'ratio to raw':>12s} "
+        f"{'upd/CPU s':>10s} {'CPU ratio':>9s} {'B/update':>9s}",
     ]
     for name, r in results["presets"].items():
         for path, rate in r["updates_per_s"].items():
             lines.append(
                 f"{name:8s} {path:36s} {rate:10.0f} {r['ratio_to_raw'][path]:12.3f} "
+                f"{r['updates_per_cpu_s'][path]:10.0f} {r['cpu_ratio_to_raw'][path]:9.3f} "
                 f"{r['bytes_per_update_mean']:9.0f}"
             )
     return "\n".join(lines)

@@ -14,12 +14,15 @@ the other:
   QoS 1): messages per second through the broker, timed by the subscriber.
 
 The ratio is orchestrator / raw. The raw rate is what this box's broker moves with this
-load generator in front of it; both share the same two cores with everything else.
+load generator in front of it; both share the same two cores with everything else. So each
+measurement also records the CPU seconds each process spent per update (read from
+``/proc``): what the rates would be with a core each, and where the work goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import ssl
 import subprocess
@@ -84,6 +87,12 @@ def start_orchestrator(folder: Path, broker_dir: Path, max_wall_s: float) -> sub
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def orchestrator_accepted(folder: Path) -> int:
     """Updates the orchestrator accepted, from its final checkpoint."""
     from orchestrator.checkpoint import load_state
@@ -99,6 +108,7 @@ class Subscriber:
 
     def __init__(self, account: BrokerSettings, port: int) -> None:
         self.times: deque[float] = deque()
+        self.cpu_s = 0.0  # its CPU seconds, read when it stops
         self.process = subprocess.Popen(
             [
                 "mosquitto_sub",
@@ -133,6 +143,7 @@ class Subscriber:
 
     def stop(self) -> None:
         """End the subscriber."""
+        self.cpu_s = cpu_seconds(self.process.pid)
         self.process.terminate()
         self.process.wait(10)
 
@@ -194,7 +205,7 @@ class Flooder:
 
 
 def raw_rate(
-    broker_dir: Path, port: int, devices: int, sizes: list[int], seconds: float
+    broker_dir: Path, port: int, devices: int, sizes: list[int], seconds: float, broker_pid: int
 ) -> dict[str, Any]:
     """Messages per second from ``devices`` sessions through the broker to one subscriber."""
     sessions = sessions_from_broker_dir(broker_dir, devices)
@@ -216,12 +227,17 @@ def raw_rate(
             while time.monotonic() < until and not subscriber.times:
                 flood.pool.serve(0.05)
         received_before = len(subscriber.times)
+        cpu = {"loadgen": time.process_time(), "broker": cpu_seconds(broker_pid)}
+        cpu["subscriber"] = cpu_seconds(subscriber.process.pid)
         started = time.monotonic()
         sent = 0
         while time.monotonic() - started < seconds:
             sent += flood.fill(payloads, sent)
             flood.pool.serve(0.01)
         arrived = list(subscriber.times)[received_before:]
+        cpu["loadgen"] = time.process_time() - cpu["loadgen"]
+        cpu["broker"] = cpu_seconds(broker_pid) - cpu["broker"]
+        cpu["subscriber"] = cpu_seconds(subscriber.process.pid) - cpu["subscriber"]
         in_window = sum(1 for t in arrived if t <= started + seconds)
     finally:
         flood.close()
@@ -231,11 +247,14 @@ def raw_rate(
         "published": sent,
         "received_in_window": in_window,
         "bytes_per_msg_mean": sum(len(p) for p in payloads) / len(payloads),
+        # CPU per message that came through in the window (those published are as many,
+        # give or take the window's edges).
+        "cpu_ms_per_msg": {k: 1000 * v / max(1, in_window) for k, v in cpu.items()},
     }
 
 
 def orchestrator_rate(
-    folder: Path, broker_dir: Path, devices: int, config: LoadConfig
+    folder: Path, broker_dir: Path, devices: int, config: LoadConfig, broker_pid: int
 ) -> tuple[dict[str, Any], list[int]]:
     """The loadgen's results against ``ftte orchestrator``, and the payload sizes it sent."""
     budget = config.connect_timeout_s + config.duration_s + config.drain_s + 120
@@ -243,13 +262,24 @@ def orchestrator_rate(
     try:
         # The orchestrator must be subscribed before the births, or they reach it retained.
         wait_for_job_state(load_broker_account(broker_dir / "operator.toml"), budget)
+        # From here to the drain's end: the orchestrator serving (its start-up left out), the
+        # loadgen connecting, running and draining.
+        cpu = {"orchestrator": cpu_seconds(process.pid), "broker": cpu_seconds(broker_pid)}
+        cpu["loadgen"] = time.process_time()
         run = LoadRun(sessions_from_broker_dir(broker_dir, devices), config)
         results = run.run()
+        cpu["loadgen"] = time.process_time() - cpu["loadgen"]
+        cpu["orchestrator"] = cpu_seconds(process.pid) - cpu["orchestrator"]
+        cpu["broker"] = cpu_seconds(broker_pid) - cpu["broker"]
         sizes = [n for d in run.devices for n in d.payload_sizes]
     finally:
         process.terminate()
         process.wait(120)
     results["orchestrator_accepted"] = orchestrator_accepted(folder)
+    # Per accepted update, over the whole run (connecting included: TLS handshakes weigh on
+    # the loadgen's share at 1,000 devices and more).
+    accepted = max(1, results["orchestrator_accepted"])
+    results["cpu_ms_per_update"] = {k: 1000 * v / accepted for k, v in cpu.items()}
     return results, sizes
 
 
@@ -280,8 +310,10 @@ def ingest_benchmark(
         broker_dir = files.out_dir
         broker: RunningBroker = start_dev_broker(fleet, broker_dir, fleet.fleet.broker_port)
         try:
-            live, payload_sizes = orchestrator_rate(sub, broker_dir, devices, config)
-            raw = raw_rate(broker_dir, broker.port, devices, payload_sizes, raw_seconds)
+            assert broker.process is not None
+            pid = broker.process.pid
+            live, payload_sizes = orchestrator_rate(sub, broker_dir, devices, config, pid)
+            raw = raw_rate(broker_dir, broker.port, devices, payload_sizes, raw_seconds, pid)
         finally:
             broker.stop()
         runs[str(devices)] = {
@@ -299,11 +331,14 @@ def format_row(devices: int, run: dict[str, Any]) -> str:
     """One fleet size: both rates, their ratio, losses and latency."""
     live, raw = run["orchestrator"], run["raw_broker"]
     p = live["latency_ms"]["submit_to_ack"]
+    cpu, raw_cpu = live["cpu_ms_per_update"], raw["cpu_ms_per_msg"]
     return (
         f"{devices:6d} {live['peak_sessions']:9d} {live['bytes_per_update_mean']:8.0f} "
         f"{live['updates_per_s']:10.0f} {raw['msgs_per_s']:10.0f} {run['ratio'] or 0:6.3f} "
         f"{p['p50']:7.0f} {p['p99']:7.0f} {live['lost']:5d} "
-        f"{live['acks'].get('journaled', 0):8d} {live['orchestrator_accepted']:8d}"
+        f"{live['acks'].get('journaled', 0):8d} {live['orchestrator_accepted']:8d} "
+        f"{cpu['orchestrator']:6.2f} {cpu['loadgen']:6.2f} {cpu['broker']:6.2f} "
+        f"{raw_cpu['loadgen']:6.2f} {raw_cpu['broker']:6.2f} {raw_cpu['subscriber']:6.2f}"
     )
 
 
@@ -311,7 +346,8 @@ def format_table(results: dict[str, Any]) -> str:
     """Every fleet size, one row each."""
     lines = [
         f"{'devices':>6s} {'sessions':>9s} {'B/upd':>8s} {'orch upd/s':>10s} {'raw msg/s':>10s} "
-        f"{'ratio':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'lost':>5s} {'acked':>8s} {'accepted':>8s}"
+        f"{'ratio':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'lost':>5s} {'acked':>8s} {'accepted':>8s} "
+        "CPU ms/update: orch loadgen broker | raw: loadgen broker sub"
     ]
     lines += [format_row(int(n), run) for n, run in results["fleets"].items()]
     return "\n".join(lines)

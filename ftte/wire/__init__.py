@@ -2,6 +2,7 @@
 
 from ftte.wire.codec import (
     WIRE_VERSION,
+    ModelForms,
     decode_assignment,
     decode_update,
     encode_assignment,
@@ -11,6 +12,7 @@ from ftte.wire.limits import WireLimits
 
 __all__ = [
     "WIRE_VERSION",
+    "ModelForms",
     "WireLimits",
     "decode_assignment",
     "decode_update",

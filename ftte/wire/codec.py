@@ -86,18 +86,47 @@ def _compress(doc: dict[str, Any], level: int) -> bytes:
     ).compress(raw)
 
 
+class ModelForms:
+    """The wire forms of the model's tensors at one version, shared by every assignment of
+    that version (the server's model changes only when the version does): a fleet answering
+    at once is sent the same tensors many times per version, each converted once."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self._forms: dict[tuple[str, DeltaEncoding], dict[str, Any]] = {}
+
+    def form(
+        self, name: str, version: int, value: np.ndarray, wanted: DeltaEncoding
+    ) -> dict[str, Any]:
+        """Tensor ``name`` of model ``version`` in its wire form (``value`` if not cached)."""
+        if version != self.version:
+            self._forms.clear()
+            self.version = version
+        key = (name, wanted)
+        form = self._forms.get(key)
+        if form is None:
+            form = self._forms[key] = encode_tensor(value, _value_encoding(value, wanted))
+        return form
+
+
 def encode_assignment(
-    a: Assignment, values: DeltaEncoding = DeltaEncoding.FLOAT32, level: int = 3
+    a: Assignment,
+    values: DeltaEncoding = DeltaEncoding.FLOAT32,
+    level: int = 3,
+    forms: ModelForms | None = None,
 ) -> bytes:
     """Serialise an assignment with model values as float32 or float16.
 
     float16 halves the download; the device trains from the rounded values and its delta is
     taken against them, so rounding never accumulates (each assignment carries absolute
     values). int8 would, and is refused. A tensor with values beyond float16's range is
-    sent as float32.
+    sent as float32. ``forms``: the model's tensors already converted at ``a.version``
+    (the caller guarantees ``a.tensors`` hold the model's values at that version).
     """
     if values is DeltaEncoding.INT8:
         raise ValueError("model values travel as float32 or float16, not int8")
+    if forms is None:
+        forms = ModelForms()  # converted for this assignment only
     t = a.train
     return _compress(
         {
@@ -117,9 +146,7 @@ def encode_assignment(
                 "micro_batch": t.micro_batch,
                 "clip_norm": t.clip_norm,
             },
-            "tensors": {
-                n: encode_tensor(v, _value_encoding(v, values)) for n, v in a.tensors.items()
-            },
+            "tensors": {n: forms.form(n, a.version, v, values) for n, v in a.tensors.items()},
         },
         level,
     )
@@ -290,13 +317,20 @@ def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
         )
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     if t["dtype"] == "int8":
-        scale = _float(t["scale"], f"tensor {name!r} scale")
-        out = arr.astype(np.float32) * np.float32(scale)
+        scale = np.float32(_float(t["scale"], f"tensor {name!r} scale"))
+        out = np.multiply(arr, scale, dtype=np.float32)
+        # |q| <= 128: a scale within float32's range / 128 makes every value finite, so the
+        # pass over the values is needed only for an absurd scale.
+        if abs(scale) <= _INT8_FINITE_SCALE:
+            return out
     else:
         out = arr.astype(np.float32)
     if not np.isfinite(out).all():
         raise Rejected(RejectReason.NON_FINITE, f"tensor {name!r} has NaN or infinity")
     return out
+
+
+_INT8_FINITE_SCALE = np.float32(np.finfo(np.float32).max / 128)
 
 
 def _decode_tensors(

@@ -44,6 +44,11 @@ def test_report_has_rates_and_ratios_per_preset():
         assert r["ratio_to_raw"] == pytest.approx(
             {path: rate / raw for path, rate in r["updates_per_s"].items()}
         )
+        assert set(r["updates_per_cpu_s"]) == paths
+        raw_cpu = r["updates_per_cpu_s"]["raw_decode_axpy"]
+        assert r["cpu_ratio_to_raw"] == pytest.approx(
+            {path: rate / raw_cpu for path, rate in r["updates_per_cpu_s"].items()}
+        )
     assert (
         results["presets"]["ftte"]["bytes_per_update_mean"]
         < (results["presets"]["fedbuff"]["bytes_per_update_mean"])

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
+from ftte.wire import (
+    ModelForms,
+    decode_assignment,
+    decode_update,
+    encode_assignment,
+    encode_update,
+)
 from ftte.wire.messages import Assignment, DeltaEncoding, ProcessMemory, TrainConfig, Update
 
 
@@ -110,6 +116,21 @@ def test_values_beyond_float16_range_travel_as_float32():
     got = decode_assignment(encode_assignment(a, DeltaEncoding.FLOAT16)).tensors
     np.testing.assert_array_equal(got["0.weight"], big["0.weight"])
     np.testing.assert_array_equal(got["0.bias"], big["0.bias"])
+
+
+def test_assignments_sharing_converted_tensors_carry_their_own_version_s_values():
+    forms = ModelForms()
+    first = {"0.weight": np.array([1e5, -3.0], np.float32), "0.bias": np.ones(2, np.float32)}
+    later = {"0.weight": np.array([0.5, 2.0], np.float32), "0.bias": np.zeros(2, np.float32)}
+    sent = []
+    for version, values, device in ((3, first, "dev-1"), (3, first, "dev-2"), (4, later, "dev-1")):
+        a = Assignment("demo", device, f"{device}.{version}", version, ("0.weight",), values)
+        shared = encode_assignment(a, DeltaEncoding.FLOAT16, forms=forms)
+        assert shared == encode_assignment(a, DeltaEncoding.FLOAT16)  # the same bytes
+        sent.append(decode_assignment(shared).tensors)
+    for got, values in zip(sent, (first, first, later), strict=True):
+        for name, value in values.items():
+            np.testing.assert_array_equal(got[name], value)
 
 
 def test_decoded_arrays_are_writable(delta):
