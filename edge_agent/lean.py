@@ -2,7 +2,8 @@
 
 It trains the layers of ``ftte.tasks.layers`` (Conv1d, Conv2d, ReLU, MaxPool1d/2d, Flatten,
 Linear) with the semantics of the torch reference (``edge_agent.trainer.train_slice``):
-only the assigned tensors train; the frozen prefix (every layer before the first trainable
+the loss is the model spec's objective (``ftte.tasks.objectives``); only the assigned
+tensors train; the frozen prefix (every layer before the first trainable
 one) runs forward a sample at a time and keeps nothing; the rest
 keeps what its backward needs; backward stops at the first trainable layer; each batch's
 gradient is the mean over the batch, accumulated over ``micro_batch`` chunks; the gradient
@@ -241,6 +242,7 @@ class LeanModel:
     def __init__(self, spec: ModelSpec) -> None:
         _check_supported(spec)
         self.layers: tuple[Layer, ...] = spec.layers
+        self.objective = spec.objective
         self._shapes = spec.parameter_shapes()
         # Zeros: the first assignment carries every tensor (the device's version is unknown).
         self.params: dict[str, Array] = {
@@ -293,11 +295,8 @@ class LeanModel:
         return self._frozen_forward(x, len(self.layers), _Meter(0))
 
     def evaluate(self, data: Dataset) -> Evaluation:
-        """Mean loss and accuracy of the loaded model on ``data``."""
-        logits = self.logits(data.x)
-        loss = _cross_entropy_sum(logits, data.y)[0] / len(data)
-        accuracy = float((logits.argmax(axis=1) == data.y).mean())
-        return Evaluation(len(data), {"loss": loss, "accuracy": accuracy})
+        """The objective's metrics of the loaded model on ``data``."""
+        return Evaluation(len(data), self.objective.metrics(self.logits(data.x), data))
 
     def _train(
         self, trainable: list[str], data: Dataset, config: TrainConfig, seed: int, meter: _Meter
@@ -306,6 +305,7 @@ class LeanModel:
         work = {n: self.params[n].copy() for n in trainable}
         velocity: dict[str, Array] = {}
         epoch_loss = 0.0
+        targets = self.objective.targets(data)
         for order in epoch_orders(len(data), config.epochs, seed):
             total, count = 0.0, 0
             for start in range(0, len(order), config.batch_size):
@@ -319,7 +319,7 @@ class LeanModel:
                     h = self._frozen_forward(x, first, meter)
                     meter.held = x.nbytes + (h.nbytes if h is not x else 0)
                     total += self._accumulate(
-                        h, data.y[chunk], first, work, grads, len(batch), meter
+                        h, targets[chunk], first, work, grads, len(batch), meter
                     )
                 self._step(work, grads, velocity, config)
                 count += len(batch)
@@ -380,15 +380,16 @@ class LeanModel:
         batch_len: int,
         meter: _Meter,
     ) -> float:
-        """Forward and backward of one chunk from layer ``first``; adds to ``grads`` the
-        gradient of the chunk's summed loss over ``batch_len``; returns the summed loss."""
+        """Forward and backward of one chunk (targets ``y``) from layer ``first``; adds to
+        ``grads`` the gradient of the chunk's summed loss over ``batch_len``; returns the
+        summed loss."""
         caches = []
         h = x
         for i in range(first, len(self.layers)):
             h, cache = self._forward(i, h, work, meter)
             caches.append(cache)
             meter.held += _nbytes(cache)
-        loss, grad = _cross_entropy_sum(h, y)
+        loss, grad = self.objective.loss_sum(h, y)
         grad /= batch_len
         for i in reversed(range(first, len(self.layers))):
             cache = caches.pop()
@@ -453,15 +454,3 @@ class LeanModel:
                     velocity[name] = g.copy()
                 g = velocity[name]
             work[name] -= np.float32(config.lr) * g
-
-
-def _cross_entropy_sum(logits: Array, y: Array) -> tuple[float, Array]:
-    """Summed cross-entropy of ``logits`` against labels ``y`` and its gradient."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    sums = exp.sum(axis=1, keepdims=True)
-    rows = np.arange(len(y))
-    loss = float(np.sum(np.log(sums[:, 0]) - shifted[rows, y]))
-    grad = exp / sums
-    grad[rows, y] -= 1.0
-    return loss, grad

@@ -57,7 +57,7 @@ from orchestrator.config import JobConfig, TargetOn
 from orchestrator.evaluation import FleetMetrics
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
-from orchestrator.releases import ACCURACY, ReleaseStore
+from orchestrator.releases import ReleaseStore
 from orchestrator.server import Outcome, Refusal
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.telemetry import open_telemetry
@@ -71,7 +71,7 @@ MAX_RECOVERIES = 5
 # Messages handled per journal fsync (group commit). Their acknowledgements wait for the
 # batch: a few hundred updates are handled in tens of milliseconds, one fsync takes ~1 ms.
 MAX_BATCH = 256
-HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
+HISTORY_POINTS = 10_000  # (wall s, version, primary metric) kept for the demo's plot
 PROGRESS_S = 10.0  # how often the log says where the job stands
 RETAINED_UPDATE = "update_retained"  # refusal reason: a retained publish on an update topic
 # No local: the clear of a retained update is not echoed back. Retain as published: a live
@@ -101,7 +101,7 @@ class JobResult:
     """How a job ended."""
 
     version: int
-    accuracy: float
+    metrics: dict[str, float]  # what the stop rule read last (validation or fleet)
     reached_target: bool
     wall_time_s: float
 
@@ -113,7 +113,8 @@ class OrchestratorService:
         self.config = config
         job = config.job
         task = load_task(job.task, num_devices=job.num_partitions, seed=job.seed)
-        self.target = job.target_accuracy or task.target_accuracy
+        self.target = job.stop_target(task)
+        self.objective = task.objective
         self.server = make_server(
             job.strategy,
             task,
@@ -150,11 +151,11 @@ class OrchestratorService:
         self.retained_updates = 0  # retained publishes on update topics, ignored and cleared
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.server.on_excluded = self._excluded
-        self.releases = ReleaseStore(
-            self.run_dir / "releases", metric=ACCURACY, keep=job.keep_releases
+        self.releases = ReleaseStore.for_objective(
+            self.run_dir / "releases", self.objective, keep=job.keep_releases
         )
         self.rng = np.random.default_rng(job.seed + self.server.version)
-        self.accuracy = self.server.evaluate()[0]
+        self.metrics = self.server.evaluate()  # on the validation set; {} without one
         self._replaying = False
         self._fleet_reported = -1  # the version whose fleet metrics telemetry has
         self._started = time.monotonic()
@@ -208,17 +209,17 @@ class OrchestratorService:
             self.telemetry.close()
             self.journal.close()
         return JobResult(
-            self.server.version, self.accuracy, self.reached_target(), time.monotonic() - started
+            self.server.version, self.measure(), self.reached_target(), time.monotonic() - started
         )
 
     def _log_progress(self) -> None:
         """Where the job stands, also before the first aggregation (devices coming online)."""
         server = self.server
         log.info(
-            "version %d, accuracy %.3f: %d devices online, %d training, %d idle, %d excluded, "
+            "version %d, %s: %d devices online, %d training, %d idle, %d excluded, "
             "%d updates buffered, %d accepted%s",
             server.version,
-            self.accuracy,
+            self._measured(),
             server.devices_online(),
             server.in_flight(),
             len(server.idle_devices()),
@@ -229,13 +230,27 @@ class OrchestratorService:
         )
 
     def reached_target(self) -> bool:
-        """Whether the global model has reached the job's target accuracy, measured where
-        ``target_on`` says."""
-        job = self.config.job
-        if job.target_on is TargetOn.VALIDATION:
-            return self.accuracy >= self.target
-        fleet = self.server.fleet_evaluation.latest(job.fleet_min_devices)
-        return fleet is not None and fleet.metrics.get(ACCURACY, 0.0) >= self.target
+        """Whether the global model has reached the job's target of the objective's primary
+        metric (in its direction), measured where ``target_on`` says."""
+        value = self.measure().get(self.objective.primary)
+        return value is not None and self.objective.reached(value, self.target)
+
+    def measure(self) -> dict[str, float]:
+        """The metrics the stop rule reads: the validation set's or the fleet's."""
+        if self.config.job.target_on is TargetOn.VALIDATION:
+            return self.metrics
+        return self._fleet_metrics()
+
+    def _fleet_metrics(self) -> dict[str, float]:
+        fleet = self.server.fleet_evaluation.latest(self.config.job.fleet_min_devices)
+        return {} if fleet is None else fleet.metrics
+
+    def _measured(self) -> str:
+        """The stop rule's metric now and the target, for the log."""
+        value = self.measure().get(self.objective.primary)
+        now = "not measured yet" if value is None else f"{value:.4g}"
+        where = self.config.job.target_on.value
+        return f"{self.objective.primary} ({where}) {now}, target {self.target:g}"
 
     # -- messages ----------------------------------------------------------------------
 
@@ -443,13 +458,15 @@ class OrchestratorService:
         if report is None:
             return
         started = time.monotonic()
-        self.accuracy, loss = self.server.evaluate()
-        self.history.append((time.monotonic() - self._started, self.server.version, self.accuracy))
+        self.metrics = self.server.evaluate()
+        value = self.measure().get(self.objective.primary)
+        if value is not None:
+            self.history.append((time.monotonic() - self._started, self.server.version, value))
         due = self.server.version % self.config.job.checkpoint_every == 0
         if due and not self._replaying:
             self._checkpoint()
         if not self._replaying:
-            self._release(loss, only_if_best=True)
+            self._release(only_if_best=True)
         self.telemetry.aggregation(
             version=self.server.version,
             buffer_fill=len(self.server.strategy.buffered()),
@@ -457,8 +474,7 @@ class OrchestratorService:
             clipped=len(report.clipped),
             capped=len(report.capped),
             merged=len(report.merged),
-            val_accuracy=self.accuracy,
-            val_loss=loss,
+            validation=self.metrics,
             wall_time_s=time.monotonic() - started,
         )
         fleet = self.server.fleet_evaluation.latest(self.config.job.fleet_min_devices)
@@ -467,20 +483,29 @@ class OrchestratorService:
             self.telemetry.fleet_evaluation(
                 version=fleet.version, devices=fleet.devices, metrics=fleet.metrics
             )
-        log.info("version %d: accuracy %.3f", self.server.version, self.accuracy)
+        log.info("version %d: %s", self.server.version, self._measured())
 
     def _checkpoint(self) -> None:
         save_state(self.run_dir, self.server.state_dict())
         self.journal.truncate()
 
-    def _release(self, loss: float, only_if_best: bool = False) -> None:
-        """Keep the model as it is now as a release: a new best, or the job's last."""
+    def _release(self, only_if_best: bool = False) -> None:
+        """Keep the model as it is now as a release: a new best, or the job's last.
+
+        Its metrics are the validation set's when the task has one, else the fleet's newest
+        measure (of a version at most a few aggregations older than the model kept); with
+        neither yet there is nothing to compare, and nothing is kept.
+        """
         server = self.server
+        metrics = self.metrics if server.task.validation is not None else self._fleet_metrics()
+        primary = self.objective.primary
+        if primary not in metrics:
+            return
         release = Release(
             self.config.job.name,
             server.version,
             server.task.model.name,
-            {ACCURACY: self.accuracy, "loss": loss},
+            metrics,
             server.params,
             time.time(),
         )
@@ -490,7 +515,7 @@ class OrchestratorService:
             stored = self.releases.offer(release)
         if stored is not None:
             log.info(
-                "release of version %d kept (%s %.3f)", stored.version, ACCURACY, self.accuracy
+                "release of version %d kept (%s %.4g)", stored.version, primary, metrics[primary]
             )
 
     def _replay_journal(self) -> None:
@@ -612,7 +637,7 @@ class OrchestratorService:
             job=self.config.job.name,
             state=state,
             version=server.version,
-            accuracy=self.accuracy,
+            metrics=self.metrics,
             buffer_fill=len(server.strategy.buffered()),
             devices_online=server.devices_online(),
             accepted=server.accepted,
@@ -624,6 +649,7 @@ class OrchestratorService:
             excluded_devices={
                 d: excluded[d][:MAX_REASON_CHARS] for d in sorted(excluded)[:MAX_EXCLUDED_LISTED]
             },
+            objective=self.objective.name,
         )
 
     def delivery_counts(self) -> dict[str, int]:
@@ -649,7 +675,7 @@ class OrchestratorService:
         self._checkpoint()
         last = self.releases.last
         if last is None or last.version != self.server.version:
-            self._release(self.server.evaluate()[1])
+            self._release()
         if self.link.connected.is_set():
             self._publish_best_release()
             self._publish_state("done").wait_for_publish(5.0)

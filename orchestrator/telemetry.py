@@ -107,12 +107,12 @@ class PointTelemetry(ABC):
         clipped: int,
         capped: int,
         merged: int,
-        val_accuracy: float,
-        val_loss: float,
+        validation: dict[str, float],
         wall_time_s: float,
     ) -> None:
-        """One applied buffer: the new version, what the influence bound cut, how good it is."""
-        self._send(
+        """One applied buffer: the new version, what the influence bound cut, how good it is
+        on the validation set (``val_{metric}`` fields; none without a validation set)."""
+        point = (
             self._point("ftte_aggregation")
             .field("version", version)
             .field("buffer_fill", buffer_fill)
@@ -120,10 +120,11 @@ class PointTelemetry(ABC):
             .field("clipped", clipped)
             .field("capped", capped)
             .field("merged", merged)
-            .field("val_accuracy", float(val_accuracy))
-            .field("val_loss", float(val_loss))
             .field("wall_time_s", float(wall_time_s))
         )
+        for name, value in sorted(validation.items()):
+            point = point.field(f"val_{name}", float(value))
+        self._send(point)
 
     def fleet_evaluation(self, *, version: int, devices: int, metrics: dict[str, float]) -> None:
         """The fleet's own measure of a version: its devices' held-out data (``ftte_fleet``)."""

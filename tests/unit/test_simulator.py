@@ -13,9 +13,7 @@ from ftte.sim.simulator import FleetSimulator
 from orchestrator.presets import make_server
 from orchestrator.releases import ACCURACY, ReleaseStore
 
-SMALL = SimConfig(
-    fleet=FleetSpec(devices=6), max_updates=60, samples_per_device=40, target_accuracy=1.01
-)
+SMALL = SimConfig(fleet=FleetSpec(devices=6), max_updates=60, samples_per_device=40, target=1.01)
 
 
 def run_simulator(config: SimConfig):
