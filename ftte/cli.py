@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftte.sim.fleet import FleetSpec
 from ftte.training import TrainSettings
 
 if TYPE_CHECKING:
@@ -57,6 +58,12 @@ def _add_sim(commands: Any) -> None:
     p.add_argument("--strategy", default="ftte", help="a preset (see `ftte strategies`)")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--stragglers", type=float, default=0.9, help="fraction slowed down")
+    p.add_argument(
+        "--weakest-fraction",
+        type=float,
+        default=FleetSpec.weakest_fraction,
+        help="smallest memory budget, as a fraction of full-model training",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID concentration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -88,14 +95,17 @@ def _add_sim(commands: Any) -> None:
 
 def _run_sim(args: argparse.Namespace) -> int:
     _single_threaded_torch()
-    from ftte.sim.fleet import FleetSpec
     from ftte.sim.run import SimConfig, build_task, simulate
     from orchestrator.releases import ReleaseStore
 
     config = SimConfig(
         task=args.task,
         strategy=args.strategy,
-        fleet=FleetSpec(devices=args.devices, stragglers=args.stragglers),
+        fleet=FleetSpec(
+            devices=args.devices,
+            stragglers=args.stragglers,
+            weakest_fraction=args.weakest_fraction,
+        ),
         seed=args.seed,
         alpha=args.alpha,
         target=args.target,
