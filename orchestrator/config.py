@@ -58,10 +58,10 @@ class JobSection:
         for name in ("max_versions", "checkpoint_every", "keep_releases", "fleet_min_devices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"job.{name} must be at least 1")
-        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+        if self.target_accuracy is not None and self.target_accuracy <= 0:
             raise ValueError(
-                f"job.target_accuracy = {self.target_accuracy} must be in (0, 1]; leave it out "
-                "for the task's own target"
+                f"job.target_accuracy = {self.target_accuracy} would stop at once: leave it "
+                "out for the task's own target"
             )
         if self.target is not None and self.target_accuracy is not None:
             raise ValueError(
