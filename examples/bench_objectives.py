@@ -8,14 +8,17 @@ For each example it generates the logs, then
   windows and measures every model it is sent on them; the best release is kept by the fleet's
   measure of the objective's primary metric;
 - trains the same model centrally on the pooled training windows of every device (the
-  whole model, the same optimizer settings, ``CENTRAL_EPOCHS`` epochs, keeping the best epoch
-  on the pooled held-out windows);
+  whole model, the same optimizer settings, ``--central-epochs`` epochs, keeping the best
+  epoch on the pooled held-out windows; ``--central-only`` trains only this reference, e.g.
+  for longer, the simulated runs being the same for a seed);
 - measures both models on the pooled held-out windows (the same windows for both: the
   split is by a hash of each window), and for the anomaly detector on test logs it was never
   trained on, with injected faults: the AUC of the anomaly score, and what each device's
   own threshold flags.
 
     python examples/bench_objectives.py --out docs/bench-objectives.json
+    python examples/bench_objectives.py --central-only --central-epochs 200 \
+        --out docs/bench-objectives-central.json
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from orchestrator.releases import ReleaseStore
 HERE = Path(__file__).resolve().parent
 DEVICES = 5
 HOLDOUT = 0.2
-CENTRAL_EPOCHS = 40
 # These models are small enough that fixed costs (the input batch, the frozen prefix's
 # chunk) are 30 % of whole-model training: a budget below that holds no slice, and the
 # simulator's default weakest class (12 %) would leave those devices out of the job.
@@ -92,7 +94,9 @@ def _pooled(parts: list[Dataset]) -> Dataset:
     return Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
 
 
-def _central(spec: ModelSpec, train: Dataset, held: Dataset, settings: TrainSettings) -> Any:
+def _central(
+    spec: ModelSpec, train: Dataset, held: Dataset, settings: TrainSettings, epochs: int
+) -> Any:
     """The best epoch's held-out metrics and parameters of the model trained on ``train``."""
     torch.manual_seed(0)
     model = TorchModel(spec)
@@ -102,7 +106,7 @@ def _central(spec: ModelSpec, train: Dataset, held: Dataset, settings: TrainSett
     )
     primary = spec.objective.primary
     best: tuple[dict[str, float], dict[str, np.ndarray]] | None = None
-    for epoch in range(CENTRAL_EPOCHS):
+    for epoch in range(epochs):
         result = model.train(names, train, config, seed=epoch)
         params = model.model.named_parameters()
         values = {n: p.detach().numpy() + result.delta[n] for n, p in params}
@@ -143,8 +147,11 @@ def _anomaly_test(
     }
 
 
-def run_example(name: str, work: Path, seed: int) -> dict[str, Any]:
-    """Federated and central training of one example; their measures side by side."""
+def run_example(
+    name: str, work: Path, seed: int, central_epochs: int, sim: bool = True
+) -> dict[str, Any]:
+    """Federated (unless not ``sim``) and central training of one example; their measures
+    side by side."""
     example = EXAMPLES[name]
     folder = HERE / name
     sys.path.insert(0, str(folder))
@@ -169,17 +176,7 @@ def run_example(name: str, work: Path, seed: int) -> dict[str, Any]:
     train, held = _pooled([s[0] for s in splits]), _pooled([s[1] for s in splits])
 
     started = time.monotonic()
-    store = ReleaseStore.for_objective(work / name / "releases", spec.objective)
-    report = simulate(config, task=task, releases=store, progress=_progress(name))
-    sim_wall_s = time.monotonic() - started
-    assert store.best is not None
-    best = store.load(store.best)
-    federated_model = make_trainer(spec, "lean")
-    federated_model.load(best.tensors)
-    federated = federated_model.evaluate(held).metrics
-
-    started = time.monotonic()
-    central, central_values = _central(spec, train, held, example["train"])
+    central, central_values = _central(spec, train, held, example["train"], central_epochs)
     central_wall_s = time.monotonic() - started
     out: dict[str, Any] = {
         "task": example["task"],
@@ -190,6 +187,31 @@ def run_example(name: str, work: Path, seed: int) -> dict[str, Any]:
         "train_windows": len(train),
         "held_out_windows": len(held),
         "train": asdict(example["train"]),
+        "central_epochs": central_epochs,
+        "central_held_out": central,
+        "central_wall_s": central_wall_s,
+    }
+    test: list[Dataset] = []
+    if "test_logs" in example:
+        test_dir = work / name / "test"
+        _make_logs(name, test_dir, example["test_logs"], seed + 1)
+        module = importlib.import_module("pump_task")
+        test = [module.windows(test_dir / f"pump-{i}", label="anomaly") for i in range(DEVICES)]
+        out["central_test"] = _anomaly_test(spec, central_values, test, [s[1] for s in splits])
+    if not sim:
+        sys.path.remove(str(folder))
+        return out
+
+    started = time.monotonic()
+    store = ReleaseStore.for_objective(work / name / "releases", spec.objective)
+    report = simulate(config, task=task, releases=store, progress=_progress(name))
+    sim_wall_s = time.monotonic() - started
+    assert store.best is not None
+    best = store.load(store.best)
+    federated_model = make_trainer(spec, "lean")
+    federated_model.load(best.tensors)
+    federated = federated_model.evaluate(held).metrics
+    out |= {
         "sim_virtual_time_s": report["end_time_s"],
         "sim_versions": report["versions"],
         "sim_updates_accepted": report["updates_accepted"],
@@ -200,19 +222,10 @@ def run_example(name: str, work: Path, seed: int) -> dict[str, Any]:
         "federated_best_version": best.version,
         "federated_fleet_measure": best.metrics,
         "federated_held_out": federated,
-        "central_epochs": CENTRAL_EPOCHS,
-        "central_held_out": central,
-        "central_wall_s": central_wall_s,
         "relative_gap": (federated[primary] - central[primary]) / central[primary],
     }
-    if "test_logs" in example:
-        test_dir = work / name / "test"
-        _make_logs(name, test_dir, example["test_logs"], seed + 1)
-        module = importlib.import_module("pump_task")
-        test = [module.windows(test_dir / f"pump-{i}", label="anomaly") for i in range(DEVICES)]
-        held_parts = [s[1] for s in splits]
-        out["federated_test"] = _anomaly_test(spec, best.tensors, test, held_parts)
-        out["central_test"] = _anomaly_test(spec, central_values, test, held_parts)
+    if test:
+        out["federated_test"] = _anomaly_test(spec, best.tensors, test, [s[1] for s in splits])
     sys.path.remove(str(folder))
     return out
 
@@ -223,12 +236,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/bench-objectives.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=sorted(EXAMPLES), default=None)
+    parser.add_argument("--central-epochs", type=int, default=40)
+    parser.add_argument("--central-only", action="store_true", help="no simulated run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in [args.only] if args.only else list(EXAMPLES):
-            results[name] = run_example(name, Path(tmp), args.seed)
+            results[name] = run_example(
+                name, Path(tmp), args.seed, args.central_epochs, sim=not args.central_only
+            )
             print(json.dumps({name: results[name]}, indent=1), flush=True)
     args.out.write_text(json.dumps({"seed": args.seed, "examples": results}, indent=1) + "\n")
 
