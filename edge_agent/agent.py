@@ -312,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predict(config: AgentConfig, path: Path) -> int:
-    """One JSON line per sample of ``path``: the class and its scores."""
+    """One JSON line per sample of ``path``: the objective's answer (``edge_agent.predict``)."""
     from edge_agent.predict import Predictor, read_input
 
     predictor = Predictor.from_config(config)
-    for scores in predictor.predict(read_input(path, config)):
-        print(json.dumps({"class": int(scores.argmax()), "scores": scores.round(6).tolist()}))
+    for answer in predictor.predict(read_input(path, config)):
+        print(json.dumps(answer))
     return 0

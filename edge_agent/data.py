@@ -10,12 +10,13 @@ from edge_agent.config import DataSection
 from ftte.sensors import SensorReader
 from ftte.tasks import load_task
 from ftte.tasks.base import Dataset, ModelSpec, check_dataset
+from ftte.tasks.objectives import REGRESSION
 
 
 class LocalData:
-    """The device's labelled samples, from whichever source the config names, checked
-    against the model; sensor logs and loaders are read again at each ``read``, so what a
-    logger appended is in the next assignment's data.
+    """The device's samples and their targets, from whichever source the config names,
+    checked against the model and its objective; sensor logs and loaders are read again at
+    each ``read``, so what a logger appended is in the next assignment's data.
 
     Only the demo's ``partition`` source builds a task's data (all partitions, seeded the
     same as the orchestrator's, to take this device's); the others build nothing else.
@@ -36,7 +37,9 @@ class LocalData:
             data, source = _from_loader(section.loader, section), f"data.loader {section.loader}"
         else:
             if self._fixed is None:
-                self._fixed = _from_file(section) if section.path else _partition(section)
+                self._fixed = (
+                    _from_file(section, self.model) if section.path else _partition(section)
+                )
             data, source = self._fixed, f"data.path {section.path}"
         check_dataset(data, self.model, source)
         return data
@@ -53,7 +56,7 @@ def _partition(section: DataSection) -> Dataset:
     return task.devices[section.partition]
 
 
-def _from_file(section: DataSection) -> Dataset:
+def _from_file(section: DataSection, model: ModelSpec) -> Dataset:
     path = section.path
     assert path is not None
     if path.suffix == ".npz":
@@ -69,7 +72,9 @@ def _from_file(section: DataSection) -> Dataset:
         )
     if len(x) != len(y) or len(y) == 0:
         raise ValueError(f"data.path {path}: x and y must be non-empty and equally long")
-    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64))
+    # Targets as the objective takes them: float values to regress on, else integer labels.
+    kind = np.float32 if model.objective is REGRESSION else np.int64
+    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y.astype(kind))
 
 
 def _from_loader(spec: str, section: DataSection) -> Dataset:

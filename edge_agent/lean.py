@@ -2,17 +2,17 @@
 
 It trains the layers of ``ftte.tasks.layers`` (Conv1d, Conv2d, ReLU, MaxPool1d/2d, Flatten,
 Linear, BatchNorm1d/2d) with the semantics of the torch reference
-(``edge_agent.trainer.train_slice``): only the assigned tensors train; the frozen prefix
-(every layer before the first trainable one) runs forward a sample at a time and keeps
-nothing; the rest keeps what its backward needs; backward stops at the first trainable
-layer; each batch's gradient is the mean over the batch, accumulated over ``micro_batch``
-chunks; the gradient norm over the slice is clipped to ``clip_norm``; SGD with momentum as
-``torch.optim.SGD``; epochs and batch order as ``edge_agent.runtime.epoch_orders``.
-Training works on copies of the slice's tensors, so the model keeps the global values it
-was assigned. Batch norms from the first trainable layer on normalise with each chunk's
-statistics and move copies of their running statistics as torch does (momentum, unbiased
-variance), returned with the delta; those of the frozen prefix, and every one at
-prediction, use the running statistics.
+(``edge_agent.trainer.train_slice``): the loss is the model spec's objective
+(``ftte.tasks.objectives``); only the assigned tensors train; the frozen prefix (every layer
+before the first trainable one) runs forward a sample at a time and keeps nothing; the rest
+keeps what its backward needs; backward stops at the first trainable layer; each batch's
+gradient is the mean over the batch, accumulated over ``micro_batch`` chunks; the gradient
+norm over the slice is clipped to ``clip_norm``; SGD with momentum as ``torch.optim.SGD``;
+epochs and batch order as ``edge_agent.runtime.epoch_orders``. Training works on copies of
+the slice's tensors, so the model keeps the global values it was assigned. Batch norms
+from the first trainable layer on normalise with each chunk's statistics and move copies of
+their running statistics as torch does (momentum, unbiased variance), returned with the
+delta; those of the frozen prefix, and every one at prediction, use the running statistics.
 
 What a layer keeps for backward is chosen for memory: a convolution keeps its padded input
 and rebuilds its im2col matrix in backward (the matrix is kernel-size times larger), a ReLU
@@ -312,6 +312,7 @@ class LeanModel:
     def __init__(self, spec: ModelSpec) -> None:
         _check_supported(spec)
         self.layers: tuple[Layer, ...] = spec.layers
+        self.objective = spec.objective
         self._shapes = spec.parameter_shapes()
         self._spec = spec
         # Zeros: the first assignment carries every tensor (the device's version is unknown).
@@ -381,11 +382,8 @@ class LeanModel:
         return self._frozen_forward(x, len(self.layers), _Meter(0))
 
     def evaluate(self, data: Dataset) -> Evaluation:
-        """Mean loss and accuracy of the loaded model on ``data``."""
-        logits = self.logits(data.x)
-        loss = _cross_entropy_sum(logits, data.y)[0] / len(data)
-        accuracy = float((logits.argmax(axis=1) == data.y).mean())
-        return Evaluation(len(data), {"loss": loss, "accuracy": accuracy})
+        """The objective's metrics of the loaded model on ``data``."""
+        return Evaluation(len(data), self.objective.metrics(self.logits(data.x), data))
 
     def _train(
         self,
@@ -400,6 +398,7 @@ class LeanModel:
         work = {n: self.params[n].copy() for n in trainable}
         velocity: dict[str, Array] = {}
         epoch_loss = 0.0
+        targets = self.objective.targets(data)
         for order in epoch_orders(len(data), config.epochs, seed):
             total, count = 0.0, 0
             for start in range(0, len(order), config.batch_size):
@@ -413,7 +412,7 @@ class LeanModel:
                     h = self._frozen_forward(x, first, meter)
                     meter.held = x.nbytes + (h.nbytes if h is not x else 0)
                     total += self._accumulate(
-                        h, data.y[chunk], first, work, grads, len(batch), meter, stats
+                        h, targets[chunk], first, work, grads, len(batch), meter, stats
                     )
                 self._step(work, grads, velocity, config)
                 count += len(batch)
@@ -489,15 +488,16 @@ class LeanModel:
         meter: _Meter,
         stats: dict[str, Array],
     ) -> float:
-        """Forward and backward of one chunk from layer ``first``; adds to ``grads`` the
-        gradient of the chunk's summed loss over ``batch_len``; returns the summed loss."""
+        """Forward and backward of one chunk (targets ``y``) from layer ``first``; adds to
+        ``grads`` the gradient of the chunk's summed loss over ``batch_len``; returns the
+        summed loss."""
         caches = []
         h = x
         for i in range(first, len(self.layers)):
             h, cache = self._forward(i, h, work, meter, stats)
             caches.append(cache)
             meter.held += _nbytes(cache)
-        loss, grad = _cross_entropy_sum(h, y)
+        loss, grad = self.objective.loss_sum(h, y)
         grad /= batch_len
         for i in reversed(range(first, len(self.layers))):
             cache = caches.pop()
@@ -565,15 +565,3 @@ class LeanModel:
                     velocity[name] = g.copy()
                 g = velocity[name]
             work[name] -= np.float32(config.lr) * g
-
-
-def _cross_entropy_sum(logits: Array, y: Array) -> tuple[float, Array]:
-    """Summed cross-entropy of ``logits`` against labels ``y`` and its gradient."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    sums = exp.sum(axis=1, keepdims=True)
-    rows = np.arange(len(y))
-    loss = float(np.sum(np.log(sums[:, 0]) - shifted[rows, y]))
-    grad = exp / sums
-    grad[rows, y] -= 1.0
-    return loss, grad

@@ -28,6 +28,7 @@ from edge_agent.runtime import TrainResult, epoch_orders
 from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK, optimizer_slots
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import BUFFERS
+from ftte.tasks.objectives import CLASSIFICATION, Objective
 from ftte.tasks.torch_model import model_buffers
 from ftte.wire.messages import Evaluation, TrainConfig
 
@@ -37,6 +38,7 @@ class TorchModel:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.model = spec.make_model()
+        self.objective = spec.objective
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._params = dict(self.model.named_parameters())
@@ -61,7 +63,7 @@ class TorchModel:
         self, trainable: Collection[str], data: Dataset, config: TrainConfig, seed: int
     ) -> TrainResult:
         """Train ``trainable`` on ``data`` (``train_slice``)."""
-        return train_slice(self.model, trainable, data, config, seed)
+        return train_slice(self.model, trainable, data, config, seed, self.objective)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """The loaded model's outputs for samples ``x``."""
@@ -71,12 +73,8 @@ class TorchModel:
         return out.numpy()
 
     def evaluate(self, data: Dataset) -> Evaluation:
-        """Mean loss and accuracy of the loaded model on ``data``."""
-        logits = torch.from_numpy(self.logits(data.x))
-        y = torch.from_numpy(data.y)
-        loss = float(nn.functional.cross_entropy(logits, y))
-        accuracy = float((logits.argmax(dim=1) == y).float().mean())
-        return Evaluation(len(data), {"loss": loss, "accuracy": accuracy})
+        """The objective's metrics of the loaded model on ``data``."""
+        return Evaluation(len(data), self.objective.metrics(self.logits(data.x), data))
 
 
 def train_slice(
@@ -85,8 +83,10 @@ def train_slice(
     data: Dataset,
     config: TrainConfig,
     seed: int,
+    objective: Objective = CLASSIFICATION,
 ) -> TrainResult:
-    """Train only ``trainable`` of ``model`` on ``data``; return the delta and measurements."""
+    """Train only ``trainable`` of ``model`` on ``data`` under ``objective``'s loss; return
+    the delta and measurements."""
     params = dict(model.named_parameters())
     unknown = set(trainable) - params.keys()
     if unknown or not trainable:
@@ -105,7 +105,7 @@ def train_slice(
     slice_params = [params[n] for n in trainable]
     optimizer = torch.optim.SGD(slice_params, lr=config.lr, momentum=config.momentum)
     x_all = torch.from_numpy(data.x)
-    y_all = torch.from_numpy(data.y)
+    y_all = torch.from_numpy(objective.targets(data))
     meter = _PeakMeter(model, trainable, config.momentum)
     epoch_loss = 0.0
     model.train()
@@ -120,7 +120,7 @@ def train_slice(
                 x, y = x_all[chunk], y_all[chunk]
                 with meter.watch(x):
                     h = _frozen_forward(frozen_prefix, x)
-                    loss = nn.functional.cross_entropy(trained_suffix(h), y, reduction="sum")
+                    loss = objective.torch_loss_sum(trained_suffix(h), y)
                 (loss / len(batch)).backward()
                 total += float(loss.detach())
             if config.clip_norm > 0:

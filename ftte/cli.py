@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftte.sim.fleet import FleetSpec
 from ftte.training import TrainSettings
 
 if TYPE_CHECKING:
@@ -57,10 +58,28 @@ def _add_sim(commands: Any) -> None:
     p.add_argument("--strategy", default="ftte", help="a preset (see `ftte strategies`)")
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--stragglers", type=float, default=0.9, help="fraction slowed down")
+    p.add_argument(
+        "--weakest-fraction",
+        type=float,
+        default=FleetSpec.weakest_fraction,
+        help="smallest memory budget, as a fraction of full-model training",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID concentration")
     p.add_argument("--samples-per-device", type=int, default=60, help="local samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target-acc", type=float, default=None, help="default: the task's target")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="the objective's primary metric to reach (accuracy, or mse); default: the task's",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="share of each device's data held out to measure the model (federated "
+        "evaluation; needed by a task without a validation set)",
+    )
     p.add_argument("--time-limit", type=float, default=6 * 3600.0, help="virtual seconds")
     p.add_argument("--max-updates", type=int, default=20_000)
     defaults = TrainSettings()
@@ -77,31 +96,40 @@ def _add_sim(commands: Any) -> None:
 
 def _run_sim(args: argparse.Namespace) -> int:
     _single_threaded_torch()
-    from ftte.sim.fleet import FleetSpec
-    from ftte.sim.run import SimConfig, simulate
-    from orchestrator.releases import ACCURACY, ReleaseStore
+    from ftte.sim.run import SimConfig, build_task, simulate
+    from orchestrator.releases import ReleaseStore
 
     config = SimConfig(
         task=args.task,
         strategy=args.strategy,
-        fleet=FleetSpec(devices=args.devices, stragglers=args.stragglers),
+        fleet=FleetSpec(
+            devices=args.devices,
+            stragglers=args.stragglers,
+            weakest_fraction=args.weakest_fraction,
+        ),
         seed=args.seed,
         alpha=args.alpha,
         samples_per_device=args.samples_per_device,
-        target_accuracy=args.target_acc,
+        target=args.target,
+        holdout=args.holdout,
         time_limit_s=args.time_limit,
         max_updates=args.max_updates,
         train=TrainSettings(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum
         ),
     )
-    releases = ReleaseStore(args.releases, ACCURACY) if args.releases else None
-    report = simulate(config, progress=_progress_line(args.strategy), releases=releases)
+    task = build_task(config)
+    releases = None
+    if args.releases:
+        releases = ReleaseStore.for_objective(args.releases, task.objective)
+    progress = _progress_line(args.strategy)
+    report = simulate(config, task=task, progress=progress, releases=releases)
     print(file=sys.stderr)
     ttt = report["time_to_target_s"]
+    metric = report["metric"]
     print(
-        f"{args.strategy}: final accuracy {report['final_acc']:.3f} after "
-        f"{report['versions']} versions; time to {report['target_accuracy']:.2f}: "
+        f"{args.strategy}: final {metric} {report['final_acc']:.4g} after "
+        f"{report['versions']} versions; time to {metric} {report['target_accuracy']:g}: "
         + (f"{ttt:.0f} s (virtual)" if ttt is not None else "not reached")
         + f"; {report['bytes_up_per_update']:.0f} B/update up, "
         f"{report['bytes_down_per_update']:.0f} B/update down; "
@@ -402,8 +430,9 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     result = service.run(stop)
+    measured = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items()))
     print(
-        f"job ended at version {result.version}, accuracy {result.accuracy:.3f}, "
+        f"job ended at version {result.version}, {measured or 'not measured'}, "
         f"target {'reached' if result.reached_target else 'not reached'}, "
         f"{result.wall_time_s:.0f} s"
     )
@@ -447,9 +476,11 @@ def _run_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(state, indent=1))
         return 0
+    validation = ", ".join(f"{k} {v:.4g}" for k, v in sorted(state["metrics"].items()))
     print(
         f"job {state['job']} ({state['liveness']}): version {state['version']}, "
-        f"accuracy {state['accuracy']:.3f}, buffer {state['buffer_fill']}, "
+        f"{state['objective']} ({validation or 'no validation set'}), "
+        f"buffer {state['buffer_fill']}, "
         f"devices online {state['devices_online']}, accepted {state['accepted']}"
     )
     for reason, count in sorted(state["rejected"].items()):
@@ -459,7 +490,7 @@ def _run_status(args: argparse.Namespace) -> int:
     if state["fleet"]:
         measures = dict(state["fleet"])
         version, devices = int(measures.pop("version")), int(measures.pop("devices"))
-        measured = ", ".join(f"{k} {v:.3f}" for k, v in sorted(measures.items()))
+        measured = ", ".join(f"{k} {v:.4g}" for k, v in sorted(measures.items()))
         print(f"  fleet evaluation of version {version} on {devices} devices: {measured}")
     if state["excluded"]:
         print(f"  excluded devices: {state['excluded']}")
@@ -523,9 +554,10 @@ def _progress_line(label: str) -> Any:
     interactive = sys.stderr.isatty()
 
     def show(point: CurvePoint) -> None:
+        measured = " ".join(f"{k} {v:.4g}" for k, v in point.metrics.items())
         line = (
             f"\r{label}: t={point.time_s:9.0f}s  version {point.version:5d}  "
-            f"updates {point.updates:6d}  accuracy {point.accuracy:.3f}"
+            f"updates {point.updates:6d}  {measured}"
         )
         if interactive:
             print(line, end="", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ftte.config import load_section, read_toml, resolve
 from ftte.ids import validate_id
+from ftte.tasks.base import Task
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.influence import InfluenceSettings
@@ -18,7 +19,7 @@ from orchestrator.telemetry import InfluxConfig
 
 
 class TargetOn(StrEnum):
-    """Where the accuracy a job stops on is measured."""
+    """Where the metric a job stops on is measured."""
 
     VALIDATION = "validation"  # the task's validation set, on the orchestrator
     FLEET = "fleet"  # the devices' held-out data (federated evaluation)
@@ -35,7 +36,11 @@ class JobSection:
     strategy: str = "ftte"
     seed: int = 0
     num_partitions: int = 20  # demo tasks: how many device partitions the data is cut into
-    target_accuracy: float = 0.0  # 0: the task's own target
+    # Where the job stops: the value of the task objective's primary metric (accuracy at
+    # least, for classification; mse at most, for regression and reconstruction). Unset:
+    # the task's own target. ``target_accuracy`` is the same for classification only.
+    target: float | None = None
+    target_accuracy: float | None = None
     max_versions: int = 1000
     max_wall_s: float = 3600.0
     # Evaluation and checkpoints run on a version once this many versions or seconds have
@@ -49,8 +54,8 @@ class JobSection:
     checkpoint_every: int = 100
     checkpoint_every_s: float = 5.0
     keep_releases: int = 5  # newest releases kept in run_dir/releases, beside the best
-    # Which accuracy the target applies to: the orchestrator's validation set, or the fleet's
-    # own (devices' held-out data, over at least fleet_min_devices reports on one version).
+    # Where the target's metric is measured: the orchestrator's validation set, or the
+    # fleet's own (devices' held-out data, over at least fleet_min_devices reports).
     target_on: TargetOn = TargetOn.VALIDATION
     fleet_min_devices: int = 3
 
@@ -71,6 +76,37 @@ class JobSection:
         for name in ("evaluate_every_s", "checkpoint_every_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"job.{name} must be >= 0 (seconds; 0: every version)")
+        if self.target_accuracy is not None and self.target_accuracy <= 0:
+            raise ValueError(
+                f"job.target_accuracy = {self.target_accuracy} would stop at once: leave it "
+                "out for the task's own target"
+            )
+        if self.target is not None and self.target_accuracy is not None:
+            raise ValueError(
+                "job.target and job.target_accuracy are both set: keep job.target (the value "
+                "of the task objective's primary metric) and remove job.target_accuracy"
+            )
+
+    def stop_target(self, task: Task) -> float:
+        """The primary metric's value this job stops at, checked against ``task``'s
+        objective and where it is measured; a ValueError names the field and the fix."""
+        objective = task.objective
+        if self.target_accuracy is not None and objective.primary != "accuracy":
+            raise ValueError(
+                f"job.target_accuracy = {self.target_accuracy}: task {self.task!r} is "
+                f"{objective.name}, measured by {objective.primary} "
+                f"({'higher' if objective.higher_is_better else 'lower'} is better); set "
+                f"job.target to the {objective.primary} to stop at instead"
+            )
+        if self.target_on is TargetOn.VALIDATION and task.validation is None:
+            raise ValueError(
+                f"job.target_on = 'validation', but task {self.task!r} has no validation set: "
+                "set job.target_on = 'fleet' (devices measure the model on held-out data)"
+            )
+        for given in (self.target, self.target_accuracy):
+            if given is not None:
+                return given
+        return task.target
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,11 @@ def run_demo(args: argparse.Namespace) -> int:
     plot = _plot(service, run_dir / "accuracy.png", service.target)
     counters = service.telemetry.counters()
     server = service.server
+    primary = service.objective.primary
     print(
         f"\n{'reached' if result.reached_target else 'did not reach'} target "
-        f"{service.target:.2f}: accuracy {result.accuracy:.3f} at version {result.version} "
-        f"after {result.wall_time_s:.0f} s"
+        f"{service.target:.2f}: {primary} {result.metrics.get(primary, float('nan')):.3f} at "
+        f"version {result.version} after {result.wall_time_s:.0f} s"
     )
     print(f"updates accepted {server.accepted}, rejected {dict(server.rejected) or 0}")
     budgets = sorted(d.budget_bytes for d in server.devices.values())
@@ -114,7 +115,8 @@ def _show_progress(service: OrchestratorService, worker: threading.Thread, limit
         online = sum(1 for d in server.devices.values() if d.online)
         line = (
             f"{time.monotonic() - started:5.0f} s  devices online {online:3d}  "
-            f"version {server.version:4d}  accuracy {service.accuracy:.3f}  "
+            f"version {server.version:4d}  {service.objective.primary} "
+            f"{service.measure().get(service.objective.primary, float('nan')):.3f}  "
             f"updates {server.accepted:5d}  rejected {sum(server.rejected.values())}"
         )
         if interactive:
@@ -137,7 +139,7 @@ def _plot(service: OrchestratorService, path: Path, target: float) -> Path:
         ax.plot(t, acc, color="C0", label=service.config.job.strategy)
     ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:.2f}")
     ax.set_xlabel("wall time (s)")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(f"{service.objective.primary} ({service.config.job.target_on.value})")
     ax.set_title("ftte demo: local fleet over MQTT")
     ax.legend(loc="lower right")
     fig.tight_layout()

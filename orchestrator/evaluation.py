@@ -8,8 +8,12 @@ versions reported on, sample-weighted — FedAvg's evaluation, without a central
 set, over a model that changed little between those versions.
 
 A device could lie about its metrics as about its delta, so each report's sample count is
-capped (at ``max_samples``, the influence bound's ceiling) and a device counts once (its
-newest report replaces the one before). The state is one report per device.
+capped (at ``max_samples``, the influence bound's ceiling), a device counts once (its
+newest report replaces the one before), and the decoder has already refused names outside
+the metric vocabulary and values outside their ranges (``ftte.metrics``). Each metric is
+averaged over the devices that reported it, weighted by their samples: a device that leaves
+one out (``auc`` needs anomaly labels, which not every device has) neither removes it from
+the fleet's measure nor pulls it toward zero. The state is one report per device.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ class FleetMetrics:
     """The fleet's measure: sample-weighted means over the devices' newest reports."""
 
     version: int  # the newest version reported on
-    metrics: dict[str, float]
-    samples: int
+    metrics: dict[str, float]  # each over the devices that reported it
+    samples: int  # over every device counted
     devices: int
 
 
@@ -56,13 +60,14 @@ class FleetEvaluation:
         recent = [e for version, e in self._reports.values() if version >= newest - SPAN]
         if len(recent) < min_devices:
             return None
-        samples = sum(e.samples for e in recent)
-        names = set.intersection(*(set(e.metrics) for e in recent))
-        metrics = {
-            name: sum(e.samples * e.metrics[name] for e in recent) / samples
-            for name in sorted(names)
-        }
-        return FleetMetrics(newest, metrics, samples, len(recent))
+        weighted: dict[str, float] = {}
+        weights: dict[str, int] = {}
+        for e in recent:
+            for name, value in e.metrics.items():
+                weighted[name] = weighted.get(name, 0.0) + e.samples * value
+                weights[name] = weights.get(name, 0) + e.samples
+        metrics = {name: weighted[name] / weights[name] for name in sorted(weighted)}
+        return FleetMetrics(newest, metrics, sum(e.samples for e in recent), len(recent))
 
     def state_dict(self) -> dict[str, Any]:
         """The reports, for the engine's checkpoint."""

@@ -45,7 +45,7 @@ class LocalFleetSpec:
     weakest_fraction: float = 0.15  # smallest budget, as a fraction of full-model training
     slow_fraction: float = 0.3  # devices slowed down to imitate weaker hardware
     max_slowdown: float = 4.0
-    target_accuracy: float = 0.0  # 0: the task's own
+    target_accuracy: float | None = None  # None: the task's own (a classification task)
     max_versions: int = 2000
     max_wall_s: float = 540.0
     train: TrainSettings = field(default_factory=TrainSettings)

@@ -3,8 +3,9 @@
 Each artifact is the wire codec's ``release`` message (``ftte.wire``: the values of every
 tensor of the model, its metrics, job, version and architecture name), stored under
 ``run_dir/releases/`` as ``v{version}.release`` and named in ``index.json`` by its SHA-256.
-The store keeps the best version by the job's metric and the last one offered, plus the
-``keep`` newest others; everything else is deleted as it falls out.
+The store keeps the best version by the job's metric (the task objective's primary metric,
+in its direction: ``for_objective``) and the last one offered, plus the ``keep`` newest
+others; everything else is deleted as it falls out.
 
 The index is written after the artifact, both atomically, so a crash leaves either the old
 index (and a stray file the next offer removes) or the new one, never an index naming a
@@ -20,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ftte.fileio import atomic_write
+from ftte.tasks.objectives import Objective
 from ftte.wire.codec import decode_release, encode_release
 from ftte.wire.limits import WireLimits
 from ftte.wire.messages import Release
 
 INDEX = "index.json"
-ACCURACY = "accuracy"  # the measure of best today: the server's validation accuracy
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class ReleaseStore:
         self.keep = keep
         folder.mkdir(parents=True, exist_ok=True)
         self._index = self._read_index()
+
+    @classmethod
+    def for_objective(cls, folder: Path, objective: Objective, keep: int = 5) -> ReleaseStore:
+        """A store whose best is by ``objective``'s primary metric, in its direction."""
+        return cls(folder, objective.primary, not objective.higher_is_better, keep)
 
     @property
     def best(self) -> StoredRelease | None:

@@ -29,7 +29,7 @@ from orchestrator.buffers import aggregate_buffers, check_buffers
 from orchestrator.evaluation import FleetEvaluation
 from orchestrator.influence import InfluenceBound, InfluenceSettings
 from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlanner, budget_class
-from orchestrator.scoring import gradient_scores
+from orchestrator.scoring import gradient_scores, size_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
 STATE_FORMAT = 5  # bump when the state_dict schema changes
@@ -461,7 +461,11 @@ class TrainingServer:
         )
         if self.config.plan_mode in (PlanMode.FULL, PlanMode.FULL_IN_BUDGET) or not due:
             return
-        self._scores = gradient_scores(self.model, self.task.validation)
+        validation = self.task.validation
+        if validation is None:
+            self._scores = size_scores(self.model)
+        else:
+            self._scores = gradient_scores(self.model, validation, self.task.objective)
         self._scores_version = self.version
         self._plans.clear()
 
@@ -683,15 +687,15 @@ class TrainingServer:
 
     # -- evaluation --------------------------------------------------------------------
 
-    def evaluate(self) -> tuple[float, float]:
-        """Accuracy and mean loss of the global model on the task's validation data."""
+    def evaluate(self) -> dict[str, float]:
+        """The objective's metrics of the global model on the task's validation data; empty
+        without a validation set (the fleet's own measure is ``fleet_evaluation``)."""
         val = self.task.validation
+        if val is None:
+            return {}
         with torch.no_grad():
-            logits = self.model(torch.from_numpy(val.x))
-            y = torch.from_numpy(val.y)
-            loss = float(torch.nn.functional.cross_entropy(logits, y))
-            acc = float((logits.argmax(dim=1) == y).float().mean())
-        return acc, loss
+            outputs = self.model(torch.from_numpy(val.x)).numpy()
+        return self.task.objective.metrics(outputs, val)
 
 
 def _record_state(d: DeviceRecord) -> dict[str, Any]:

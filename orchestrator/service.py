@@ -60,7 +60,7 @@ from orchestrator.config import JobConfig, TargetOn
 from orchestrator.evaluation import FleetMetrics
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
-from orchestrator.releases import ACCURACY, ReleaseStore
+from orchestrator.releases import ReleaseStore
 from orchestrator.server import Outcome, Refusal
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.telemetry import open_telemetry
@@ -74,7 +74,7 @@ MAX_RECOVERIES = 5
 # Messages handled per journal fsync (group commit). Their acknowledgements wait for the
 # batch: a few hundred updates are handled in tens of milliseconds, one fsync takes ~1 ms.
 MAX_BATCH = 256
-HISTORY_POINTS = 10_000  # (wall s, version, accuracy) kept for the demo's plot
+HISTORY_POINTS = 10_000  # (wall s, version, primary metric) kept for the demo's plot
 PROGRESS_S = 10.0  # how often the log says where the job stands
 RETAINED_UPDATE = "update_retained"  # refusal reason: a retained publish on an update topic
 # No local: the clear of a retained update is not echoed back. Retain as published: a live
@@ -104,7 +104,7 @@ class JobResult:
     """How a job ended."""
 
     version: int
-    accuracy: float
+    metrics: dict[str, float]  # what the stop rule read last (validation or fleet)
     reached_target: bool
     wall_time_s: float
 
@@ -116,7 +116,8 @@ class OrchestratorService:
         self.config = config
         job = config.job
         task = load_task(job.task, num_devices=job.num_partitions, seed=job.seed)
-        self.target = job.target_accuracy or task.target_accuracy
+        self.target = job.stop_target(task)
+        self.objective = task.objective
         self.server = make_server(
             job.strategy,
             task,
@@ -154,11 +155,11 @@ class OrchestratorService:
         self.retained_updates = 0  # retained publishes on update topics, ignored and cleared
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.server.on_excluded = self._excluded
-        self.releases = ReleaseStore(
-            self.run_dir / "releases", metric=ACCURACY, keep=job.keep_releases
+        self.releases = ReleaseStore.for_objective(
+            self.run_dir / "releases", self.objective, keep=job.keep_releases
         )
         self.rng = np.random.default_rng(job.seed + self.server.version)
-        self.accuracy, self._loss = self.server.evaluate()
+        self.metrics = self.server.evaluate()  # on the validation set; {} without one
         now = time.monotonic()
         version = self.server.version
         self._evaluation = Cadence(job.evaluate_every, job.evaluate_every_s, version, now)
@@ -219,17 +220,17 @@ class OrchestratorService:
             self.telemetry.close()
             self.journal.close()
         return JobResult(
-            self.server.version, self.accuracy, self.reached_target(), time.monotonic() - started
+            self.server.version, self.measure(), self.reached_target(), time.monotonic() - started
         )
 
     def _log_progress(self) -> None:
         """Where the job stands, also before the first aggregation (devices coming online)."""
         server = self.server
         log.info(
-            "version %d, accuracy %.3f: %d devices online, %d training, %d idle, %d excluded, "
+            "version %d, %s: %d devices online, %d training, %d idle, %d excluded, "
             "%d updates buffered, %d accepted%s",
             server.version,
-            self.accuracy,
+            self._measured(),
             server.devices_online(),
             server.in_flight(),
             len(server.idle_devices()),
@@ -240,13 +241,27 @@ class OrchestratorService:
         )
 
     def reached_target(self) -> bool:
-        """Whether the global model has reached the job's target accuracy, measured where
-        ``target_on`` says."""
-        job = self.config.job
-        if job.target_on is TargetOn.VALIDATION:
-            return self.accuracy >= self.target
-        fleet = self.server.fleet_evaluation.latest(job.fleet_min_devices)
-        return fleet is not None and fleet.metrics.get(ACCURACY, 0.0) >= self.target
+        """Whether the global model has reached the job's target of the objective's primary
+        metric (in its direction), measured where ``target_on`` says."""
+        value = self.measure().get(self.objective.primary)
+        return value is not None and self.objective.reached(value, self.target)
+
+    def measure(self) -> dict[str, float]:
+        """The metrics the stop rule reads: the validation set's or the fleet's."""
+        if self.config.job.target_on is TargetOn.VALIDATION:
+            return self.metrics
+        return self._fleet_metrics()
+
+    def _fleet_metrics(self) -> dict[str, float]:
+        fleet = self.server.fleet_evaluation.latest(self.config.job.fleet_min_devices)
+        return {} if fleet is None else fleet.metrics
+
+    def _measured(self) -> str:
+        """The stop rule's metric now and the target, for the log."""
+        value = self.measure().get(self.objective.primary)
+        now = "not measured yet" if value is None else f"{value:.4g}"
+        where = self.config.job.target_on.value
+        return f"{self.objective.primary} ({where}) {now}, target {self.target:g}"
 
     # -- messages ----------------------------------------------------------------------
 
@@ -476,17 +491,19 @@ class OrchestratorService:
     def _evaluate(self) -> None:
         """Evaluate the current version: the stop rule, history, release and telemetry."""
         started = time.monotonic()
-        self.accuracy, self._loss = self.server.evaluate()
+        self.metrics = self.server.evaluate()
         self._evaluation.ran(self.server.version, started)
-        self.history.append((started - self._started, self.server.version, self.accuracy))
+        value = self.measure().get(self.objective.primary)
+        if value is not None:
+            self.history.append((started - self._started, self.server.version, value))
         if not self._replaying:
-            self._release(self._loss, only_if_best=True)
+            self._release(only_if_best=True)
         if self._unevaluated is not None:
             self._aggregation_point(
                 self._unevaluated, self.server.version, time.monotonic() - started
             )
             self._unevaluated = None
-        log.info("version %d: accuracy %.3f", self.server.version, self.accuracy)
+        log.info("version %d: %s", self.server.version, self._measured())
 
     def _aggregation_point(
         self, report: AggregationReport, version: int, evaluated_s: float | None
@@ -500,8 +517,7 @@ class OrchestratorService:
             clipped=len(report.clipped),
             capped=len(report.capped),
             merged=len(report.merged),
-            val_accuracy=None if evaluated_s is None else self.accuracy,
-            val_loss=None if evaluated_s is None else self._loss,
+            validation={} if evaluated_s is None else self.metrics,
             wall_time_s=evaluated_s or 0.0,
         )
 
@@ -514,14 +530,23 @@ class OrchestratorService:
         self.journal.truncate()
         self._checkpoints.ran(self.server.version, time.monotonic())
 
-    def _release(self, loss: float, only_if_best: bool = False) -> None:
-        """Keep the model as it is now as a release: a new best, or the job's last."""
+    def _release(self, only_if_best: bool = False) -> None:
+        """Keep the model as it is now as a release: a new best, or the job's last.
+
+        Its metrics are the validation set's when the task has one, else the fleet's newest
+        measure (of a version at most a few aggregations older than the model kept); with
+        neither yet there is nothing to compare, and nothing is kept.
+        """
         server = self.server
+        metrics = self.metrics if server.task.validation is not None else self._fleet_metrics()
+        primary = self.objective.primary
+        if primary not in metrics:
+            return
         release = Release(
             self.config.job.name,
             server.version,
             server.task.model.name,
-            {ACCURACY: self.accuracy, "loss": loss},
+            metrics,
             server.model_state(),
             time.time(),
         )
@@ -531,7 +556,7 @@ class OrchestratorService:
             stored = self.releases.offer(release)
         if stored is not None:
             log.info(
-                "release of version %d kept (%s %.3f)", stored.version, ACCURACY, self.accuracy
+                "release of version %d kept (%s %.4g)", stored.version, primary, metrics[primary]
             )
 
     def _replay_journal(self) -> None:
@@ -668,7 +693,7 @@ class OrchestratorService:
             job=self.config.job.name,
             state=state,
             version=server.version,
-            accuracy=self.accuracy,
+            metrics=self.metrics,
             buffer_fill=len(server.strategy.buffered()),
             devices_online=server.devices_online(),
             accepted=server.accepted,
@@ -680,6 +705,7 @@ class OrchestratorService:
             excluded_devices={
                 d: excluded[d][:MAX_REASON_CHARS] for d in sorted(excluded)[:MAX_EXCLUDED_LISTED]
             },
+            objective=self.objective.name,
         )
 
     def delivery_counts(self) -> dict[str, int]:
@@ -707,7 +733,7 @@ class OrchestratorService:
         self._checkpoint()
         last = self.releases.last
         if last is None or last.version != self.server.version:
-            self._release(self._loss)
+            self._release()
         if self.link.connected.is_set():
             self._publish_best_release()
             self._publish_state("done").wait_for_publish(5.0)

@@ -107,12 +107,13 @@ class PointTelemetry(ABC):
         clipped: int,
         capped: int,
         merged: int,
-        val_accuracy: float | None,
-        val_loss: float | None,
+        validation: dict[str, float],
         wall_time_s: float,
     ) -> None:
         """One applied buffer: the new version, what the influence bound cut, and how good it
-        is if it was evaluated (the service evaluates every few versions or seconds)."""
+        is on the validation set if this version was evaluated (``val_{metric}`` fields; none
+        without a validation set or between evaluations: the service evaluates every few
+        versions or seconds)."""
         point = (
             self._point("ftte_aggregation")
             .field("version", version)
@@ -121,11 +122,11 @@ class PointTelemetry(ABC):
             .field("clipped", clipped)
             .field("capped", capped)
             .field("merged", merged)
+            .field("wall_time_s", float(wall_time_s))
         )
-        if val_accuracy is not None and val_loss is not None:
-            point = point.field("val_accuracy", float(val_accuracy))
-            point = point.field("val_loss", float(val_loss))
-        self._send(point.field("wall_time_s", float(wall_time_s)))
+        for name, value in sorted(validation.items()):
+            point = point.field(f"val_{name}", float(value))
+        self._send(point)
 
     def fleet_evaluation(self, *, version: int, devices: int, metrics: dict[str, float]) -> None:
         """The fleet's own measure of a version: its devices' held-out data (``ftte_fleet``)."""

@@ -53,7 +53,7 @@ def task(num_devices: int, seed: int, alpha: float, **_options: Any) -> Task:
     """The model, the lab recording to validate on, and each device's own logs."""
     del seed, alpha  # the data is the devices' own, not a random partition
     devices = [windows(LOGS / f"motion-{i}") for i in range(num_devices)]
-    return Task(MODEL, devices, windows(LOGS / "lab.csv"), target_accuracy=0.9)
+    return Task(MODEL, devices, windows(LOGS / "lab.csv"), target=0.9)
 
 
 def pooled(num_devices: int) -> Dataset:

@@ -47,11 +47,9 @@ def worker(path: str, task: str, folder: Path, windows: int) -> int:
         options.intra_op_num_threads = 1  # as the agent's runtimes: one compute thread
         session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options)
 
-        def predict(x: np.ndarray) -> np.ndarray:
+        def outputs(x: np.ndarray) -> np.ndarray:
             (logits,) = session.run(None, {"x": x})
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            scores: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
-            return scores
+            return np.asarray(logits)
     else:
         from edge_agent.predict import Predictor
         from edge_agent.releases import DeviceReleases
@@ -61,7 +59,16 @@ def worker(path: str, task: str, folder: Path, windows: int) -> int:
         single_threaded(path)
         spec = load_model_spec(task)
         release, sha256 = DeviceReleases(folder / "releases", spec).current()
-        predict = Predictor(make_trainer(spec, path), release, sha256).predict
+        predictor = Predictor(make_trainer(spec, path), release, sha256, spec.objective)
+        outputs = predictor.outputs
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        """Class scores, as the classification objective's predictions give them."""
+        logits = outputs(x)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        scores: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+        return scores
+
     loaded_rss = rss_bytes()
     predict(x[:1])  # first call: lazy initialisation is not a window's latency
     latencies = []

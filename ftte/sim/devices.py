@@ -37,16 +37,23 @@ class FleetModels:
         return self._versions.get(device_id, -1)
 
     def train(
-        self, device_id: str, assignment: Assignment, data: Dataset, seed: int, update_id: str
+        self,
+        device_id: str,
+        assignment: Assignment,
+        data: Dataset,
+        seed: int,
+        update_id: str,
+        held_out: Dataset | None = None,
     ) -> tuple[Update, TrainResult]:
-        """Apply ``assignment`` to the device's copy and train its slice there."""
+        """Apply ``assignment`` to the device's copy, measure it on ``held_out`` (federated
+        evaluation) and train its slice there."""
         held = self._held.setdefault(device_id, {})
         for name, value in assignment.tensors.items():
             held[name] = self._share(name, assignment.version, value)
         self._versions[device_id] = assignment.version
         # The device's whole copy is loaded: the shared trainer holds the previous device's.
         whole = replace(assignment, tensors=dict(held))
-        return self._trainer.train(whole, data, seed, update_id=update_id)
+        return self._trainer.train(whole, data, seed, update_id=update_id, held_out=held_out)
 
     def _share(self, name: str, version: int, value: np.ndarray) -> np.ndarray:
         """One array per (tensor, version) sent; compared, so sharing never changes values."""

@@ -17,7 +17,7 @@ from ftte.training import TrainSettings
 from ftte.wire.messages import Release
 from orchestrator.influence import InfluenceSettings
 from orchestrator.presets import make_server
-from orchestrator.releases import ACCURACY, ReleaseStore
+from orchestrator.releases import ReleaseStore
 from orchestrator.server import ServerSettings, TrainingServer
 
 
@@ -31,7 +31,7 @@ class SimConfig:
     seed: int = 0
     alpha: float = 0.5
     samples_per_device: int = 60
-    target_accuracy: float | None = None  # None: the task's own target
+    target: float | None = None  # of the objective's primary metric; None: the task's own
     time_limit_s: float = 6 * 3600.0
     min_time_s: float = 0.0  # keep going after the target until then (benchmarks compare at it)
     max_updates: int = 20_000
@@ -40,6 +40,10 @@ class SimConfig:
     influence: InfluenceSettings = field(default_factory=InfluenceSettings)
     strategy_params: dict[str, Any] = field(default_factory=dict)  # the strategy's own defaults
     attack: AttackSpec | None = None  # hostile devices among the fleet
+    # Share of each device's data held out to measure each model it is sent (federated
+    # evaluation); needed when the task has no validation set, which the curve then uses.
+    holdout: float = 0.0
+    fleet_min_devices: int = 3  # reports the fleet's measure needs (capped at the fleet size)
 
 
 def build_task(config: SimConfig) -> Task:
@@ -60,7 +64,8 @@ def simulate(
     releases: ReleaseStore | None = None,
 ) -> dict[str, Any]:
     """Run one preset on one fleet and return its measurements as plain data; with
-    ``releases``, keep each new best model and the last one there."""
+    ``releases``, keep each new best model and the last one there (by the objective's
+    primary metric, on the validation set or, without one, the fleet's measure)."""
     task = task if task is not None else build_task(config)
     server = make_server(
         config.strategy,
@@ -78,31 +83,42 @@ def simulate(
     hostile = {}
     if config.attack is not None:
         hostile = hostile_devices([p.device_id for p in profiles], config.attack, config.seed)
-    simulator = FleetSimulator(server, profiles, config.fleet, config.seed, hostile)
-    target = config.target_accuracy if config.target_accuracy is not None else task.target_accuracy
+    simulator = FleetSimulator(
+        server,
+        profiles,
+        config.fleet,
+        config.seed,
+        hostile,
+        holdout=config.holdout,
+        fleet_min_devices=min(config.fleet_min_devices, config.fleet.devices),
+    )
+    target = config.target if config.target is not None else task.target
 
-    def release(accuracy: float, loss: float) -> Release:
-        metrics = {ACCURACY: accuracy, "loss": loss}
+    def release(metrics: dict[str, float]) -> Release:
         model = task.model.name
         return Release(
             server.config.job, server.version, model, metrics, server.model_state(), time.time()
         )
 
     def seen(point: CurvePoint) -> None:
-        if releases is not None:
-            releases.keep_if_best(release(point.accuracy, point.loss))
+        if releases is not None and task.objective.primary in point.metrics:
+            releases.keep_if_best(release(point.metrics))
         if progress is not None:
             progress(point)
 
     result = simulator.run(
         time_limit_s=config.time_limit_s,
         max_updates=config.max_updates,
-        target_accuracy=target,
+        target=target,
         min_time_s=config.min_time_s,
         progress=seen,
     )
-    if releases is not None and (releases.last is None or releases.last.version != server.version):
-        releases.offer(release(*server.evaluate()))
+    last = result.curve[-1].metrics if result.curve else {}
+    fresh = releases is not None and (
+        releases.last is None or releases.last.version != server.version
+    )
+    if releases is not None and fresh and task.objective.primary in last:
+        releases.offer(release(server.evaluate() or last))
     budgets = {p.device_id: p.budget_bytes for p in profiles}
     return summarize(result, server, budgets, full_peak, target, config.min_time_s)
 
@@ -115,15 +131,21 @@ def summarize(
     target: float,
     budget_s: float,
 ) -> dict[str, Any]:
-    """The measurements of one run, in the benchmark's JSON shape."""
+    """The measurements of one run, in the benchmark's JSON shape.
+
+    ``final_acc``, ``acc_at_budget`` and each curve point's ``acc`` hold the objective's
+    primary metric, named by ``metric`` (accuracy for the classification benchmarks), and
+    ``target_accuracy`` the target of that metric; each curve point has every metric too.
+    """
     peaks = result.peak_mem_bytes
     weakest = min(budgets, key=lambda d: budgets[d])
     over = sorted(d for d, peak in peaks.items() if peak > budgets[d])
     sizes_up, sizes_down = result.bytes_up, result.bytes_down
     return {
+        "metric": server.task.objective.primary,
         "target_accuracy": target,
         "time_to_target_s": result.time_to_target_s,
-        "final_acc": result.final_accuracy,
+        "final_acc": result.final_value,
         "acc_at_budget": _accuracy_at(result, budget_s) if budget_s else None,
         "end_time_s": result.end_time_s,
         "versions": server.version,
@@ -146,13 +168,12 @@ def summarize(
         if result.arrivals
         else None,
         "curve": [
-            {"t": p.time_s, "version": p.version, "acc": p.accuracy, "loss": p.loss}
-            for p in result.curve
+            {"t": p.time_s, "version": p.version, "acc": p.value, **p.metrics} for p in result.curve
         ],
     }
 
 
 def _accuracy_at(result: SimResult, time_s: float) -> float:
-    """Accuracy of the model version in force at virtual time ``time_s``."""
-    before = [p.accuracy for p in result.curve if p.time_s <= time_s]
-    return before[-1] if before else 0.0
+    """The primary metric of the model version in force at virtual time ``time_s``."""
+    before = [p.value for p in result.curve if p.time_s <= time_s]
+    return before[-1] if before else float("nan")

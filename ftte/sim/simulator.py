@@ -20,18 +20,21 @@ from ftte.compute import ComputeModel
 from ftte.sim.attacks import Attack, corrupt
 from ftte.sim.devices import FleetModels
 from ftte.sim.fleet import DeviceProfile, FleetSpec
+from ftte.tasks.base import hold_out
 from ftte.wire import decode_assignment, encode_assignment, encode_update
 from orchestrator.server import TrainingServer
 
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """The global model after one aggregation."""
+    """The global model after one aggregation: its metrics on the task's validation set,
+    or without one the fleet's newest measure (devices' held-out data), and ``value``, the
+    objective's primary metric among them (NaN before the fleet has measured)."""
 
     time_s: float
     version: int
-    accuracy: float
-    loss: float
+    value: float
+    metrics: dict[str, float]
     updates: int
 
 
@@ -49,9 +52,9 @@ class SimResult:
     end_time_s: float = 0.0
 
     @property
-    def final_accuracy(self) -> float:
-        """Validation accuracy of the last model version (0 before any aggregation)."""
-        return self.curve[-1].accuracy if self.curve else 0.0
+    def final_value(self) -> float:
+        """The primary metric of the last model version (NaN before any was measured)."""
+        return self.curve[-1].value if self.curve else float("nan")
 
 
 @dataclass(order=True)
@@ -78,12 +81,27 @@ class FleetSimulator:
         spec: FleetSpec,
         seed: int,
         hostile: Mapping[str, Attack] | None = None,
+        holdout: float = 0.0,
+        fleet_min_devices: int = 1,
     ) -> None:
+        """``holdout``: the share of each device's data it keeps out of training to measure
+        each model it is sent on (federated evaluation), as an agent's ``[data] holdout``."""
         if len(profiles) > len(server.task.devices):
             raise ValueError("the task has fewer device partitions than the fleet has devices")
         self.server = server
         self.profiles = {p.device_id: p for p in profiles}
-        self.data = {p.device_id: server.task.devices[i] for i, p in enumerate(profiles)}
+        self.data, self.held_out = {}, {}
+        for i, p in enumerate(profiles):
+            self.data[p.device_id], self.held_out[p.device_id] = hold_out(
+                server.task.devices[i], holdout
+            )
+        if server.task.validation is None and holdout <= 0:
+            raise ValueError(
+                f"task {server.task.name!r} has no validation set: hold out a share of each "
+                "device's data (e.g. holdout 0.2) so the fleet measures the model"
+            )
+        self.objective = server.task.objective
+        self.fleet_min_devices = fleet_min_devices
         self.spec = spec
         self.hostile = dict(hostile or {})
         self.rng = np.random.default_rng(seed)
@@ -106,12 +124,12 @@ class FleetSimulator:
         *,
         time_limit_s: float,
         max_updates: int,
-        target_accuracy: float | None = None,
+        target: float | None = None,
         min_time_s: float = 0.0,
         progress: ProgressFn | None = None,
     ) -> SimResult:
-        """Advance the clock until the target (but at least ``min_time_s``), the time limit
-        or the update limit."""
+        """Advance the clock until the objective's primary metric reaches ``target`` (but at
+        least ``min_time_s``), the time limit or the update limit."""
         for device_id, profile in self.profiles.items():
             self.server.register(device_id, profile.budget_bytes)
             self._go_offline_later(device_id, self.rng.exponential(self.spec.mean_online_s))
@@ -129,7 +147,7 @@ class FleetSimulator:
                 self.result.curve.append(point)
                 if progress is not None:
                     progress(point)
-                reached = target_accuracy is not None and point.accuracy >= target_accuracy
+                reached = target is not None and self.objective.reached(point.value, target)
                 if reached and self.result.time_to_target_s is None:
                     self.result.time_to_target_s = self.now
             if self.result.time_to_target_s is not None and self.now >= min_time_s:
@@ -177,8 +195,12 @@ class FleetSimulator:
         return self._curve_point()
 
     def _curve_point(self) -> CurvePoint:
-        accuracy, loss = self.server.evaluate()
-        return CurvePoint(self.now, self.server.version, accuracy, loss, self.server.accepted)
+        metrics = self.server.evaluate()
+        if self.server.task.validation is None:
+            fleet = self.server.fleet_evaluation.latest(self.fleet_min_devices)
+            metrics = {} if fleet is None else fleet.metrics
+        value = metrics.get(self.objective.primary, float("nan"))
+        return CurvePoint(self.now, self.server.version, value, metrics, self.server.accepted)
 
     def _dispatch(self) -> None:
         for assignment in self.server.dispatch(self.rng, self.now):
@@ -188,7 +210,12 @@ class FleetSimulator:
             received = decode_assignment(down)
             seed = int(self.rng.integers(2**31))
             update, trained = self.models.train(
-                device_id, received, self.data[device_id], seed, f"{received.assignment_id}.u"
+                device_id,
+                received,
+                self.data[device_id],
+                seed,
+                f"{received.assignment_id}.u",
+                held_out=self.held_out[device_id],
             )
             if device_id in self.hostile:
                 update = corrupt(update, self.hostile[device_id])

@@ -66,7 +66,8 @@ def load_task(spec: str, num_devices: int, seed: int, alpha: float = 0.5, **kwar
         ) from None
     if not isinstance(task, Task):
         raise ValueError(f"task factory {spec!r} must return ftte.tasks.base.Task")
-    check_dataset(task.validation, task.model, f"task {spec!r} validation data")
+    if task.validation is not None:
+        check_dataset(task.validation, task.model, f"task {spec!r} validation data")
     for i, data in enumerate(task.devices):
         check_dataset(data, task.model, f"task {spec!r} device partition {i}")
     return task

@@ -1,7 +1,9 @@
-"""What a task is: a model spec (shared by orchestrator and devices) apart from its data.
+"""What a task is: a model spec and its objective (shared by orchestrator and devices),
+apart from its data.
 
-A device needs only the ``ModelSpec`` and its own data; the task's per-device partitions
-and validation set exist for the simulator, the benchmarks and the demo's orchestrator.
+A device needs only the ``ModelSpec`` (architecture and objective) and its own data; the
+task's per-device partitions and optional validation set exist for the simulator, the
+benchmarks and the orchestrator.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ftte.tasks.layers import Layer, buffer_shapes, parameter_shapes, updated_buffers
+from ftte.tasks.objectives import CLASSIFICATION, Objective
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,7 +24,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Labelled samples: ``x`` float32 with shape (n, *input_shape), ``y`` int64 class ids."""
+    """Samples and their targets: ``x`` float32 with shape (n, *input_shape); ``y`` of the
+    objective's kind (``ftte.tasks.objectives``): int64 class ids, float32 target values,
+    or int64 anomaly labels (-1 when unknown)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -32,16 +37,27 @@ class Dataset:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The architecture everyone shares: its layers and the input it takes.
+    """The architecture everyone shares: its layers, the input it takes, its objective.
 
     ``layers`` is the one description of the model (``ftte.tasks.layers``); the torch model
     and the device's lean model are both built from it, with the same parameter names.
+    ``objective`` is what it learns and how it is measured; ``num_classes`` counts the
+    classes of a classification model (unused by the other objectives).
     """
 
     name: str
     layers: tuple[Layer, ...]
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int = 0
+    objective: Objective = CLASSIFICATION
+
+    def __post_init__(self) -> None:
+        if self.objective is CLASSIFICATION and self.num_classes < 2:
+            raise ValueError(
+                f"model {self.name!r}: a classification model needs num_classes >= 2; for "
+                "real-valued outputs set objective=REGRESSION, for an autoencoder "
+                "objective=RECONSTRUCTION (ftte.tasks.objectives)"
+            )
 
     def make_model(self) -> nn.Sequential:
         """A fresh torch ``nn.Sequential``; after ``torch.manual_seed(s)`` the same weights
@@ -70,17 +86,27 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Task:
-    """A federated learning task, loaded entirely offline: a model spec and its data."""
+    """A federated learning task, loaded entirely offline: a model spec and its data.
+
+    ``target`` is the value of the objective's primary metric a job stops at (e.g. accuracy
+    0.9, or an MSE of 0.02); ``validation`` is optional: without it, jobs measure the model
+    on the devices' held-out data (federated evaluation).
+    """
 
     model: ModelSpec
     devices: list[Dataset]  # one partition per (simulated or demo) device
-    validation: Dataset
-    target_accuracy: float
+    validation: Dataset | None
+    target: float
 
     @property
     def name(self) -> str:
         """The task's name (its model spec's)."""
         return self.model.name
+
+    @property
+    def objective(self) -> Objective:
+        """What the model learns and how it is measured (its model spec's)."""
+        return self.model.objective
 
 
 def hold_out(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
@@ -98,22 +124,9 @@ def hold_out(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
 
 
 def check_dataset(data: Dataset, model: ModelSpec, source: str) -> None:
-    """Refuse data the model cannot train on, naming ``source`` and the fix."""
-    if data.x.dtype != np.float32 or data.y.dtype != np.int64:
-        raise ValueError(
-            f"{source}: x must be float32 and y int64 (got {data.x.dtype}, {data.y.dtype})"
-        )
-    if data.x.shape[1:] != model.input_shape or data.x.shape[0] != data.y.shape[0]:
-        raise ValueError(
-            f"{source}: samples of shape {data.x.shape[1:]}, {data.y.shape[0]} labels for "
-            f"{data.x.shape[0]} samples; model {model.name!r} takes {model.input_shape}"
-        )
-    if len(data) and (data.y.min() < 0 or data.y.max() >= model.num_classes):
-        raise ValueError(
-            f"{source}: labels must be class ids 0..{model.num_classes - 1} for model "
-            f"{model.name!r}, found {int(data.y.min())}..{int(data.y.max())}; map raw labels "
-            "(e.g. 1 and 2) to 0-based ids"
-        )
+    """Refuse data the model cannot train on under its objective, naming ``source`` and the
+    fix."""
+    model.objective.check(data, model, source)
 
 
 TaskFactory = Callable[..., Task]

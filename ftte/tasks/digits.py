@@ -101,7 +101,7 @@ def digits_task(
         model=DIGITS_MODEL,
         devices=[Dataset(x[p], y[p]) for p in parts],
         validation=Dataset(val_x[:, None, :, :].astype(np.float32), val_y),
-        target_accuracy=TARGET_ACCURACY,
+        target=TARGET_ACCURACY,
     )
 
 

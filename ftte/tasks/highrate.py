@@ -145,5 +145,5 @@ def highrate_task(
         model=HIGHRATE_MODEL,
         devices=devices,
         validation=Dataset(np.concatenate(xs), np.concatenate(ys)),
-        target_accuracy=TARGET_ACCURACY,
+        target=TARGET_ACCURACY,
     )

@@ -111,5 +111,5 @@ def vibration_task(
         model=VIBRATION_MODEL,
         devices=devices,
         validation=Dataset(np.concatenate(xs), np.concatenate(ys)),
-        target_accuracy=TARGET_ACCURACY,
+        target=TARGET_ACCURACY,
     )

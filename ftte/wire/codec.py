@@ -29,6 +29,7 @@ import numpy as np
 import zstandard
 
 from ftte.errors import Rejected, RejectReason
+from ftte.metrics import METRIC_RANGES, MetricError, check_metric
 from ftte.wire.limits import WireLimits
 from ftte.wire.messages import (
     Assignment,
@@ -53,7 +54,7 @@ _UPDATE_FIELDS = {"v", "kind", "device_id", "update_id", "assignment_id", "base_
 _UPDATE_FIELDS |= {"num_samples", "loss", "peak_mem_bytes", "tensors"}
 _RELEASE_FIELDS = {"v", "kind", "job", "version", "model", "metrics", "created_unix_s"}
 _RELEASE_FIELDS |= {"tensors"}
-MAX_METRICS = 16
+MAX_METRICS = len(METRIC_RANGES)
 # Added after version 1 shipped: present in both or neither, so an older agent's updates
 # (without them) still decode.
 _PROCESS_FIELDS = {"rss_peak_bytes", "rss_anon_bytes"}
@@ -447,11 +448,18 @@ def _decode_evaluation(value: Any) -> Evaluation:
 
 
 def _metrics(value: Any) -> dict[str, float]:
-    """A small map of metric names to finite numbers."""
+    """Metrics of the fixed vocabulary (``ftte.metrics``), each value within its range."""
     if not isinstance(value, dict) or len(value) > MAX_METRICS:
         raise Rejected(RejectReason.MALFORMED, f"metrics must be a map of at most {MAX_METRICS}")
     _check_keys(value, "metrics")
-    return {_str(k, "metric name"): _float(v, f"metric {k}") for k, v in value.items()}
+    metrics = {}
+    for name, number in value.items():
+        number = _float(number, f"metric {_str(name, 'metric name')[:32]}")
+        try:
+            metrics[name] = check_metric(name, number)
+        except MetricError as exc:
+            raise Rejected(RejectReason.MALFORMED, str(exc)) from None
+    return metrics
 
 
 def encode_release(r: Release, level: int = 3) -> bytes:

@@ -15,6 +15,8 @@ from typing import Any
 
 from ftte.errors import Rejected, RejectReason
 from ftte.ids import validate_id
+from ftte.metrics import MetricError, check_metric
+from ftte.tasks.objectives import OBJECTIVES
 
 MAX_CONTROL_BYTES = 4096
 OFFLINE = b"offline"  # the last will's payload: short, fixed, recognisable
@@ -96,7 +98,9 @@ class JobState:
     job: str
     state: str  # "running" | "done" | "gone"
     version: int
-    accuracy: float
+    # The objective's metrics of the newest version on the orchestrator's validation set
+    # (empty when the task has none: the fleet's measure is then the only one).
+    metrics: dict[str, float]
     buffer_fill: int
     devices_online: int
     accepted: int
@@ -112,6 +116,7 @@ class JobState:
     # Federated evaluation of the newest version enough devices reported on: its metrics
     # (sample-weighted over the devices' held-out data), "version" and "devices".
     fleet: dict[str, float] = field(default_factory=dict)
+    objective: str = "classification"  # the task's (ftte.tasks.objectives): its primary metric
 
     def encode(self) -> bytes:
         """JSON bytes for the model topic."""
@@ -243,7 +248,7 @@ def decode_job_state(payload: bytes) -> JobState:
         job=_field(doc, "job", str),
         state=_field(doc, "state", str),
         version=_field(doc, "version", int, minimum=0),
-        accuracy=_field(doc, "accuracy", float),
+        metrics=_metric_map(doc, "metrics"),
         buffer_fill=_field(doc, "buffer_fill", int, minimum=0),
         devices_online=_field(doc, "devices_online", int, minimum=0),
         accepted=_field(doc, "accepted", int, minimum=0),
@@ -253,23 +258,35 @@ def decode_job_state(payload: bytes) -> JobState:
         delivery=_counts(doc, "delivery") if "delivery" in doc else {},
         excluded=_field(doc, "excluded", int, minimum=0) if "excluded" in doc else 0,
         excluded_devices=_reasons(doc) if "excluded_devices" in doc else {},
-        fleet=_numbers(doc, "fleet") if "fleet" in doc else {},
+        fleet=_metric_map(doc, "fleet", counts=_FLEET_COUNTS) if "fleet" in doc else {},
+        objective=_objective(doc) if "objective" in doc else "classification",
     )
 
 
-def _numbers(doc: dict[str, Any], name: str) -> dict[str, float]:
-    """``doc[name]``: a small map of labels to finite numbers."""
+_FLEET_COUNTS = ("version", "devices")
+
+
+def _metric_map(doc: dict[str, Any], name: str, counts: tuple[str, ...] = ()) -> dict[str, float]:
+    """``doc[name]``: metrics of the vocabulary (``ftte.metrics``) within their ranges, plus
+    the non-negative ``counts`` named."""
     values = _field(doc, name, dict)
-    if len(values) > 16 or not all(
-        isinstance(k, str)
-        and len(k) <= 64
-        and type(v) in (int, float)
-        and math.isfinite(v)
-        and abs(v) <= 2**53
-        for k, v in values.items()
-    ):
-        raise Rejected(RejectReason.MALFORMED, f"{name} must map a few labels to numbers")
-    return {k: float(v) for k, v in values.items()}
+    out = {}
+    for key in values:
+        if key in counts:
+            out[key] = float(_field(values, key, int, minimum=0))
+            continue
+        try:
+            out[key] = check_metric(key, _field(values, key, float))
+        except MetricError as exc:
+            raise Rejected(RejectReason.MALFORMED, f"{name}: {exc}") from None
+    return out
+
+
+def _objective(doc: dict[str, Any]) -> str:
+    name = _field(doc, "objective", str)
+    if name not in OBJECTIVES:
+        raise Rejected(RejectReason.MALFORMED, f"objective must be one of {sorted(OBJECTIVES)}")
+    return str(name)
 
 
 def _reasons(doc: dict[str, Any]) -> dict[str, str]:

@@ -24,7 +24,7 @@ def test_fleet_trains_past_target_within_budgets_with_telemetry(tmp_path, victor
     finally:
         codes = fleet.stop_agents()
         fleet.broker.stop()
-    assert result.reached_target and result.accuracy >= job.service.target
+    assert result.reached_target and result.metrics["accuracy"] >= job.service.target
     assert set(codes.values()) == {0}  # every agent exited cleanly on SIGTERM
     server = job.service.server
     budgets = {d.device_id: d.budget_bytes for d in server.devices.values()}

@@ -12,7 +12,7 @@ from tests.integration.fleet_helpers import spec, start_orchestrator_process, wa
 
 
 def state(name: str, heartbeat: float) -> JobState:
-    return JobState("j", name, 3, 0.5, 0, 2, 10, {}, heartbeat)
+    return JobState("j", name, 3, {"accuracy": 0.5}, 0, 2, 10, {}, heartbeat)
 
 
 def test_a_running_state_with_an_old_heartbeat_is_unresponsive():

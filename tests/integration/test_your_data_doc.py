@@ -23,7 +23,7 @@ pytestmark = pytest.mark.fleet
 
 def test_the_your_data_tutorial_runs_as_written(tmp_path):
     blocks = re.findall(r"^```sh\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
-    assert len(blocks) >= 8
+    assert len(blocks) >= 11
     # Whatever happens, nothing the page started outlives the test.
     script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n"
     script += "\n".join(blocks)
@@ -49,3 +49,9 @@ def test_the_your_data_tutorial_runs_as_written(tmp_path):
     assert len(predictions) >= 20 and all(len(p["scores"]) == 3 for p in predictions)
     assert (work / "motion.onnx").stat().st_size > 0
     assert "fleet evaluation of version" in run.stdout
+    # The other objectives in the simulator, measured by the fleet (no validation set).
+    forecast = json.loads((tmp_path / "forecast/sim-releases/index.json").read_text())
+    assert forecast["metric"] == "mse" and {"mse", "mae"} <= forecast["best"]["metrics"].keys()
+    pump = json.loads((tmp_path / "pump/sim-releases/index.json").read_text())
+    assert pump["metric"] == "mse"
+    assert json.loads((tmp_path / "pump/anomaly-test.json").read_text())["auc"] > 0.75

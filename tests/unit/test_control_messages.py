@@ -7,6 +7,7 @@ import pytest
 
 from ftte import topics
 from ftte.errors import Rejected, RejectReason
+from ftte.metrics import METRIC_RANGES
 from ftte.transport.mqtt import BrokerDrops, delivered, reason_name
 from ftte.wire.control import (
     MAX_CONTROL_BYTES,
@@ -78,7 +79,7 @@ def test_a_birth_with_a_malformed_held_list_is_refused(held):
 
 
 def test_the_job_state_carries_delivery_counters_and_older_states_still_decode():
-    state = JobState("j", "running", 1, 0.5, 0, 3, 9, {}, 1.0, {"ack_journaled": 9})
+    state = JobState("j", "running", 1, {"accuracy": 0.5}, 0, 3, 9, {}, 1.0, {"ack_journaled": 9})
     assert decode_job_state(state.encode()) == state
     older = json.loads(state.encode())
     del older["delivery"]
@@ -123,7 +124,9 @@ def test_the_brokers_drop_counter_becomes_increments_across_broker_restarts():
 def test_the_job_state_names_excluded_devices_within_the_control_size_limit():
     listed = {f"pi-{i:04d}": "r" * MAX_REASON_CHARS for i in range(MAX_EXCLUDED_LISTED)}
     counters = {f"counter_{i}": 2**40 for i in range(20)}
-    state = JobState("j", "running", 1, 0.5, 0, 3, 9, counters, 1.0, counters, 500, listed)
+    state = JobState(
+        "j", "running", 1, {"accuracy": 0.5}, 0, 3, 9, counters, 1.0, counters, 500, listed
+    )
     assert len(state.encode()) <= MAX_CONTROL_BYTES
     assert decode_job_state(state.encode()) == state
 
@@ -139,7 +142,7 @@ def test_the_job_state_names_excluded_devices_within_the_control_size_limit():
     ],
 )
 def test_a_job_state_with_a_malformed_excluded_list_is_refused(listed):
-    doc = json.loads(JobState("j", "running", 1, 0.5, 0, 3, 9, {}, 1.0).encode())
+    doc = json.loads(JobState("j", "running", 1, {"accuracy": 0.5}, 0, 3, 9, {}, 1.0).encode())
     doc["excluded_devices"] = listed
     with pytest.raises(Rejected):
         decode_job_state(json.dumps(doc).encode())
@@ -158,9 +161,38 @@ def test_a_birth_names_the_job_of_the_model_it_holds_and_older_births_decode():
 
 def test_the_job_state_carries_the_fleets_evaluation():
     fleet = {"accuracy": 0.8, "loss": 0.4, "version": 12, "devices": 5}
-    state = JobState("j", "running", 1, 0.5, 0, 3, 9, {}, 1.0, fleet=fleet)
+    state = JobState("j", "running", 1, {"accuracy": 0.5}, 0, 3, 9, {}, 1.0, fleet=fleet)
     assert decode_job_state(state.encode()).fleet == fleet
     doc = json.loads(state.encode())
     doc["fleet"] = {"accuracy": "high"}
+    with pytest.raises(Rejected):
+        decode_job_state(json.dumps(doc).encode())
+
+
+def test_the_largest_job_state_every_metric_can_make_fits_and_decodes():
+    metrics = {name: high for name, (_, high) in METRIC_RANGES.items()}
+    fleet = metrics | {"version": 2**40, "devices": 10**6}
+    listed = {f"pi-{i:04d}": "r" * MAX_REASON_CHARS for i in range(MAX_EXCLUDED_LISTED)}
+    counters = {f"counter_{i}": 2**40 for i in range(16)}
+    state = JobState(
+        "j", "running", 1, metrics, 0, 3, 9, counters, 1.0, counters, 500, listed, fleet
+    )
+    assert len(state.encode()) <= MAX_CONTROL_BYTES
+    assert decode_job_state(state.encode()) == state
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("metrics", {"x" * 60: 0.5}),
+        ("fleet", {"accuracy": 0.5, "tampered": 1.0}),
+        ("fleet", {"accuracy": 2.0}),
+        ("fleet", {"version": -1}),
+        ("objective", "clustering"),
+    ],
+)
+def test_a_job_state_with_a_metric_outside_the_vocabulary_or_its_range_is_refused(field, value):
+    doc = json.loads(JobState("j", "running", 1, {}, 0, 3, 9, {}, 1.0).encode())
+    doc[field] = value
     with pytest.raises(Rejected):
         decode_job_state(json.dumps(doc).encode())

@@ -50,3 +50,28 @@ def test_an_evaluation_travels_with_its_update_and_a_bad_one_is_refused():
     for bad in (Evaluation(0, {"accuracy": 0.5}), Evaluation(5, {"accuracy": float("nan")})):
         with pytest.raises(Rejected):
             decode_update(encode_update(update(bad)))
+
+
+def test_a_metric_some_devices_leave_out_is_averaged_over_those_that_report_it():
+    fleet = FleetEvaluation(max_samples=1000)
+    fleet.add(1, "labelled", Evaluation(10, {"mse": 0.2, "auc": 0.9}))
+    fleet.add(1, "unlabelled", Evaluation(30, {"mse": 0.6}))
+    latest = fleet.latest()
+    # auc is the labelled device's own, not dropped fleet-wide nor diluted by the other.
+    assert latest.metrics == pytest.approx({"mse": 0.5, "auc": 0.9})
+    assert latest.samples == 40
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"x" * 200: 0.5},  # a name outside the vocabulary, long enough to bloat the job state
+        {"accuracy": 0.5, "precision": 0.5},
+        {"accuracy": 1e300},  # finite, but no accuracy
+        {"loss": -1.0},
+        {"auc": 1.5},
+    ],
+)
+def test_a_report_with_an_unknown_metric_or_a_value_out_of_range_is_refused(metrics):
+    with pytest.raises(Rejected, match="metric"):
+        decode_update(encode_update(update(Evaluation(20, metrics))))

@@ -42,8 +42,7 @@ def written_schema(tmp_path) -> dict[str, tuple[set[str], set[str]]]:
         clipped=1,
         capped=0,
         merged=0,
-        val_accuracy=0.8,
-        val_loss=0.6,
+        validation={"accuracy": 0.8, "loss": 0.6},
         wall_time_s=0.1,
     )
     telemetry.fleet_evaluation(version=6, devices=3, metrics={"accuracy": 0.7, "loss": 0.9})

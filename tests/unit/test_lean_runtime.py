@@ -15,8 +15,9 @@ from edge_agent.runtime import make_trainer
 from edge_agent.trainer import TorchModel
 from ftte.memory import MemoryModel
 from ftte.tasks import MODELS, load_task
-from ftte.tasks.base import ModelSpec
-from ftte.tasks.layers import Flatten, Linear, ReLU, TorchLayer
+from ftte.tasks.base import Dataset, ModelSpec
+from ftte.tasks.layers import Conv1d, Flatten, Linear, MaxPool1d, ReLU, TorchLayer
+from ftte.tasks.objectives import RECONSTRUCTION, REGRESSION
 from ftte.wire.messages import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +86,59 @@ def test_lean_delta_equals_the_torch_delta(tasks, model, trainable, momentum, cl
     assert set(got.buffers) == set(expected.buffers) == set(moved)
     for name in moved:
         np.testing.assert_allclose(got.buffers[name], expected.buffers[name], rtol=RTOL, atol=ATOL)
+
+
+# A forecaster (3 values ahead of a 2-channel window) and an autoencoder of the window.
+FORECASTER = ModelSpec(
+    "forecaster",
+    (
+        Conv1d(2, 4, 3, padding=1),
+        ReLU(),
+        MaxPool1d(2),
+        Flatten(),
+        Linear(32, 8),
+        ReLU(),
+        Linear(8, 3),
+    ),
+    (2, 16),
+    objective=REGRESSION,
+)
+AUTOENCODER = ModelSpec(
+    "autoencoder",
+    (Flatten(), Linear(32, 6), ReLU(), Linear(6, 32)),
+    (2, 16),
+    objective=RECONSTRUCTION,
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "trainable", "micro"),
+    [
+        (FORECASTER, "all", 8),
+        (FORECASTER, ("4.weight", "6.bias"), 0),
+        (AUTOENCODER, "all", 0),
+        (AUTOENCODER, ("3.weight", "3.bias"), 6),
+    ],
+)
+def test_lean_delta_equals_the_torch_delta_under_the_squared_error_objectives(
+    spec, trainable, micro
+):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(SAMPLES, 2, 16)).astype(np.float32)
+    y = rng.normal(size=(SAMPLES, 3)).astype(np.float32)
+    data = Dataset(x, y if spec.objective is REGRESSION else np.full(SAMPLES, -1, np.int64))
+    reference, lean = _pair(spec)
+    names = tuple(spec.parameter_shapes()) if trainable == "all" else trainable
+    config = TrainConfig(
+        epochs=2, batch_size=16, lr=0.05, momentum=0.9, clip_norm=1.0, micro_batch=micro
+    )
+    expected = reference.train(names, data, config, seed=5)
+    got = lean.train(names, data, config, seed=5)
+    for name in names:
+        assert np.abs(expected.delta[name]).max() > 0, name
+        np.testing.assert_allclose(got.delta[name], expected.delta[name], rtol=RTOL, atol=ATOL)
+    assert got.loss == pytest.approx(expected.loss, rel=RTOL)
+    assert lean.evaluate(data).metrics == pytest.approx(reference.evaluate(data).metrics, rel=RTOL)
 
 
 def test_lean_training_leaves_the_assigned_values(tasks):

@@ -43,7 +43,7 @@ def test_planner_beats_last_layers_that_fit_at_a_tight_budget():
     apply(start, warm.delta)
     state = {k: v.clone() for k, v in start.state_dict().items()}
     planner = SlicePlanner(MemoryModel.profile(start, task.model.input_shape), 32, 0.0)
-    scores = gradient_scores(start, task.validation)
+    scores = gradient_scores(start, task.validation, task.objective)
     full = planner.full().predicted_peak_bytes
     low = planner.minimum_bytes() / full
     for fraction in np.geomspace(low, 0.5, 40):  # the tightest budget where they differ

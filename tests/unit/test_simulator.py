@@ -11,11 +11,9 @@ from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.run import SimConfig, build_task, simulate
 from ftte.sim.simulator import FleetSimulator
 from orchestrator.presets import make_server
-from orchestrator.releases import ACCURACY, ReleaseStore
+from orchestrator.releases import ReleaseStore
 
-SMALL = SimConfig(
-    fleet=FleetSpec(devices=6), max_updates=60, samples_per_device=40, target_accuracy=1.01
-)
+SMALL = SimConfig(fleet=FleetSpec(devices=6), max_updates=60, samples_per_device=40, target=1.01)
 
 
 def run_simulator(config: SimConfig):
@@ -151,9 +149,22 @@ def test_fedavg_round_closes_when_its_last_device_drops_out():
 
 
 def test_a_simulation_keeps_its_best_and_last_models_as_releases(tmp_path):
-    store = ReleaseStore(tmp_path, ACCURACY)
-    report = simulate(replace(SMALL, strategy="ftte"), releases=store)
+    config = replace(SMALL, strategy="ftte")
+    store = ReleaseStore.for_objective(tmp_path, build_task(config).objective)
+    report = simulate(config, releases=store)
     best_accuracy = max(p["acc"] for p in report["curve"])
-    assert store.best.metrics[ACCURACY] == pytest.approx(best_accuracy)
+    assert store.best.metrics["accuracy"] == pytest.approx(best_accuracy)
     assert store.last.version == report["versions"]
     assert store.load(store.best).model == "digits"
+
+
+def test_without_a_validation_set_the_curve_is_the_fleets_measure_of_held_out_data(tmp_path):
+    config = replace(SMALL, strategy="fedbuff", holdout=0.25, max_updates=30)
+    task = replace(build_task(config), validation=None)
+    with pytest.raises(ValueError, match="hold out"):
+        simulate(replace(config, holdout=0.0), task=task)
+    store = ReleaseStore.for_objective(tmp_path, task.objective)
+    report = simulate(config, task=task, releases=store)
+    measured = [p for p in report["curve"] if "accuracy" in p]
+    assert measured and {"loss", "accuracy", "macro_f1"} <= measured[-1].keys()
+    assert store.best.metrics["accuracy"] == max(p["accuracy"] for p in measured)

@@ -187,7 +187,9 @@ JSON_ANY = st.recursive(
 )
 VALID_STATUS = json.loads(DeviceStatus("dev-0", 10**6, "pi", "1", 3, ("dev-0.4",)).encode())
 VALID_STATE = json.loads(
-    JobState("j", "running", 1, 0.5, 0, 3, 9, {"x": 1}, 1.0, {"ack_journaled": 2}).encode()
+    JobState(
+        "j", "running", 1, {"accuracy": 0.5}, 0, 3, 9, {"x": 1}, 1.0, {"ack_journaled": 2}
+    ).encode()
 )
 VALID_ACK = json.loads(UpdateAck("dev-0.4.u", Verdict.REFUSED, "too_stale").encode())
 
