@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.fleet import DeviceEntry, Fleet, FleetSection
 from broker.generate import BrokerFiles, init_broker
 from broker.launcher import free_port
 
 FLEET = "bench"  # the fleet name of every benchmark fleet
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+def run_all(fn: Callable[[Job], Result], jobs: list[Job], workers: int) -> list[Result]:
+    """``fn`` of every job, in order, over ``workers`` spawned processes (one per core)."""
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")  # no fork of a torch-loaded parent
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            return list(pool.map(fn, jobs))
+    return [fn(job) for job in jobs]
 
 
 def publish(results: dict[str, Any], table: str, path: Path) -> None:

@@ -15,17 +15,15 @@ deltas clipped to the median norm, samples to the median count, equal say over t
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
-from ftte.bench import publish
+from ftte.bench import publish, run_all
 from ftte.sim.attacks import Attack, AttackSpec
 from ftte.sim.fleet import FleetSpec
 from ftte.sim.run import SimConfig, simulate
@@ -71,12 +69,7 @@ def attack_benchmark(workers: int = 1) -> dict[str, Any]:
         jobs += [(strategy, 0, "median", AttackSpec(Attack.ALL, f)) for f in HOSTILE]
         jobs.append((strategy, 0, "hardened", None))
         jobs += [(strategy, 0, "hardened", AttackSpec(kind, f)) for kind in KINDS for f in HOSTILE]
-    if workers > 1:
-        context = multiprocessing.get_context("spawn")  # no fork of a torch-loaded parent
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            runs = list(pool.map(_run_one, jobs))
-    else:
-        runs = [_run_one(job) for job in jobs]
+    runs = run_all(_run_one, jobs, workers)
     rows = []
     for strategy in HORIZON_S:
         mine = [(job, run) for job, run in zip(jobs, runs, strict=True) if job[0] == strategy]

@@ -14,18 +14,16 @@ horizon, the best over the run, and the gap between the two runs in points.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
 from edge_agent.trainer import train_slice
-from ftte.bench import publish
+from ftte.bench import publish, run_all
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.run import SimConfig, build_task, summarize
 from ftte.sim.simulator import FleetSimulator
@@ -65,12 +63,7 @@ def run_batchnorm_benchmark(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     jobs: list[Job] = [(s, kept) for s in HORIZON_S for kept in (True, False)]
     workers = min(os.cpu_count() or 1, len(jobs))
-    if workers > 1:
-        context = multiprocessing.get_context("spawn")  # no fork of a torch-loaded parent
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            runs = list(pool.map(_run_one, jobs))
-    else:
-        runs = [_run_one(job) for job in jobs]
+    runs = run_all(_run_one, jobs, workers)
     central = central_accuracy(build_task(_config("fedavg")))
     rows = []
     for strategy in HORIZON_S:

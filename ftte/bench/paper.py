@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from edge_agent.process import MEMORY_SHARE
-from ftte.bench import publish
+from ftte.bench import publish, run_all
 from ftte.sim.fleet import (
     DEVICE_CLASSES_MIB,
     MIB,
@@ -133,12 +131,7 @@ def paper_benchmark(
         for s in order
         if (seed, s) not in done
     ]
-    if workers > 1 and len(jobs) > 1:
-        context = multiprocessing.get_context("spawn")  # no fork of a torch-loaded parent
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            new = list(pool.map(_run_one, jobs))
-    else:
-        new = [_run_one(job) for job in jobs]
+    new = run_all(_run_one, jobs, workers)
     for (_, _, _, seed, strategy), result in zip(jobs, new, strict=True):
         done[seed, strategy] = result
     runs = {s: [done[seed, s] for seed in range(size.seeds)] for s in names}

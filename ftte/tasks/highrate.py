@@ -27,6 +27,7 @@ import numpy as np
 
 from ftte.tasks.base import Dataset, ModelSpec, Task
 from ftte.tasks.layers import Conv1d, Flatten, Linear, MaxPool1d, ReLU
+from ftte.tasks.partition import check_generation, dirichlet_labels
 from ftte.tasks.vibration import CLASSES
 
 SAMPLE_RATE_HZ = 12_800.0
@@ -121,17 +122,13 @@ def highrate_task(
     32 windows a device by default: one batch, so training memory binds at the default
     batch with the least compute (a window is 48 KiB).
     """
-    if num_devices < 1 or samples_per_device < 1:
-        raise ValueError("num_devices and samples_per_device must be at least 1")
-    if alpha <= 0:
-        raise ValueError("alpha must be positive")
+    check_generation(num_devices, samples_per_device, alpha)
     rng = np.random.default_rng(seed)
     k = len(CLASSES)
     devices = []
     for _ in range(num_devices):
         machine = _machine(rng)
-        mix = rng.dirichlet(np.full(k, alpha))
-        labels = rng.choice(k, size=samples_per_device, p=mix).astype(np.int64)
+        labels = dirichlet_labels(k, samples_per_device, alpha, rng)
         devices.append(Dataset(_windows(labels, machine, rng), labels))
     # Validation: machines the fleet never saw, every class equally often.
     val_rng = np.random.default_rng(10_000 + seed)

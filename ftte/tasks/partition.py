@@ -47,3 +47,21 @@ def dirichlet_partition(
             chosen.append(pools[c].pop())
         parts.append(np.array(sorted(chosen), dtype=np.int64))
     return parts
+
+
+def check_generation(num_devices: int, per_device: int, alpha: float) -> None:
+    """Refuse arguments no generated task can honour."""
+    if num_devices < 1 or per_device < 1:
+        raise ValueError("num_devices and samples_per_device must be at least 1")
+    if alpha <= 0:
+        raise ValueError("alpha must be positive")
+
+
+def dirichlet_labels(
+    classes: int, per_device: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
+    """For generated data: one device's labels, its class mix drawn from Dirichlet(alpha)
+    (the skew ``dirichlet_partition`` gives a fixed pool)."""
+    mix = rng.dirichlet(np.full(classes, alpha))
+    labels: np.ndarray = rng.choice(classes, size=per_device, p=mix).astype(np.int64)
+    return labels

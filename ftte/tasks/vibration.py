@@ -20,6 +20,7 @@ from ftte.tasks.layers import (
     MaxPool1d,
     ReLU,
 )
+from ftte.tasks.partition import check_generation, dirichlet_labels
 
 SAMPLE_RATE_HZ = 1000.0
 WINDOW = 256
@@ -86,17 +87,13 @@ def vibration_task(
     num_devices: int = 20, seed: int = 0, alpha: float = 0.5, samples_per_device: int = 60
 ) -> Task:
     """Vibration windows for ``num_devices`` machines, labels mixed by Dirichlet(alpha)."""
-    if num_devices < 1 or samples_per_device < 1:
-        raise ValueError("num_devices and samples_per_device must be at least 1")
-    if alpha <= 0:
-        raise ValueError("alpha must be positive")
+    check_generation(num_devices, samples_per_device, alpha)
     rng = np.random.default_rng(seed)
     k = len(CLASSES)
     devices = []
     for _ in range(num_devices):
         shaft, gain, noise = _device_conditions(rng)
-        mix = rng.dirichlet(np.full(k, alpha))
-        labels = rng.choice(k, size=samples_per_device, p=mix).astype(np.int64)
+        labels = dirichlet_labels(k, samples_per_device, alpha, rng)
         devices.append(Dataset(_windows(labels, shaft, gain, noise, rng), labels))
     # Validation: machines the fleet never saw, every class equally often.
     val_rng = np.random.default_rng(10_000 + seed)
