@@ -87,7 +87,8 @@ class LocalFleet:
 
     def __init__(self, spec: LocalFleetSpec) -> None:
         self.spec = spec
-        self.run_dir = spec.run_dir
+        # Absolute: each agent resolves a relative path from its own config's folder.
+        self.run_dir = spec.run_dir.resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(spec.seed)
         budgets = device_budgets(spec)
