@@ -1,6 +1,7 @@
 """A local fleet on the user's own data files and port (`ftte demo --data … --port …`)."""
 
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,3 +38,15 @@ def test_data_files_that_do_not_fit_the_fleet_are_named(tmp_path, devices, names
     (tmp_path / "a.npz").write_bytes(b"")
     with pytest.raises(ValueError, match=message):
         LocalFleetSpec(tmp_path, devices=devices, data_files=tuple(tmp_path / n for n in names))
+
+
+def test_a_relative_run_folder_gives_every_agent_a_path_it_can_open(tmp_path, monkeypatch):
+    # `ftte demo` defaults to runs/demo-…: each agent resolves a relative path from its own
+    # config's folder (the broker's devices/), where the partition files are not.
+    monkeypatch.chdir(tmp_path)
+    fleet = LocalFleet(LocalFleetSpec(Path("runs/demo"), devices=2, port=free_port()))
+    for config in fleet.files.device_configs.values():
+        with config.open("rb") as f:
+            agent = tomllib.load(f)
+        data = Path(agent["data"]["path"])
+        assert data.is_absolute() and data.is_file(), data

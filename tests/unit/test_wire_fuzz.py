@@ -4,9 +4,9 @@ Property-based (hypothesis): structured mutations of valid messages (every field
 any msgpack or JSON value, keys of any type, tensors of any dtype/shape/data), and raw bytes.
 10,000 generated payloads per run (4,000 updates; 4,500 assignments or releases, each
 decoded as both; 1,500 control messages, each decoded as status, as update acknowledgement
-and as job state); derandomized
-so CI is reproducible (run with ``--hypothesis-seed=random`` locally to explore further).
-Refused updates change nothing.
+and as job state); derandomized so CI is reproducible (run with ``--hypothesis-seed=random`` locally to explore further).
+Refused updates change nothing. The model has batch norms, so the fuzzed updates carry the
+``buffers`` field (their running statistics) as well as the parameter deltas.
 """
 
 import json
@@ -77,15 +77,24 @@ TENSOR = st.fixed_dictionaries(
     optional={"scale": ANY | st.floats()},
 )
 
-TASK = load_task("digits", num_devices=2, seed=0)
+# The model with batch norms, so updates carry the ``buffers`` field and it is fuzzed too.
+TASK = load_task("digits_bn", num_devices=2, seed=0)
 SERVER = make_server("ftte", TASK)
 SERVER.register("dev-0", SERVER.full_model_peak())
 (ASSIGNMENT,) = SERVER.dispatch(np.random.default_rng(0), now=0.0)
 SLICE = {n: SERVER.shapes[n] for n in ASSIGNMENT.trainable}
+MOVED = {n: SERVER.shapes[n] for n in TASK.model.updated_buffers(ASSIGNMENT.trainable)}
+assert MOVED, "the slice must move batch-norm statistics for the buffers field to be fuzzed"
 VALID_UPDATE = msgpack.unpackb(
     zstandard.ZstdDecompressor().decompress(
         encode_update(
-            ASSIGNMENT.answer({n: np.zeros(s, np.float32) for n, s in SLICE.items()}, 10, 0.5, 1000)
+            ASSIGNMENT.answer(
+                {n: np.zeros(s, np.float32) for n, s in SLICE.items()},
+                10,
+                0.5,
+                1000,
+                buffers={n: np.ones(s, np.float32) for n, s in MOVED.items()},
+            )
         )
     ),
     raw=False,
@@ -119,9 +128,16 @@ def mutated(valid: dict) -> st.SearchStrategy[dict]:
     )
 
 
-UPDATE_DOCS = mutated(VALID_UPDATE) | st.builds(
-    lambda tensors: {**VALID_UPDATE, "tensors": tensors},
-    st.dictionaries(st.sampled_from(sorted(SLICE)) | st.binary(max_size=6), TENSOR, max_size=3),
+UPDATE_DOCS = (
+    mutated(VALID_UPDATE)
+    | st.builds(
+        lambda tensors: {**VALID_UPDATE, "tensors": tensors},
+        st.dictionaries(st.sampled_from(sorted(SLICE)) | st.binary(max_size=6), TENSOR, max_size=3),
+    )
+    | st.builds(
+        lambda buffers: {**VALID_UPDATE, "buffers": buffers},
+        st.dictionaries(st.sampled_from(sorted(MOVED)) | st.binary(max_size=6), TENSOR, max_size=3),
+    )
 )
 PAYLOADS = st.one_of(
     UPDATE_DOCS.map(pack),
@@ -148,10 +164,19 @@ def model_changed() -> bool:
     return moved or SERVER.version != 0 or SERVER.accepted != 0 or bool(SERVER.strategy.buffered())
 
 
+def test_the_unmutated_update_with_buffers_is_accepted():
+    # Without this the mutations below could all be refused for a reason unrelated to them.
+    outcome = SERVER.ingest("dev-0", pack(VALID_UPDATE))
+    assert outcome.accepted and SERVER.strategy.buffered()
+    SERVER.load_state_dict(INITIAL, now=0.0)
+
+
 @settings(FUZZ, max_examples=4000)
 @given(PAYLOADS)
 def test_any_update_payload_decodes_or_is_rejected_and_refused_ones_change_nothing(payload):
-    decodes_or_is_rejected(lambda p: decode_update(p, expected_shapes=SLICE), payload)
+    decodes_or_is_rejected(
+        lambda p: decode_update(p, expected_shapes=SLICE, expected_buffers=MOVED), payload
+    )
     outcome = SERVER.ingest("dev-0", payload)
     # A refused payload leaves the model, version, counts and buffer as they were (a mutation
     # that happens to be the device's valid answer is accepted, as it should be).
