@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from edge_agent.runtime import SliceTrainer, TrainResult, make_trainer
+from edge_agent.runtime import REFERENCE, SliceTrainer, TrainResult, make_trainer
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.wire.messages import Assignment, Update
 
@@ -17,7 +17,7 @@ from ftte.wire.messages import Assignment, Update
 class DeviceModel:
     """The device's copy of the global model and the version it corresponds to."""
 
-    def __init__(self, spec: ModelSpec, runtime: str = "torch") -> None:
+    def __init__(self, spec: ModelSpec, runtime: str = REFERENCE) -> None:
         self.trainer: SliceTrainer = make_trainer(spec, runtime)
         self.shapes = self.trainer.parameter_shapes() | self.trainer.buffer_shapes()
         self.version = -1

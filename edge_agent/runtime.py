@@ -19,6 +19,7 @@ from ftte.wire.messages import Evaluation, TensorDict, TrainConfig
 RUNTIMES = ("lean", "torch")
 """``lean``: numpy/BLAS, no torch (the default). ``torch``: the reference trainer, for
 models the layer spec cannot describe."""
+REFERENCE = "torch"  # the runtime the others are checked against; the simulator's default
 
 
 @dataclass(frozen=True)

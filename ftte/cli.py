@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.runtime import REFERENCE, RUNTIMES
 from ftte.sim.fleet import FleetSpec
 from ftte.training import TrainSettings
 
@@ -87,6 +88,13 @@ def _add_sim(commands: Any) -> None:
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="local epochs")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=REFERENCE,
+        help="what the devices train with: torch, or the agents' lean numpy runtime "
+        "(faster on small dense models, slower on convolutions)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
     p.add_argument(
         "--releases", type=Path, default=None, help="keep the best and the last model here"
@@ -112,6 +120,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         samples_per_device=args.samples_per_device,
         target=args.target,
         holdout=args.holdout,
+        runtime=args.runtime,
         time_limit_s=args.time_limit,
         max_updates=args.max_updates,
         train=TrainSettings(

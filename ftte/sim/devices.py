@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from edge_agent.device import DeviceModel
-from edge_agent.runtime import TrainResult
+from edge_agent.runtime import REFERENCE, TrainResult
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.wire.messages import Assignment, Update
 
@@ -23,8 +23,8 @@ from ftte.wire.messages import Assignment, Update
 class FleetModels:
     """Every simulated device's copy of the global model, trained on one shared trainer."""
 
-    def __init__(self, spec: ModelSpec) -> None:
-        self._trainer = DeviceModel(spec)
+    def __init__(self, spec: ModelSpec, runtime: str = REFERENCE) -> None:
+        self._trainer = DeviceModel(spec, runtime)
         self._held: dict[str, dict[str, np.ndarray]] = {}
         self._versions: dict[str, int] = {}
         # (tensor, version) -> the values sent then; dropped once no device holds them.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_agent.runtime import REFERENCE
 from ftte.compute import ComputeModel
 from ftte.sim.attacks import Attack, corrupt
 from ftte.sim.devices import FleetModels
@@ -83,9 +84,11 @@ class FleetSimulator:
         hostile: Mapping[str, Attack] | None = None,
         holdout: float = 0.0,
         fleet_min_devices: int = 1,
+        runtime: str = REFERENCE,
     ) -> None:
         """``holdout``: the share of each device's data it keeps out of training to measure
-        each model it is sent on (federated evaluation), as an agent's ``[data] holdout``."""
+        each model it is sent on (federated evaluation), as an agent's ``[data] holdout``;
+        ``runtime``: what the devices train with (``edge_agent.runtime``)."""
         if len(profiles) > len(server.task.devices):
             raise ValueError("the task has fewer device partitions than the fleet has devices")
         self.server = server
@@ -108,7 +111,7 @@ class FleetSimulator:
         self.compute = ComputeModel.profile(
             server.task.model.make_model(), server.task.model.input_shape
         )
-        self.models = FleetModels(server.task.model)
+        self.models = FleetModels(server.task.model, runtime)
         self._queue: list[_Event] = []
         self._seq = itertools.count()
         # The simulated devices' own work in progress (device -> token of the arrival it

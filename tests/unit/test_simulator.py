@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 
 import ftte.sim.simulator as simulator_module
+from edge_agent.runtime import RUNTIMES, make_trainer
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.run import SimConfig, build_task, simulate
 from ftte.sim.simulator import FleetSimulator
+from ftte.tasks.base import Dataset, ModelSpec, Task
+from ftte.tasks.layers import Flatten, Linear, ReLU
+from ftte.tasks.objectives import CLASSIFICATION
 from orchestrator.presets import make_server
 from orchestrator.releases import ReleaseStore
 
@@ -22,7 +26,7 @@ def run_simulator(config: SimConfig):
         config.strategy, task, train=config.train, strategy_params=config.strategy_params
     )
     profiles = make_fleet(config.fleet, server.full_model_peak(), config.seed)
-    sim = FleetSimulator(server, profiles, config.fleet, config.seed)
+    sim = FleetSimulator(server, profiles, config.fleet, config.seed, runtime=config.runtime)
     result = sim.run(time_limit_s=config.time_limit_s, max_updates=config.max_updates)
     return sim, result
 
@@ -168,3 +172,39 @@ def test_without_a_validation_set_the_curve_is_the_fleets_measure_of_held_out_da
     measured = [p for p in report["curve"] if "accuracy" in p]
     assert measured and {"loss", "accuracy", "macro_f1"} <= measured[-1].keys()
     assert store.best.metrics["accuracy"] == max(p["accuracy"] for p in measured)
+
+
+DENSE = ModelSpec(
+    name="dense",
+    layers=(Flatten(), Linear(8, 16), ReLU(), Linear(16, 3)),
+    input_shape=(1, 8),
+    num_classes=3,
+    objective=CLASSIFICATION,
+)
+
+
+def dense_task(num_devices: int, seed: int, **_options) -> Task:
+    """Three overlapping classes on 8 features: a dense model either runtime trains."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 0.5, (3, 1, 8)).astype(np.float32)
+
+    def data(n: int) -> Dataset:
+        y = rng.integers(0, 3, n)
+        return Dataset(centres[y] + rng.normal(0, 1, (n, 1, 8)).astype(np.float32), y)
+
+    return Task(DENSE, [data(60) for _ in range(num_devices)], data(200), target=1.01)
+
+
+def test_the_simulated_devices_train_with_the_chosen_runtime_to_the_same_curve():
+    config = replace(
+        SMALL, task=f"{__name__}:dense_task", max_updates=30, strategy_params={"buffer_size": 3}
+    )
+    curves = {}
+    for runtime in RUNTIMES:
+        sim, _ = run_simulator(replace(config, runtime=runtime))
+        assert type(sim.models._trainer.trainer) is type(make_trainer(DENSE, runtime))
+        curves[runtime] = [p.metrics["accuracy"] for p in sim.result.curve]
+    # The runtimes compute the same updates up to float rounding (test_lean_runtime).
+    assert len(curves["lean"]) == len(curves["torch"]) > 3
+    assert np.allclose(curves["lean"], curves["torch"], atol=0.02)
+    assert curves["torch"][-1] > curves["torch"][0] + 0.1  # and they learned

@@ -4,9 +4,10 @@ Property-based (hypothesis): structured mutations of valid messages (every field
 any msgpack or JSON value, keys of any type, tensors of any dtype/shape/data), and raw bytes.
 10,000 generated payloads per run (4,000 updates; 4,500 assignments or releases, each
 decoded as both; 1,500 control messages, each decoded as status, as update acknowledgement
-and as job state); derandomized so CI is reproducible (run with ``--hypothesis-seed=random`` locally to explore further).
-Refused updates change nothing. The model has batch norms, so the fuzzed updates carry the
-``buffers`` field (their running statistics) as well as the parameter deltas.
+and as job state); derandomized so CI is reproducible (run with ``--hypothesis-seed=random``
+locally to explore further). Refused updates change nothing. The model has batch norms, so
+the fuzzed updates carry the ``buffers`` field (their running statistics) as well as the
+parameter deltas.
 """
 
 import json
