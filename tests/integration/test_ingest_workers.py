@@ -1,17 +1,23 @@
 """Sharded ingest against the generated Mosquitto: two worker processes share the devices'
 update subscription (MQTT v5 ``$share/``), each with its own broker account, decode and
 check the updates and hand them to the one orchestrator that owns the model; a hostile
-payload is refused in a worker and counted; every update is accepted exactly once."""
+payload is refused in a worker and counted; every update is accepted exactly once; after a
+crash the journal's hand-offs apply again."""
 
 import json
 
+import numpy as np
 import pytest
 
 from ftte import topics
 from ftte.loadgen.run import LoadConfig, LoadRun, sessions_from_broker_dir
-from ftte.transport.mqtt import MqttLink
+from ftte.transport.mqtt import Inbound, MqttLink
+from ftte.wire import decode_assignment, decode_update, encode_update
 from ftte.wire.control import DeviceStatus
+from ftte.wire.messages import DeltaEncoding
+from orchestrator.ingest.handoff import Handoff, encode_handoff
 from orchestrator.localfleet import LocalFleet
+from orchestrator.service import OrchestratorService
 from tests.integration.fleet_helpers import UNREACHABLE, ServiceThread, spec, wait_until
 
 pytestmark = pytest.mark.fleet
@@ -76,3 +82,31 @@ def test_updates_reach_the_model_through_two_workers_each_counted_once(tmp_path)
     assert sum(s.get("decoded", 0) for s in stats) == submitted + results["resent"]
     assert sum(s.get("handed_off", 0) for s in stats) == submitted + results["resent"] + 1
     assert not any(k.startswith("failed_") for s in stats for k in s)
+
+
+def test_a_journaled_hand_off_is_applied_again_after_a_crash(tmp_path, monkeypatch):
+    fleet = LocalFleet(spec(tmp_path, devices=3))
+    service = OrchestratorService(fleet.job_config())
+    sent: list[tuple[str, bytes]] = []
+    monkeypatch.setattr(service.link, "ack", lambda _m: None)
+    monkeypatch.setattr(service.link, "publish", lambda t, p, **_k: sent.append((t, p)))
+    service.link.connected.set()
+    for device_id in ("dev-0", "dev-1", "dev-2"):
+        service.server.register(device_id, 10**9)
+    service.handle_batch([])  # opens, journals and sends one assignment each
+    assignments = [decode_assignment(p) for t, p in sent if t.endswith("/assign")]
+    assert len(assignments) == 3
+    handoffs = []
+    for mid, a in enumerate(assignments, start=1):
+        delta = {n: np.full(service.server.shapes[n], 0.01, np.float32) for n in a.trainable}
+        payload = encode_update(a.answer(delta, 10, 0.5, 1000), DeltaEncoding.INT8)
+        handoff = Handoff("ftte_ingest_1", a.device_id, len(payload), decode_update(payload))
+        handoffs.append(
+            Inbound(topics.ingest_topic("local"), encode_handoff(handoff), mid, 1, False)
+        )
+    service.handle_batch(handoffs)
+    assert service.server.accepted == 3
+    service.journal.close()  # the process dies here: no checkpoint, only the journal
+    again = OrchestratorService(fleet.job_config())
+    assert again.server.accepted == 3 and dict(again.server.rejected) == {}
+    again.journal.close()
