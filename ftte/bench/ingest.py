@@ -1,7 +1,7 @@
 """``ftte bench ingest``: the orchestrator's live ingest against the broker's own QoS 1 rate.
 
-For each fleet size, one generated fleet (``init_broker``: TLS, a password and ACL entry
-per device) and one Mosquitto with the generated config carry two measurements, one after
+For each fleet size, a generated fleet (``init_broker``: TLS, a password and ACL entry
+per device) and a Mosquitto with the generated config carry two measurements, one after
 the other:
 
 - **orchestrator**: the real service (``ftte orchestrator``, its own process, FTTE preset
@@ -14,8 +14,8 @@ the other:
   QoS 1): messages per second through the broker, timed by the subscriber.
 
 With ``--workers 0 1 2`` the orchestrator measurement runs once per count of ingest worker
-processes (``[ingest] workers``; 0: the orchestrator decodes every update itself), on the
-same broker, against the one raw measurement.
+processes (``[ingest] workers``; 0: the orchestrator decodes every update itself), each on
+a fresh broker and fleet of the same config, and the raw measurement follows the last.
 
 The ratio is orchestrator / raw. The raw rate is what this box's broker moves with this
 load generator in front of it; both share the same two cores with everything else. So each
@@ -330,29 +330,32 @@ def ingest_benchmark(
     folder: Path,
     workers: tuple[int, ...] = (0,),
 ) -> dict[str, Any]:
-    """Both measurements at each fleet size, on one generated broker per size; the
-    orchestrator's once per count of ingest workers."""
+    """Both measurements at each fleet size; the orchestrator's once per count of ingest
+    workers, each on a freshly generated fleet and broker."""
     results: dict[str, Any] = {"loadgen": asdict(config), "raw_seconds": raw_seconds}
     runs = {}
     for devices in sizes:
-        sub = folder / f"fleet-{devices}"
-        sub.mkdir()
-        fleet, files = loopback_fleet(sub, devices, 10**8, ingest_workers=max(workers))
-        broker_dir = files.out_dir
-        broker: RunningBroker = start_dev_broker(fleet, broker_dir, fleet.fleet.broker_port)
         lives: dict[str, dict[str, Any]] = {}
-        try:
-            assert broker.process is not None
-            pid = broker.process.pid
-            for count in workers:
-                run_dir = sub / f"workers-{count}"
-                run_dir.mkdir()
+        for i, count in enumerate(workers):
+            # A fresh broker per run: the devices' sessions on a used one still hold the
+            # previous orchestrator's last assignments, which they would answer first.
+            sub = folder / f"fleet-{devices}-workers-{count}"
+            sub.mkdir()
+            fleet, files = loopback_fleet(sub, devices, 10**8, ingest_workers=count)
+            broker_dir = files.out_dir
+            broker: RunningBroker = start_dev_broker(fleet, broker_dir, fleet.fleet.broker_port)
+            try:
+                assert broker.process is not None
+                pid = broker.process.pid
                 lives[str(count)], payload_sizes = orchestrator_rate(
-                    run_dir, broker_dir, devices, config, pid, count
+                    sub, broker_dir, devices, config, pid, count
                 )
-            raw = raw_rate(broker_dir, broker.port, devices, payload_sizes, raw_seconds, pid)
-        finally:
-            broker.stop()
+                if i == len(workers) - 1:  # the raw rate on the last run's broker
+                    raw = raw_rate(
+                        broker_dir, broker.port, devices, payload_sizes, raw_seconds, pid
+                    )
+            finally:
+                broker.stop()
         runs[str(devices)] = {
             "raw_broker": raw,
             "workers": {
