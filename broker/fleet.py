@@ -31,9 +31,14 @@ class FleetSection:
     # backlog while it is away. Past it the broker drops messages; the orchestrator counts
     # them and the agents send their unacknowledged updates again, so nothing is lost.
     broker_queue_bytes: int = 256 * 2**20
+    # Broker accounts for ingest worker processes (ftte_ingest_1 …; ``[ingest] workers`` in
+    # job.toml uses up to this many): each may read every update and write the hand-off topic.
+    ingest_workers: int = 0
 
     def __post_init__(self) -> None:
         validate_id(self.name, "fleet.name")
+        if self.ingest_workers < 0:
+            raise ValueError("fleet.ingest_workers must be >= 0 (broker accounts for workers)")
         if not 0 < self.broker_port < 65536:
             raise ValueError("fleet.broker_port must be a TCP port (1-65535)")
         if self.broker_queue_bytes < MQTT_MAX_PACKET_BYTES:

@@ -36,6 +36,7 @@ from ftte.wire.limits import MQTT_MAX_PACKET_BYTES
 # use_username_as_clientid each username is also the one client id its holder can use.
 ORCHESTRATOR_USER = "ftte_orchestrator"
 OPERATOR_USER = "ftte_operator"  # read-only: `ftte status`, `ftte broker wait-online`
+INGEST_USER = "ftte_ingest_{}"  # ingest worker k (1-based): reads updates, writes hand-offs
 # Messages queued for one client (Mosquitto's limit is per client; the orchestrator's queue
 # is the one that fills: every device's updates while it is away). Per device: its pending
 # update (one open assignment at a time), the copies an agent's resend backoff adds in an
@@ -63,6 +64,17 @@ class BrokerFiles:
     device_configs: dict[str, Path]
     changed: tuple[Path, ...] = ()  # files written, re-moded or removed by this run
     sites: dict[str, Path] = field(default_factory=dict)  # each site gateway's folder
+    ingest_credentials: tuple[Path, ...] = ()  # ingest-1.toml …: each ingest worker's account
+
+
+def ingest_user(index: int) -> str:
+    """The broker account of ingest worker ``index`` (1-based)."""
+    return INGEST_USER.format(index)
+
+
+def ingest_credentials_path(out_dir: Path, index: int) -> Path:
+    """Where ``ftte broker init`` writes ingest worker ``index``'s account (1-based)."""
+    return out_dir / f"ingest-{index}.toml"
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
@@ -258,6 +270,7 @@ def acl_text(fleet: Fleet, site: str = "") -> str:
             f"topic write {topics.ROOT}/{name}/dev/+/ack",
             f"topic write {topics.model_topic(name)}",
             f"topic write {topics.release_topic(name)}",
+            f"topic read {topics.ingest_topic(name)}",
             f"topic read {topics.BROKER_DROPPED}",
             "",
             f"user {OPERATOR_USER}",
@@ -266,6 +279,15 @@ def acl_text(fleet: Fleet, site: str = "") -> str:
             f"topic read {topics.release_topic(name)}",
             "",
         ]
+        for index in range(1, fleet.fleet.ingest_workers + 1):
+            # Read every update (through the shared subscription), hand validated ones to
+            # the orchestrator; nothing else: a worker cannot assign, acknowledge or forge.
+            lines += [
+                f"user {ingest_user(index)}",
+                f"topic read {topics.all_updates_filter(name)}",
+                f"topic write {topics.ingest_topic(name)}",
+                "",
+            ]
         for entry in fleet.sites:
             lines += bridge_acl(fleet, entry)
     for device in fleet.site_devices(site):
@@ -411,6 +433,18 @@ def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
         f"{ORCHESTRATOR_USER}:{_hash_for(ORCHESTRATOR_USER, orch_password, old_hashes)}",
         f"{OPERATOR_USER}:{_hash_for(OPERATOR_USER, op_password, old_hashes)}",
     ]
+    ingest_paths = []
+    ingest_passwords = []
+    for index in range(1, fleet.fleet.ingest_workers + 1):
+        path = ingest_credentials_path(out_dir, index)
+        password = _existing_password(path) or secrets.token_urlsafe(24)
+        user = ingest_user(index)
+        hashes_.append(f"{user}:{_hash_for(user, password, old_hashes)}")
+        ingest_paths.append(path)
+        ingest_passwords.append(password)
+    for stale in out_dir.glob("ingest-*.toml"):
+        if stale not in ingest_paths:
+            stale.unlink()
     device_configs = {}
     device_hashes: dict[str, list[str]] = {}  # per broker ("" central, else the site)
     for index, device in enumerate(fleet.devices):
@@ -444,10 +478,15 @@ def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
     _write_if_changed(out_dir / "passwd", "\n".join(hashes_) + "\n", 0o640)
     _write_if_changed(out_dir / "acl", acl_text(fleet), 0o640)
     f = fleet.fleet
-    for path, user, password in (
+    accounts = [
         (orch_path, ORCHESTRATOR_USER, orch_password),
         (op_path, OPERATOR_USER, op_password),
-    ):
+    ]
+    accounts += [
+        (path, ingest_user(i), password)
+        for i, (path, password) in enumerate(zip(ingest_paths, ingest_passwords, strict=True), 1)
+    ]
+    for path, user, password in accounts:
         account = BrokerSettings(f.broker_host, f.broker_port, user, password, Path("certs/ca.crt"))
         _write_toml_if_changed(path, {"broker": dump_section(account)}, 0o600)
     conf = mosquitto_conf(
@@ -474,6 +513,7 @@ def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
         device_configs=device_configs,
         changed=tuple(changed),
         sites=sites,
+        ingest_credentials=tuple(ingest_paths),
     )
 
 

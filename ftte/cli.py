@@ -211,6 +211,9 @@ def _add_bench(commands: Any) -> None:
     ingest.add_argument("--think", type=float, default=0.0, help="devices' mean think time")
     ingest.add_argument("--drain", type=float, default=60.0)
     ingest.add_argument("--seed", type=int, default=0)
+    ingest.add_argument(
+        "--workers", type=int, nargs="+", default=[0], help="ingest worker counts to run"
+    )
     ingest.add_argument("--json", type=Path, default=Path("bench-ingest.json"))
     ingest.set_defaults(run=_run_bench_ingest)
     attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")

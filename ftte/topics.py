@@ -6,6 +6,7 @@ ftte/v1/{fleet}/dev/{device}/update   device -> orchestrator, QoS 1
 ftte/v1/{fleet}/dev/{device}/ack      orchestrator -> device, QoS 1: the update is journaled
 ftte/v1/{fleet}/model                 retained model version and job state
 ftte/v1/{fleet}/release               retained release: the model the devices serve
+ftte/v1/{fleet}/ingest                ingest workers -> orchestrator, QoS 1: validated updates
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def model_topic(fleet: str) -> str:
 def release_topic(fleet: str) -> str:
     """The retained release of a fleet: the trained model its devices keep and serve."""
     return f"{ROOT}/{validate_id(fleet, 'fleet')}/release"
+
+
+def ingest_topic(fleet: str) -> str:
+    """Where ingest workers hand validated updates to the orchestrator that owns the model."""
+    return f"{ROOT}/{validate_id(fleet, 'fleet')}/ingest"
 
 
 def all_status_filter(fleet: str) -> str:

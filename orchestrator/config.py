@@ -13,6 +13,7 @@ from ftte.tasks.base import Task
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.influence import InfluenceSettings
+from orchestrator.ingest.workers import IngestSettings
 from orchestrator.presets import PRESETS, preset_strategy
 from orchestrator.server import ServerSettings
 from orchestrator.telemetry import InfluxConfig
@@ -124,6 +125,7 @@ class JobConfig:
     influence: InfluenceSettings = field(default_factory=InfluenceSettings)
     strategy: dict[str, Any] = field(default_factory=dict)
     influx: InfluxConfig | None = None
+    ingest: IngestSettings = field(default_factory=IngestSettings)
 
     def __post_init__(self) -> None:
         preset_strategy(self.job.strategy, self.strategy)  # refuses a bad [strategy] now
@@ -136,4 +138,5 @@ def load_job_config(path: Path) -> JobConfig:
         config,
         job=replace(config.job, run_dir=resolve(path, config.job.run_dir)),
         broker=replace(config.broker, ca_file=resolve(path, config.broker.ca_file)),
+        ingest=replace(config.ingest, accounts=resolve(path, config.ingest.accounts)),
     )

@@ -28,6 +28,7 @@ from ftte.tasks import load_model_spec, load_task
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.config import JobConfig, JobSection
+from orchestrator.ingest.workers import IngestSettings
 from orchestrator.server import ServerSettings
 from orchestrator.status import load_broker_account
 from orchestrator.telemetry import InfluxConfig
@@ -57,6 +58,7 @@ class LocalFleetSpec:
     # The devices' own data, one file each (.npz with x and y, or a labelled .csv, as
     # edge_agent reads it); empty: each device gets its partition of the task's data.
     data_files: tuple[Path, ...] = ()
+    ingest_workers: int = 0  # worker processes decoding updates for the orchestrator
 
     def __post_init__(self) -> None:
         if self.data_files and len(self.data_files) != self.devices:
@@ -109,6 +111,7 @@ class LocalFleet:
                 bind_address="127.0.0.1",
                 task=spec.task,
                 agent_state_dir=self.run_dir / "agents",
+                ingest_workers=spec.ingest_workers,
             ),
             [
                 # Training budgets: fractions of a ~1 MB training peak, below what an agent
@@ -172,6 +175,7 @@ class LocalFleet:
             server=s.server,
             strategy=s.strategy_params,
             influx=s.influx,
+            ingest=IngestSettings(workers=s.ingest_workers, accounts=self.files.out_dir),
         )
 
     def operator_account(self) -> BrokerSettings:

@@ -487,25 +487,66 @@ class TrainingServer:
         expected = expected_buffers = None
         if record.open is not None:
             expected = {n: self.shapes[n] for n in record.open.trainable}
-            # Skipped without buffers: admit is on the ingest path's hot loop.
-            moved = self.task.model.updated_buffers(record.open.trainable) if self.buffers else ()
-            expected_buffers = {n: self.shapes[n] for n in moved}
+            expected_buffers = self._moved_buffers(record.open)
         try:
             update = decode_update(payload, self.limits, expected, expected_buffers)
         except Rejected as exc:
-            if self._settled(record, exc.device_id, exc.assignment_id, exc.update_id):
-                # A resend of the settled answer, checked against the slice now open.
-                reason, detail = RejectReason.DUPLICATE, f"update {exc.update_id!r} settled"
-                return Refusal(device_id, reason, detail, update_id=exc.update_id)
-            answers = self._answers_open(record, exc.device_id, exc.assignment_id)
-            return Refusal(
-                device_id, exc.reason, exc.detail, answers_open=answers, update_id=exc.update_id
-            )
+            return self._undecoded(record, exc)
+        return self._admitted(record, update)
+
+    def admit_decoded(self, device_id: str, decoded: Update | Rejected) -> ReceivedUpdate | Refusal:
+        """``admit`` for a payload an ingest worker decoded: ``decoded`` is the update, its
+        tensors checked against the model's names and shapes, or why it was refused.
+
+        Which of the model's tensors the open assignment asked for is checked here, so the
+        two halves are ``admit``'s checks; no state changes.
+        """
+        record = self.devices.get(device_id)
+        if record is None:
+            return Refusal(device_id, RejectReason.UNKNOWN_DEVICE, "device never registered")
+        if isinstance(decoded, Rejected):
+            return self._undecoded(record, decoded)
+        if record.open is not None:
+            moved = self._moved_buffers(record.open)
+            if decoded.buffers.keys() != moved.keys():
+                detail = f"buffers {sorted(decoded.buffers)} differ from {sorted(moved)}"
+                refused = Rejected(
+                    RejectReason.WRONG_SLICE,
+                    detail,
+                    device_id=decoded.device_id,
+                    assignment_id=decoded.assignment_id,
+                    update_id=decoded.update_id,
+                )
+                return self._undecoded(record, refused)
+        return self._admitted(record, decoded)
+
+    def _moved_buffers(self, opened: OpenAssignment) -> dict[str, tuple[int, ...]]:
+        """The buffers an answer to ``opened`` carries, with their shapes."""
+        # Skipped without buffers: admit is on the ingest path's hot loop.
+        moved = self.task.model.updated_buffers(opened.trainable) if self.buffers else ()
+        return {n: self.shapes[n] for n in moved}
+
+    def _undecoded(self, record: DeviceRecord, exc: Rejected) -> Refusal:
+        """The refusal of a payload that did not decode (as an update of this slice)."""
+        device_id = record.device_id
+        if self._settled(record, exc.device_id, exc.assignment_id, exc.update_id):
+            # A resend of the settled answer, checked against the slice now open.
+            reason, detail = RejectReason.DUPLICATE, f"update {exc.update_id!r} settled"
+            return Refusal(device_id, reason, detail, update_id=exc.update_id)
+        answers = self._answers_open(record, exc.device_id, exc.assignment_id)
+        return Refusal(
+            device_id, exc.reason, exc.detail, answers_open=answers, update_id=exc.update_id
+        )
+
+    def _admitted(self, record: DeviceRecord, update: Update) -> ReceivedUpdate | Refusal:
+        """A decoded update validated against ``record``'s state, or refused."""
         try:
             return self._validate(record, update)
         except Rejected as exc:
             answers = self._answers_open(record, update.device_id, update.assignment_id)
-            return Refusal(device_id, exc.reason, exc.detail, update, answers, update.update_id)
+            return Refusal(
+                record.device_id, exc.reason, exc.detail, update, answers, update.update_id
+            )
 
     @staticmethod
     def _settled(

@@ -58,11 +58,13 @@ from orchestrator.cadence import Cadence
 from orchestrator.checkpoint import DISPATCH, Journal, decode_dispatch, load_state, save_state
 from orchestrator.config import JobConfig, TargetOn
 from orchestrator.evaluation import FleetMetrics
+from orchestrator.ingest.handoff import decode_handoff
+from orchestrator.ingest.workers import IngestWorkers
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
 from orchestrator.releases import ReleaseStore
 from orchestrator.server import Outcome, Refusal
-from orchestrator.strategies.base import AggregationReport
+from orchestrator.strategies.base import AggregationReport, ReceivedUpdate
 from orchestrator.telemetry import open_telemetry
 
 log = logging.getLogger("ftte.orchestrator")
@@ -171,11 +173,20 @@ class OrchestratorService:
         self._fleet_reported = -1  # the version whose fleet metrics telemetry has
         self._started = time.monotonic()
         self.history: deque[tuple[float, int, float]] = deque(maxlen=HISTORY_POINTS)
+        # With ingest workers, updates arrive decoded on the hand-off topic instead.
+        self._handoff_topic = topics.ingest_topic(job.fleet)
+        self.handed_off: Counter[str] = Counter()  # hand-offs received, by worker
+        self.workers: IngestWorkers | None = None
+        updates: tuple[str, int | SubscribeOptions]
+        updates = (topics.all_updates_filter(job.fleet), UPDATE_SUBSCRIPTION)
+        if config.ingest.workers:
+            self.workers = self._ingest_workers()
+            updates = (self._handoff_topic, 1)
         self.link = MqttLink(
             config.broker,
             subscriptions=[
                 (topics.all_status_filter(job.fleet), 1),
-                (topics.all_updates_filter(job.fleet), UPDATE_SUBSCRIPTION),
+                updates,
                 (topics.BROKER_DROPPED, 0),
             ],
             manual_ack=True,
@@ -186,8 +197,22 @@ class OrchestratorService:
         )
         self._replay_journal()
 
+    def _ingest_workers(self) -> IngestWorkers:
+        """The worker processes ``[ingest]`` asks for, told the model's shapes."""
+        server = self.server
+        return IngestWorkers(
+            self.config.ingest,
+            self.config.job.fleet,
+            {n: tuple(a.shape) for n, a in server.params.items()},
+            {n: tuple(a.shape) for n, a in server.buffers.items()},
+            self.run_dir / "ingest",
+            server.limits,
+        )
+
     def run(self, stop: threading.Event) -> JobResult:
         """Serve the fleet until the target, a limit, or ``stop``; publish the final state."""
+        if self.workers is not None:
+            self.workers.start()  # subscribed before any device can be assigned work
         started = self._started = time.monotonic()
         self.link.start()
         job = self.config.job
@@ -217,6 +242,8 @@ class OrchestratorService:
             self._finish()
         finally:
             self.link.stop()
+            if self.workers is not None:
+                self.workers.stop()
             self.telemetry.close()
             self.journal.close()
         return JobResult(
@@ -327,6 +354,9 @@ class OrchestratorService:
         if topic == topics.BROKER_DROPPED:
             self._note_broker_drops(payload)
             return
+        if topic == self._handoff_topic:
+            self._receive_handoff(payload, journal)
+            return
         try:
             ref = topics.parse(topic)
         except ValueError:
@@ -402,13 +432,43 @@ class OrchestratorService:
         fate. On replay (``journal`` false) nothing is acknowledged: the agent sends it
         again and is told it is a duplicate."""
         admitted = self.server.admit(device_id, payload)
+        self._settle_received(device_id, topic, payload, admitted, journal, (topic, payload))
+
+    def _receive_handoff(self, payload: bytes, journal: bool) -> None:
+        """An update an ingest worker decoded (or refused): admitted and settled as if it had
+        come from the device, and journaled in the hand-off's form (replay reads it so)."""
+        handoff = decode_handoff(payload)
+        self.handed_off[handoff.worker] += 1
+        device = handoff.device
+        topic = topics.update_topic(self.config.job.fleet, device)
+        original = handoff.payload or b""
+        if handoff.retained:
+            self._refuse_retained(device, topic, original)
+            return
+        admitted = self.server.admit_decoded(device, handoff.decoded)
+        entry = (self._handoff_topic, payload)
+        self._settle_received(device, topic, original, admitted, journal, entry, handoff.size)
+
+    def _settle_received(
+        self,
+        device_id: str,
+        topic: str,
+        payload: bytes,
+        admitted: ReceivedUpdate | Refusal,
+        journal: bool,
+        entry: tuple[str, bytes],
+        size: int | None = None,
+    ) -> None:
+        """Journal (``entry``, if it will count) and acknowledge, settle; telemetry for either
+        fate. ``payload``: the device's bytes, kept in the quarantine if they did not decode;
+        ``size``: how many the device sent (default: ``payload``'s)."""
         duplicate = isinstance(admitted, Refusal) and admitted.reason is RejectReason.DUPLICATE
         if isinstance(admitted, Refusal) and admitted.update is None and not duplicate:
             # Not even decodable: keep a copy for whoever investigates the device.
             self.quarantine.put(topic, payload, admitted.reason.value, admitted.detail)
         if journal and not isinstance(admitted, Refusal):
             # Durable before anything is acknowledged: the batch's sync comes first.
-            self.journal.stage(topic, payload)
+            self.journal.stage(*entry)
             self._staged += 1
             self._acknowledge(device_id, admitted.update.update_id, Verdict.JOURNALED)
             self._recoveries.pop(device_id, None)
@@ -420,7 +480,7 @@ class OrchestratorService:
             else:
                 reason = admitted.reason.value
                 self._acknowledge(device_id, admitted.update_id, Verdict.REFUSED, reason)
-        self._update_point(device_id, outcome, len(payload))
+        self._update_point(device_id, outcome, len(payload) if size is None else size)
         self._after(outcome.aggregation)
 
     def _acknowledge(

@@ -36,8 +36,11 @@ def publish(results: dict[str, Any], table: str, path: Path) -> None:
     path.write_text(json.dumps(results, indent=1))
 
 
-def loopback_fleet(folder: Path, devices: int, budget_bytes: int) -> tuple[Fleet, BrokerFiles]:
-    """A fleet of ``devices`` on a free loopback port, its files generated under ``folder``."""
+def loopback_fleet(
+    folder: Path, devices: int, budget_bytes: int, ingest_workers: int = 0
+) -> tuple[Fleet, BrokerFiles]:
+    """A fleet of ``devices`` on a free loopback port, its files generated under ``folder``
+    (with ``ingest_workers`` worker accounts)."""
     fleet = Fleet(
         FleetSection(
             name=FLEET,
@@ -46,6 +49,7 @@ def loopback_fleet(folder: Path, devices: int, budget_bytes: int) -> tuple[Fleet
             bind_address="127.0.0.1",
             task="digits",
             agent_state_dir=folder / "agents",
+            ingest_workers=ingest_workers,
         ),
         [DeviceEntry(f"dev-{i:05d}", budget_bytes) for i in range(devices)],
     )

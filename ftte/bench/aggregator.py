@@ -6,6 +6,12 @@ the strategy's aggregation every K updates), and, in a
 second timing, the journal's append that the service makes before acknowledging, with one
 fsync per ``MAX_BATCH`` updates (the service's group commit) and, for comparison, one per
 update (the service before group commit).
+
+With ingest workers (``[ingest] workers``) the path splits in two, each timed on its own:
+``worker`` is what a worker process does per update (the bounded decoding, the check
+against the model's shapes, the hand-off's encoding), ``owner_from_workers`` what stays
+with the orchestrator (the hand-off's decoding, ``admit_decoded``, the journal with group
+commit, ``settle``), on hand-offs the workers made before the timing.
 The floor it is compared with is a raw loop over the same bytes: zstd decompress, msgpack
 unpack, ``np.frombuffer``, dequantise, and ``param += w * delta`` into the model. Every
 timing is repeated; medians and the ratio to the raw loop are reported, in wall time (what
@@ -38,8 +44,10 @@ from ftte.bench import publish
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.tasks import Task, load_task
 from ftte.topics import update_topic
-from ftte.wire import encode_update
+from ftte.wire import decode_update, encode_update
 from orchestrator.checkpoint import Journal
+from orchestrator.ingest.handoff import Handoff, decode_handoff, encode_handoff
+from orchestrator.ingest.worker import check_model_shapes
 from orchestrator.presets import make_server, preset
 from orchestrator.server import TrainingServer
 from orchestrator.service import MAX_BATCH
@@ -91,6 +99,41 @@ def ingest(batch: Batch, journal: Journal | None, fsync_each: bool = False) -> N
         journal.sync()
 
 
+def handoff_batch(preset_name: str, task: Task, devices: int, seed: int) -> Batch:
+    """``make_batch``'s updates as ingest workers hand them to the owner (made untimed)."""
+    batch = make_batch(preset_name, task, devices, seed)
+    handoffs = [
+        (device_id, encode_handoff(Handoff("w", device_id, len(p), decode_update(p))))
+        for device_id, p in batch.payloads
+    ]
+    return Batch(batch.server, handoffs)
+
+
+def worker(batch: Batch) -> None:
+    """A worker's part: decode, check against the model's shapes, encode the hand-off."""
+    server = batch.server
+    buffer_shapes = {n: server.shapes[n] for n in server.buffers}
+    for device_id, payload in batch.payloads:
+        update = decode_update(payload, server.limits)
+        check_model_shapes(update, server.shapes, buffer_shapes)
+        encode_handoff(Handoff("w", device_id, len(payload), update))
+
+
+def owner_from_workers(batch: Batch, journal: Journal) -> None:
+    """The owner's part with workers: read each hand-off, admit, journal, settle; one fsync
+    per ``MAX_BATCH``."""
+    server = batch.server
+    for i, (device_id, data) in enumerate(batch.payloads):
+        handoff = decode_handoff(data)
+        admitted = server.admit_decoded(device_id, handoff.decoded)
+        journal.stage(FLEET, data)
+        if (i + 1) % MAX_BATCH == 0:
+            journal.sync()
+        if not server.settle(admitted).accepted:
+            raise RuntimeError(f"benchmark update refused: {server.rejected}")
+    journal.sync()
+
+
 def raw_loop(batch: Batch) -> None:
     """The floor: decompress, unpack, dequantise and add each tensor into the model."""
     params = batch.server.params
@@ -140,6 +183,10 @@ def aggregator_benchmark(
             }
             make = partial(make_batch, name, task, devices, seed)
             both = {path: _time(make, run, repeats) for path, run in paths.items()}
+            both["worker"] = _time(make, worker, repeats)
+            make_handoffs = partial(handoff_batch, name, task, devices, seed)
+            run_owner = partial(owner_from_workers, journal=journal)
+            both["owner_from_workers"] = _time(make_handoffs, run_owner, repeats)
             journal.close()
         n = len(sample.payloads)
         timings = {path: wall for path, (wall, _) in both.items()}

@@ -1,7 +1,7 @@
 """``ftte bench ingest``: the orchestrator's live ingest against the broker's own QoS 1 rate.
 
-For each fleet size, one generated fleet (``init_broker``: TLS, a password and ACL entry
-per device) and one Mosquitto with the generated config carry two measurements, one after
+For each fleet size, a generated fleet (``init_broker``: TLS, a password and ACL entry
+per device) and a Mosquitto with the generated config carry two measurements, one after
 the other:
 
 - **orchestrator**: the real service (``ftte orchestrator``, its own process, FTTE preset
@@ -12,6 +12,10 @@ the other:
   each (as a device with its update), payloads of the sizes the devices sent to the orchestrator
   (random bytes), to one C subscriber (``mosquitto_sub`` on the orchestrator's account,
   QoS 1): messages per second through the broker, timed by the subscriber.
+
+With ``--workers 0 1 2`` the orchestrator measurement runs once per count of ingest worker
+processes (``[ingest] workers``; 0: the orchestrator decodes every update itself), each on
+a fresh broker and fleet of the same config, and the raw measurement follows the last.
 
 The ratio is orchestrator / raw. The raw rate is what this box's broker moves with this
 load generator in front of it; both share the same two cores with everything else. So each
@@ -58,10 +62,13 @@ from orchestrator.status import load_broker_account
 RAW_WINDOW = 1
 
 
-def start_orchestrator(folder: Path, broker_dir: Path, max_wall_s: float) -> subprocess.Popen[Any]:
+def start_orchestrator(
+    folder: Path, broker_dir: Path, max_wall_s: float, workers: int
+) -> subprocess.Popen[Any]:
     """``ftte orchestrator`` on the fleet, with a target no model reaches (it runs until
-    stopped) and an assignment timeout longer than the run."""
+    stopped), an assignment timeout longer than the run and ``workers`` ingest workers."""
     from orchestrator.config import JobConfig, JobSection
+    from orchestrator.ingest.workers import IngestSettings
     from orchestrator.server import ServerSettings
 
     account = load_broker_account(broker_dir / "orchestrator.toml")
@@ -76,6 +83,7 @@ def start_orchestrator(folder: Path, broker_dir: Path, max_wall_s: float) -> sub
         ),
         account,
         server=ServerSettings(assignment_timeout_s=3600),
+        ingest=IngestSettings(workers=workers, accounts=broker_dir),
     )
     job = folder / "job.toml"
     write_toml(job, dump_section(config), mode=0o600)
@@ -91,6 +99,12 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds process ``pid`` has used so far (Linux ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (Linux ``/proc``)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(c) for c in text.split()]
 
 
 def orchestrator_accepted(folder: Path) -> int:
@@ -254,22 +268,30 @@ def raw_rate(
 
 
 def orchestrator_rate(
-    folder: Path, broker_dir: Path, devices: int, config: LoadConfig, broker_pid: int
+    folder: Path, broker_dir: Path, devices: int, config: LoadConfig, broker_pid: int, workers: int
 ) -> tuple[dict[str, Any], list[int]]:
-    """The loadgen's results against ``ftte orchestrator``, and the payload sizes it sent."""
+    """The loadgen's results against ``ftte orchestrator`` with ``workers`` ingest workers,
+    and the payload sizes it sent."""
     budget = config.connect_timeout_s + config.duration_s + config.drain_s + 120
-    process = start_orchestrator(folder, broker_dir, budget)
+    since = time.time()
+    process = start_orchestrator(folder, broker_dir, budget, workers)
     try:
-        # The orchestrator must be subscribed before the births, or they reach it retained.
-        wait_for_job_state(load_broker_account(broker_dir / "operator.toml"), budget)
+        # The orchestrator must be subscribed before the births, or they reach it retained
+        # (it starts its workers before it subscribes).
+        wait_for_job_state(load_broker_account(broker_dir / "operator.toml"), budget, since)
+        helpers = children(process.pid)
+        if len(helpers) != workers:
+            raise RuntimeError(f"{len(helpers)} worker processes, not {workers}")
         # From here to the drain's end: the orchestrator serving (its start-up left out), the
         # loadgen connecting, running and draining.
         cpu = {"orchestrator": cpu_seconds(process.pid), "broker": cpu_seconds(broker_pid)}
+        cpu["workers"] = sum(cpu_seconds(pid) for pid in helpers)
         cpu["loadgen"] = time.process_time()
         run = LoadRun(sessions_from_broker_dir(broker_dir, devices), config)
         results = run.run()
         cpu["loadgen"] = time.process_time() - cpu["loadgen"]
         cpu["orchestrator"] = cpu_seconds(process.pid) - cpu["orchestrator"]
+        cpu["workers"] = sum(cpu_seconds(pid) for pid in helpers) - cpu["workers"]
         cpu["broker"] = cpu_seconds(broker_pid) - cpu["broker"]
         sizes = [n for d in run.devices for n in d.payload_sizes]
     finally:
@@ -283,73 +305,104 @@ def orchestrator_rate(
     return results, sizes
 
 
-def wait_for_job_state(account: BrokerSettings, timeout_s: float) -> None:
-    """Until the orchestrator has published its retained job state (it is serving)."""
+def wait_for_job_state(account: BrokerSettings, timeout_s: float, since: float) -> None:
+    """Until an orchestrator started after ``since`` (Unix s) has published its retained job
+    state (it is serving); an earlier run's on the same broker does not count."""
     from orchestrator.status import read_status
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            read_status(account, FLEET, timeout_s=5)
-            return
+            state = read_status(account, FLEET, timeout_s=5)
+            if state["state"] == "running" and state["heartbeat_unix_s"] >= since:
+                return
         except TimeoutError:
-            if time.monotonic() > deadline:
-                raise
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no orchestrator served within {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def ingest_benchmark(
-    sizes: list[int], config: LoadConfig, raw_seconds: float, folder: Path
+    sizes: list[int],
+    config: LoadConfig,
+    raw_seconds: float,
+    folder: Path,
+    workers: tuple[int, ...] = (0,),
 ) -> dict[str, Any]:
-    """Both measurements at each fleet size, on one generated broker per size."""
+    """Both measurements at each fleet size; the orchestrator's once per count of ingest
+    workers, each on a freshly generated fleet and broker."""
     results: dict[str, Any] = {"loadgen": asdict(config), "raw_seconds": raw_seconds}
     runs = {}
     for devices in sizes:
-        sub = folder / f"fleet-{devices}"
-        sub.mkdir()
-        fleet, files = loopback_fleet(sub, devices, 10**8)
-        broker_dir = files.out_dir
-        broker: RunningBroker = start_dev_broker(fleet, broker_dir, fleet.fleet.broker_port)
-        try:
-            assert broker.process is not None
-            pid = broker.process.pid
-            live, payload_sizes = orchestrator_rate(sub, broker_dir, devices, config, pid)
-            raw = raw_rate(broker_dir, broker.port, devices, payload_sizes, raw_seconds, pid)
-        finally:
-            broker.stop()
+        lives: dict[str, dict[str, Any]] = {}
+        for i, count in enumerate(workers):
+            # A fresh broker per run: the devices' sessions on a used one still hold the
+            # previous orchestrator's last assignments, which they would answer first.
+            sub = folder / f"fleet-{devices}-workers-{count}"
+            sub.mkdir()
+            fleet, files = loopback_fleet(sub, devices, 10**8, ingest_workers=count)
+            broker_dir = files.out_dir
+            broker: RunningBroker = start_dev_broker(fleet, broker_dir, fleet.fleet.broker_port)
+            try:
+                assert broker.process is not None
+                pid = broker.process.pid
+                lives[str(count)], payload_sizes = orchestrator_rate(
+                    sub, broker_dir, devices, config, pid, count
+                )
+                if i == len(workers) - 1:  # the raw rate on the last run's broker
+                    raw = raw_rate(
+                        broker_dir, broker.port, devices, payload_sizes, raw_seconds, pid
+                    )
+            finally:
+                broker.stop()
         runs[str(devices)] = {
-            "orchestrator": live,
             "raw_broker": raw,
-            # None: nothing reached the subscriber (a window the broker could not carry).
-            "ratio": live["updates_per_s"] / raw["msgs_per_s"] if raw["msgs_per_s"] else None,
+            "workers": {
+                key: {
+                    "orchestrator": live,
+                    # None: nothing reached the subscriber (a window the broker could not carry).
+                    "ratio": live["updates_per_s"] / raw["msgs_per_s"]
+                    if raw["msgs_per_s"]
+                    else None,
+                }
+                for key, live in lives.items()
+            },
         }
-        print(format_row(devices, runs[str(devices)]), flush=True)
+        for key in lives:
+            print(format_row(devices, int(key), runs[str(devices)]), flush=True)
     results["fleets"] = runs
     return results
 
 
-def format_row(devices: int, run: dict[str, Any]) -> str:
-    """One fleet size: both rates, their ratio, losses and latency."""
-    live, raw = run["orchestrator"], run["raw_broker"]
+def format_row(devices: int, workers: int, run: dict[str, Any]) -> str:
+    """One fleet size and worker count: both rates, their ratio, losses and latency."""
+    live, raw = run["workers"][str(workers)]["orchestrator"], run["raw_broker"]
+    ratio = run["workers"][str(workers)]["ratio"]
     p = live["latency_ms"]["submit_to_ack"]
     cpu, raw_cpu = live["cpu_ms_per_update"], raw["cpu_ms_per_msg"]
     return (
-        f"{devices:6d} {live['peak_sessions']:9d} {live['bytes_per_update_mean']:8.0f} "
-        f"{live['updates_per_s']:10.0f} {raw['msgs_per_s']:10.0f} {run['ratio'] or 0:6.3f} "
+        f"{devices:6d} {workers:7d} {live['peak_sessions']:9d} "
+        f"{live['bytes_per_update_mean']:8.0f} "
+        f"{live['updates_per_s']:10.0f} {raw['msgs_per_s']:10.0f} {ratio or 0:6.3f} "
         f"{p['p50']:7.0f} {p['p99']:7.0f} {live['lost']:5d} "
         f"{live['acks'].get('journaled', 0):8d} {live['orchestrator_accepted']:8d} "
-        f"{cpu['orchestrator']:6.2f} {cpu['loadgen']:6.2f} {cpu['broker']:6.2f} "
+        f"{cpu['orchestrator']:6.2f} {cpu['workers']:6.2f} {cpu['loadgen']:6.2f} "
+        f"{cpu['broker']:6.2f} "
         f"{raw_cpu['loadgen']:6.2f} {raw_cpu['broker']:6.2f} {raw_cpu['subscriber']:6.2f}"
     )
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """Every fleet size, one row each."""
+    """Every fleet size and worker count, one row each."""
     lines = [
-        f"{'devices':>6s} {'sessions':>9s} {'B/upd':>8s} {'orch upd/s':>10s} {'raw msg/s':>10s} "
-        f"{'ratio':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'lost':>5s} {'acked':>8s} {'accepted':>8s} "
-        "CPU ms/update: orch loadgen broker | raw: loadgen broker sub"
+        f"{'devices':>6s} {'workers':>7s} {'sessions':>9s} {'B/upd':>8s} {'orch upd/s':>10s} "
+        f"{'raw msg/s':>10s} {'ratio':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'lost':>5s} "
+        f"{'acked':>8s} {'accepted':>8s} "
+        "CPU ms/update: orch workers loadgen broker | raw: loadgen broker sub"
     ]
-    lines += [format_row(int(n), run) for n, run in results["fleets"].items()]
+    for n, run in results["fleets"].items():
+        lines += [format_row(int(n), int(w), run) for w in run["workers"]]
     return "\n".join(lines)
 
 
@@ -359,6 +412,8 @@ def run_ingest_benchmark(args: argparse.Namespace) -> int:
         duration_s=args.duration, think_s=args.think, drain_s=args.drain, seed=args.seed
     )
     with tempfile.TemporaryDirectory() as tmp:
-        results = ingest_benchmark(args.sizes, config, args.raw_seconds, Path(tmp))
+        results = ingest_benchmark(
+            args.sizes, config, args.raw_seconds, Path(tmp), tuple(args.workers)
+        )
     publish(results, format_table(results), args.json)
     return 0

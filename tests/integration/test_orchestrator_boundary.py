@@ -31,6 +31,8 @@ def test_hostile_status_payloads_are_refused_counted_and_serving_goes_on(tmp_pat
     hostile = Client(FakeBroker(fleet), "dev-0")
     status = topics.status_topic(fleet.fleet.fleet.name, "dev-0")
     try:
+        # Published before the orchestrator subscribes, they would reach nobody (0x10).
+        wait_until(job.service.link.subscribed.is_set, 30, "the orchestrator's subscriptions")
         assert hostile.connect()
         assert hostile.publish(status, INFINITE_BUDGET) == 0
         assert hostile.publish(status, DEEP_JSON) == 0
