@@ -65,6 +65,7 @@ class DeviceEntry:
     sensors: SensorSource | None = None  # a logger's CSV file or folder, windowed on it
     loader: str | None = None  # package.module:function on it, called with loader_args
     loader_args: dict[str, Any] = field(default_factory=dict)
+    holdout: float | None = None  # share of its data it measures models on (None: agent's)
 
     def __post_init__(self) -> None:
         validate_id(self.id, "device id")

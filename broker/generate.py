@@ -14,7 +14,7 @@ import hashlib
 import ipaddress
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +376,8 @@ def _device_config(fleet: Fleet, index: int, device: DeviceEntry, password: str)
         data = DataSection(task=f.task, loader=device.loader, loader_args=device.loader_args)
     else:
         data = DataSection(task=f.task, partition=index, num_partitions=len(fleet.devices))
+    if device.holdout is not None:
+        data = replace(data, holdout=device.holdout)  # checked where the agent's default is
     return AgentConfig(
         agent=AgentSection(
             device_id=device.id,

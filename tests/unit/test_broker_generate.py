@@ -22,7 +22,7 @@ from broker.generate import (
     mosquitto_hash,
     rotate_device,
 )
-from edge_agent.config import load_agent_config
+from edge_agent.config import DataSection, load_agent_config
 from ftte.config import ConfigError
 from tests.fixtures.mosquitto import make_fleet
 
@@ -268,10 +268,14 @@ def test_a_devices_sensor_logs_in_fleet_toml_reach_its_agent_config(tmp_path):
         'channels = ["ax", "ay"]\ntimestamp = "time"\n'
         '[[devices]]\nid = "pi-2"\nmemory_budget_bytes = 9000000\n'
         'loader = "farm.io:windows"\nloader_args = { site = "north", days = 3 }\n'
+        "holdout = 0.2\n"
     )
     files = init_broker(load_fleet(path), tmp_path / "out")
-    sensors = load_agent_config(files.device_configs["pi-1"]).data.sensors
+    data = load_agent_config(files.device_configs["pi-1"]).data
+    sensors = data.sensors
     assert (sensors.path, sensors.window, sensors.stride) == (Path("/var/log/vib"), 256, 64)
     assert sensors.channels == ["ax", "ay"] and sensors.timestamp == "time"
+    assert data.holdout == DataSection.holdout  # the agent's default where fleet.toml is silent
     loader = load_agent_config(files.device_configs["pi-2"]).data
     assert loader.loader == "farm.io:windows" and loader.loader_args == {"site": "north", "days": 3}
+    assert loader.holdout == 0.2 != DataSection.holdout
