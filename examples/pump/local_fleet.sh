@@ -5,25 +5,12 @@
 # Writes the job's fleet measure and the test AUC, per-device flags included, as JSON.
 #
 #   bash examples/pump/local_fleet.sh docs/bench-objectives-fleet.json
-set -euo pipefail
 OUT=$(realpath "${1:?usage: local_fleet.sh OUT.json}")
-FTTE_REPO=$(cd "$(dirname "$0")/../.." && pwd)
-export PATH="$FTTE_REPO/.venv/bin:$PATH"
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cd "$WORK" && cp -r "$FTTE_REPO/examples/pump" . && cd pump
-export PYTHONPATH="$PWD"
-PORT=$(python -c "from broker.launcher import free_port; print(free_port())")
+EXAMPLE=pump
+source "$(dirname "$0")/../local_fleet.sh"
 python make_logs.py --out logs --devices 3 --seconds 120
 python make_logs.py --out test --devices 3 --seconds 30 --anomalies 0.1 --seed 1
-cat > fleet.toml <<EOT
-[fleet]
-name = "pumps"
-broker_host = "localhost"
-broker_port = $PORT
-task = "pump_task:MODEL"
-agent_state_dir = "$PWD/agent-state"
-EOT
+fleet_toml pumps pump_task:MODEL
 for d in 0 1 2; do cat >> fleet.toml <<EOT
 
 [[devices]]
@@ -36,11 +23,7 @@ channels = ["accel"]
 timestamp = "time"
 EOT
 done
-ftte broker init --fleet fleet.toml --out broker-files > /dev/null
-ftte broker run --fleet fleet.toml --out broker-files --bind 127.0.0.1 > broker.log 2>&1 &
-for d in 0 1 2; do
-  ftte-agent --config broker-files/devices/pump-$d.toml > agent-$d.log 2>&1 &
-done
+start_fleet pump 3
 # target = 0: an MSE no model reaches, so the job runs its 150 versions.
 cat > job.toml <<EOT
 [job]
@@ -63,16 +46,12 @@ momentum = 0.9
 [strategy]
 buffer_size = 3
 EOT
-sed 's|certs/ca.crt|broker-files/certs/ca.crt|' broker-files/orchestrator.toml >> job.toml
-started=$(date +%s)
-ftte orchestrator --config job.toml > orchestrator.log 2>&1
-wall=$(( $(date +%s) - started ))
-ftte status --fleet fleet.toml --out broker-files --json > status.json
+run_job
 for d in 0 1 2; do
   ftte-agent --config broker-files/devices/pump-$d.toml predict --input test/pump-$d/vibration.csv \
     > predictions-$d.jsonl
 done
-python - "$OUT" "$wall" <<'PY'
+python - "$OUT" "$JOB_WALL_S" <<'PY'
 import json
 import sys
 from pathlib import Path
