@@ -204,6 +204,12 @@ def _add_bench(commands: Any) -> None:
     ingest.add_argument("--seed", type=int, default=0)
     ingest.add_argument("--json", type=Path, default=Path("bench-ingest.json"))
     ingest.set_defaults(run=_run_bench_ingest)
+    gateway = which.add_parser(
+        "gateway", help="site gateways pre-aggregating against the flat fleet"
+    )
+    gateway.add_argument("--seeds", type=int, default=3, help="seeds 0.. to run (at most 3)")
+    gateway.add_argument("--json", type=Path, default=Path("bench-gateway.json"))
+    gateway.set_defaults(run=_run_bench_gateway)
     attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
     attack.set_defaults(run=_run_bench_attack)
@@ -294,6 +300,13 @@ def _run_bench_batchnorm(args: argparse.Namespace) -> int:
     from ftte.bench.batchnorm import run_batchnorm_benchmark
 
     return run_batchnorm_benchmark(args)
+
+
+def _run_bench_gateway(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
+    from ftte.bench.gateway import run_gateway_benchmark
+
+    return run_gateway_benchmark(args)
 
 
 def _run_bench_attack(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from ftte.tasks import load_task
 from ftte.tasks.base import Task
 from ftte.training import TrainSettings
 from ftte.wire.messages import Release
+from orchestrator.gateway import FlushPolicy, SiteCombiner
 from orchestrator.influence import InfluenceSettings
 from orchestrator.presets import make_server
 from orchestrator.releases import ReleaseStore
@@ -44,6 +45,9 @@ class SimConfig:
     # evaluation); needed when the task has no validation set, which the curve then uses.
     holdout: float = 0.0
     fleet_min_devices: int = 3  # reports the fleet's measure needs (capped at the fleet size)
+    # Site gateways pre-aggregating: device i joins site i mod sites (0: a flat fleet).
+    sites: int = 0
+    flush: FlushPolicy = field(default_factory=FlushPolicy)
 
 
 def build_task(config: SimConfig) -> Task:
@@ -83,6 +87,14 @@ def simulate(
     hostile = {}
     if config.attack is not None:
         hostile = hostile_devices([p.device_id for p in profiles], config.attack, config.seed)
+    shapes = task.model.parameter_shapes()
+    gateways = {
+        f"site-{k}": (
+            SiteCombiner(f"site-{k}", shapes, config.flush, config.influence, run_tag="sim"),
+            [p.device_id for i, p in enumerate(profiles) if i % config.sites == k],
+        )
+        for k in range(config.sites)
+    }
     simulator = FleetSimulator(
         server,
         profiles,
@@ -91,6 +103,7 @@ def simulate(
         hostile,
         holdout=config.holdout,
         fleet_min_devices=min(config.fleet_min_devices, config.fleet.devices),
+        gateways=gateways,
     )
     target = config.target if config.target is not None else task.target
 
@@ -120,7 +133,13 @@ def simulate(
     if releases is not None and fresh and task.objective.primary in last:
         releases.offer(release(server.evaluate() or last))
     budgets = {p.device_id: p.budget_bytes for p in profiles}
-    return summarize(result, server, budgets, full_peak, target, config.min_time_s)
+    summary = summarize(result, server, budgets, full_peak, target, config.min_time_s)
+    summary["bytes_central_up"] = int(sum(result.bytes_central))
+    summary["messages_central_up"] = len(result.bytes_central)
+    summary["gateway_rejected"] = {
+        site: dict(combiner.rejected) for site, (combiner, _) in gateways.items()
+    }
+    return summary
 
 
 def summarize(

@@ -2,9 +2,9 @@
 
 Property-based (hypothesis): structured mutations of valid messages (every field replaced by
 any msgpack or JSON value, keys of any type, tensors of any dtype/shape/data), and raw bytes.
-10,000 generated payloads per run (4,000 updates; 4,500 assignments or releases, each
+10,500 generated payloads per run (4,000 updates; 4,500 assignments or releases, each
 decoded as both; 1,500 control messages, each decoded as status, as update acknowledgement
-and as job state); derandomized
+and as job state; 500 site gateways' combined updates); derandomized
 so CI is reproducible (run with ``--hypothesis-seed=random`` locally to explore further).
 Refused updates change nothing.
 """
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from ftte.errors import Rejected
 from ftte.tasks import load_task
 from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
-from ftte.wire.codec import decode_release, encode_release
+from ftte.wire.codec import decode_combined, decode_release, encode_combined, encode_release
 from ftte.wire.control import (
     DeviceStatus,
     JobState,
@@ -36,7 +36,7 @@ from ftte.wire.control import (
     decode_job_state,
     decode_status,
 )
-from ftte.wire.messages import Release
+from ftte.wire.messages import CombinedUpdate, Release, SiteMember
 from orchestrator.presets import make_server
 
 pytestmark = pytest.mark.slow  # ~1 min of 10,000 payloads: in `make test`, not the fast tier
@@ -220,6 +220,38 @@ def test_any_control_payload_decodes_or_is_rejected(payload):
     decodes_or_is_rejected(decode_status, payload)
     decodes_or_is_rejected(decode_ack, payload)
     decodes_or_is_rejected(decode_job_state, payload)
+
+
+COMBINED = CombinedUpdate(
+    site="farm",
+    combined_id="farm.c.1",
+    base_version=0,
+    members=(SiteMember("dev-0", ASSIGNMENT.assignment_id, f"{ASSIGNMENT.assignment_id}.u", 10),),
+    sums={n: np.zeros(s, np.float32) for n, s in SLICE.items()},
+    weights=dict.fromkeys(SLICE, 10),
+    loss=0.5,
+)
+VALID_COMBINED = msgpack.unpackb(
+    zstandard.ZstdDecompressor().decompress(encode_combined(COMBINED)), raw=False
+)
+COMBINED_DOCS = mutated(VALID_COMBINED) | st.builds(
+    lambda members, weights: {**VALID_COMBINED, "members": members, "weights": weights},
+    st.lists(st.lists(ANY, max_size=5) | st.just(VALID_COMBINED["members"][0]) | ANY, max_size=3),
+    st.dictionaries(
+        st.sampled_from(sorted(SLICE)) | st.text(max_size=4) | st.binary(max_size=4), ANY
+    )
+    | st.just(VALID_COMBINED["weights"]),
+)
+
+
+@settings(FUZZ, max_examples=500)
+@given(st.one_of(COMBINED_DOCS.map(pack), st.binary(max_size=256), UPDATE_DOCS.map(pack)))
+def test_any_combined_payload_decodes_or_is_rejected_and_refused_ones_change_nothing(payload):
+    decodes_or_is_rejected(lambda p: decode_combined(p, model_shapes=SERVER.shapes), payload)
+    SERVER.set_site("farm", ["dev-0"])
+    outcome = SERVER.ingest_combined("farm", payload)
+    assert outcome.accepted or not model_changed()
+    SERVER.load_state_dict(INITIAL, now=0.0)
 
 
 def lying_frame(declared: int, real: int) -> bytes:
