@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(commands)
     _add_broker(commands)
     _add_orchestrator(commands)
+    _add_gateway(commands)
     _add_status(commands)
     _add_release(commands)
     _add_demo(commands)
@@ -426,6 +427,31 @@ def _add_orchestrator(commands: Any) -> None:
     p.add_argument("--config", type=Path, required=True, help="job file (TOML)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(run=_run_orchestrator)
+
+
+def _add_gateway(commands: Any) -> None:
+    p = commands.add_parser("gateway", help="run a site's pre-aggregating gateway process")
+    p.add_argument("--config", type=Path, required=True, help="gateway file (TOML)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(run=_run_gateway)
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from orchestrator.gateway_service import GatewayService, load_gateway_config
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    service = GatewayService(load_gateway_config(args.config))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service.run(stop)
+    rejected = dict(service.combiner.rejected)
+    print(f"gateway stopped: {len(service.sent_bytes)} combined updates sent, refused {rejected}")
+    return 0
 
 
 def _run_orchestrator(args: argparse.Namespace) -> int:
