@@ -61,7 +61,7 @@ from orchestrator.evaluation import FleetMetrics
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
 from orchestrator.releases import ReleaseStore
-from orchestrator.server import Outcome, Refusal
+from orchestrator.server import AdmittedCombined, CombinedRefusal, Outcome, Refusal
 from orchestrator.strategies.base import AggregationReport
 from orchestrator.telemetry import open_telemetry
 
@@ -155,6 +155,8 @@ class OrchestratorService:
         self.retained_updates = 0  # retained publishes on update topics, ignored and cleared
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.server.on_excluded = self._excluded
+        for site, devices in config.sites.items():
+            self.server.set_site(site, devices)
         self.releases = ReleaseStore.for_objective(
             self.run_dir / "releases", self.objective, keep=job.keep_releases
         )
@@ -177,6 +179,11 @@ class OrchestratorService:
                 (topics.all_status_filter(job.fleet), 1),
                 (topics.all_updates_filter(job.fleet), UPDATE_SUBSCRIPTION),
                 (topics.BROKER_DROPPED, 0),
+                *(
+                    [(topics.all_combined_filter(job.fleet), UPDATE_SUBSCRIPTION)]
+                    if config.sites
+                    else []
+                ),
             ],
             manual_ack=True,
             fresh_session=state is None and self.journal.is_empty(),
@@ -328,6 +335,10 @@ class OrchestratorService:
             self._note_broker_drops(payload)
             return
         try:
+            site = topics.parse_combined(topic)
+            if site is not None:
+                self._receive_combined(site, topic, payload, journal)
+                return
             ref = topics.parse(topic)
         except ValueError:
             return
@@ -422,6 +433,24 @@ class OrchestratorService:
                 self._acknowledge(device_id, admitted.update_id, Verdict.REFUSED, reason)
         self._update_point(device_id, outcome, len(payload))
         self._after(outcome.aggregation)
+
+    def _receive_combined(self, site: str, topic: str, payload: bytes, journal: bool) -> None:
+        """A site gateway's combined update: admitted, journaled and each member's update
+        acknowledged as journaled, or refused (quarantined, each freed member told)."""
+        admitted: AdmittedCombined | CombinedRefusal = self.server.admit_combined(site, payload)
+        if isinstance(admitted, CombinedRefusal):
+            log.warning("combined update from site %s refused: %s", site, admitted.detail)
+            self.quarantine.put(topic, payload, admitted.reason.value, admitted.detail)
+            for member in admitted.frees if journal else ():
+                reason = admitted.reason.value
+                self._acknowledge(member.device_id, member.update_id, Verdict.REFUSED, reason)
+        elif journal:
+            self.journal.stage(topic, payload)
+            self._staged += 1
+            for member in admitted.members:
+                self._acknowledge(member.device_id, member.update_id, Verdict.JOURNALED)
+                self._recoveries.pop(member.device_id, None)
+        self._after(self.server.settle_combined(admitted).aggregation)
 
     def _acknowledge(
         self, device_id: str, update_id: str, verdict: Verdict, reason: str = ""
