@@ -693,6 +693,14 @@ class TrainingServer:
         age = self.version - combined.base_version
         if age > self.settings.max_staleness:
             raise Rejected(RejectReason.TOO_STALE, f"age {age} > {self.settings.max_staleness}")
+        delta = {n: (s / weights[n]).astype(np.float32) for n, s in combined.sums.items()}
+        # Each member's delta was clipped to at most max_delta_rms per tensor at the
+        # gateway, so their weighted mean is too (a norm is convex): a larger one was not
+        # bounded there. The slack covers float32 rounding of the sums.
+        limit = self.config.influence.max_delta_rms * 1.001
+        for name, mean in delta.items():
+            if float(np.sqrt(np.mean(np.square(mean, dtype=np.float64)))) > limit:
+                raise Rejected(RejectReason.MALFORMED, f"{name!r} moves more than any bound")
         row = Update(
             device_id=combined.site,
             update_id=combined.combined_id,
@@ -701,7 +709,7 @@ class TrainingServer:
             num_samples=sum(m.num_samples for m in combined.members),
             loss=combined.loss,
             peak_mem_bytes=0,
-            delta={n: (s / weights[n]).astype(np.float32) for n, s in combined.sums.items()},
+            delta=delta,
         )
         return ReceivedUpdate(row, age, dict(weights), len(combined.members))
 

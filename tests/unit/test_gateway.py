@@ -151,3 +151,16 @@ def test_a_combined_update_round_trips_the_wire():
     assert decoded.members == combined.members and decoded.weights == combined.weights
     for name, value in combined.sums.items():
         np.testing.assert_array_equal(decoded.sums[name], value)
+
+
+def test_a_combined_update_moving_a_tensor_beyond_any_device_bound_is_refused():
+    s = server()
+    site = combiner()
+    for d, payload in answers(s).items():
+        site.add(d, payload, 0.0)
+    (combined,) = site.flush()
+    name = next(iter(combined.sums))
+    huge = combined.sums[name] + 10.0 * combined.weights[name]  # mean delta up by 10
+    forged = replace(combined, sums=combined.sums | {name: huge})
+    outcome = s.ingest_combined("farm", encode_combined(forged))
+    assert outcome.reason is RejectReason.MALFORMED and s.version == 0
