@@ -26,6 +26,7 @@ from ftte.ids import validate_id
 from ftte.tasks import load_task
 from ftte.transport.mqtt import BrokerSettings, MqttLink
 from ftte.wire.codec import encode_combined
+from ftte.wire.messages import DeltaEncoding
 from orchestrator.gateway import FlushPolicy, SiteCombiner
 from orchestrator.influence import InfluenceSettings
 
@@ -39,6 +40,8 @@ class GatewaySection:
     site: str
     fleet: str
     task: str = "vibration"  # as fleet.toml's [fleet] task: the model's tensor shapes
+    # How the sums travel: as the job's devices send their deltas (int8 for ftte).
+    delta_encoding: DeltaEncoding = DeltaEncoding.INT8
 
     def __post_init__(self) -> None:
         validate_id(self.site, "gateway.site")
@@ -71,6 +74,7 @@ class GatewayService:
         shapes = load_task(section.task, num_devices=1, seed=0).model.parameter_shapes()
         self.combiner = SiteCombiner(section.site, shapes, config.flush, config.influence)
         self.topic = topics.combined_topic(section.fleet, section.site)
+        self.encoding = section.delta_encoding
         self.sent_bytes: list[int] = []  # per combined update published
         updates = f"{topics.ROOT}/{section.fleet}/dev/+/update"
         self.link = MqttLink(config.broker, subscriptions=[(updates, 1)])
@@ -112,7 +116,7 @@ class GatewayService:
 
     def _flush(self) -> None:
         for combined in self.combiner.flush():
-            payload = encode_combined(combined)
+            payload = encode_combined(combined, self.encoding)
             self.link.publish(self.topic, payload, qos=1)
             self.sent_bytes.append(len(payload))
             log.info(

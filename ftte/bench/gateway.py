@@ -30,7 +30,7 @@ HORIZON_S = 60.0  # virtual seconds, as `ftte bench attack`: FTTE passes 0.88 by
 SEEDS = (0, 1, 2)
 # Flush windows T compared (G at its default): the time an update may wait at the gateway
 # against the devices' round trips, which are seconds on this fleet (digits' model is tiny).
-WAITS_S = (0.5, 2.0, 10.0)
+WAITS_S = (0.25, 0.5, 2.0)
 Job = tuple[int, int, float]  # seed, sites, T
 
 

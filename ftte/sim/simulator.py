@@ -226,7 +226,7 @@ class FleetSimulator:
     def _flush(self, site: str) -> CurvePoint | None:
         aggregated = False
         for combined in self.gateways[site].flush():
-            payload = encode_combined(combined)
+            payload = encode_combined(combined, self.server.config.train.delta_encoding)
             self.result.bytes_central.append(len(payload))
             aggregated |= self.server.ingest_combined(site, payload).aggregation is not None
         return self._curve_point() if aggregated else None

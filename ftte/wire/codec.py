@@ -507,10 +507,16 @@ def decode_release(
     )
 
 
-def encode_combined(c: CombinedUpdate, level: int = 3) -> bytes:
-    """Serialise a site's combined update; sums travel as float32 (they are exact sums of
-    float32 terms up to float32 rounding, and quantising them would reintroduce the error
-    the devices' own encoding already bounded)."""
+def encode_combined(
+    c: CombinedUpdate, encoding: DeltaEncoding = DeltaEncoding.FLOAT32, level: int = 3
+) -> bytes:
+    """Serialise a site's combined update, its sums quantised as ``encoding`` says.
+
+    A gateway sends them as its devices send their deltas (int8 for ftte): as float32, a
+    sum of a few int8 slices is larger than the slices were (measured in
+    docs/benchmarks.md, "Site gateways"); int8 adds one rounding of at most 1/254 of the
+    tensor's largest value, as a device's own encoding does.
+    """
     return _compress(
         {
             "v": WIRE_VERSION,
@@ -522,7 +528,7 @@ def encode_combined(c: CombinedUpdate, level: int = 3) -> bytes:
                 [m.device_id, m.assignment_id, m.update_id, m.num_samples] for m in c.members
             ],
             "loss": float(c.loss),
-            "tensors": {n: encode_tensor(v, DeltaEncoding.FLOAT32) for n, v in c.sums.items()},
+            "tensors": {n: encode_tensor(v, encoding) for n, v in c.sums.items()},
             "weights": dict(c.weights),
         },
         level,
