@@ -119,14 +119,14 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     for r in results["rows"]:
         lines.append(
-            f"{r['max_wait_s']:4.1f} {r['seed']:4d} {r['flat_acc']:8.3f} {r['gateway_acc']:8.3f} "
+            f"{r['max_wait_s']:4.2f} {r['seed']:4d} {r['flat_acc']:8.3f} {r['gateway_acc']:8.3f} "
             f"{r['acc_diff_points']:+8.1f} {r['flat_bytes_central_up']:10d} "
             f"{r['gateway_bytes_central_up']:10d} {r['flat_messages_central_up']:9d} "
             f"{r['gateway_messages_central_up']:8d}"
         )
     for m in results["means"]:
         lines.append(
-            f"T {m['max_wait_s']:4.1f} s mean: flat {m['flat_acc']:.3f}, gateways "
+            f"T {m['max_wait_s']:4.2f} s mean: flat {m['flat_acc']:.3f}, gateways "
             f"{m['gateway_acc']:.3f} ({m['acc_diff_points']:+.1f} pts), bytes up "
             f"x{m['bytes_central_up_ratio']:.3f}, messages x{m['messages_central_up_ratio']:.3f}"
         )
