@@ -23,7 +23,7 @@ from pathlib import Path
 from ftte import topics
 from ftte.config import load_section, read_toml, resolve
 from ftte.ids import validate_id
-from ftte.tasks import load_task
+from ftte.tasks import load_model_spec
 from ftte.transport.mqtt import BrokerSettings, MqttLink
 from ftte.wire.codec import encode_combined
 from ftte.wire.messages import DeltaEncoding
@@ -71,12 +71,12 @@ class GatewayService:
 
     def __init__(self, config: GatewayConfig) -> None:
         section = config.gateway
-        shapes = load_task(section.task, num_devices=1, seed=0).model.parameter_shapes()
+        shapes = load_model_spec(section.task).parameter_shapes()  # no data is built
         self.combiner = SiteCombiner(section.site, shapes, config.flush, config.influence)
         self.topic = topics.combined_topic(section.fleet, section.site)
         self.encoding = section.delta_encoding
         self.sent_bytes: list[int] = []  # per combined update published
-        updates = f"{topics.ROOT}/{section.fleet}/dev/+/update"
+        updates = topics.all_updates_filter(section.fleet)  # the site broker has only its own
         self.link = MqttLink(config.broker, subscriptions=[(updates, 1)])
 
     def run(self, stop: threading.Event) -> None:
