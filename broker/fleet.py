@@ -94,6 +94,10 @@ class SiteEntry:
     bind_address: str = "0.0.0.0"
     install_dir: Path = Path("/etc/mosquitto/ftte-site")
     persistence_dir: Path = Path("/var/lib/mosquitto")
+    # A gateway process (`ftte gateway`) combines the site's updates into one per flush:
+    # the bridge then carries its combined updates up instead of each device's. FTTE jobs
+    # of models without batch norms only (orchestrator.gateway).
+    pre_aggregate: bool = False
 
     def __post_init__(self) -> None:
         validate_id(self.name, "site name")

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from broker.fleet import DeviceEntry, Fleet, SiteEntry
-from broker.sites import bridge_acl, bridge_directives, site_user
+from broker.sites import bridge_acl, bridge_directives, gateway_acl, gateway_user, site_user
 from edge_agent.config import AgentConfig, AgentSection, DataSection
 from ftte import topics
 from ftte.config import ConfigError, dump_section, read_toml, write_toml
@@ -271,6 +271,7 @@ def acl_text(fleet: Fleet, site: str = "") -> str:
             f"topic write {topics.model_topic(name)}",
             f"topic write {topics.release_topic(name)}",
             f"topic read {topics.ingest_topic(name)}",
+            f"topic read {topics.all_combined_filter(name)}",
             f"topic read {topics.BROKER_DROPPED}",
             "",
             f"user {OPERATOR_USER}",
@@ -290,6 +291,9 @@ def acl_text(fleet: Fleet, site: str = "") -> str:
             ]
         for entry in fleet.sites:
             lines += bridge_acl(fleet, entry)
+    for entry in fleet.sites:
+        if entry.name == site and entry.pre_aggregate:
+            lines += gateway_acl(fleet, entry)
     for device in fleet.site_devices(site):
         d = device.id
         lines += [
@@ -571,6 +575,24 @@ def _write_site(
     certs = folder / "certs"
     _write_if_changed(certs / "ca.crt", ca.public_bytes(serialization.Encoding.PEM).decode())
     _ensure_server_cert(certs, site.host, ca, ca_key)
+    if site.pre_aggregate:
+        # The gateway process's account on the site broker, its secret beside the bridge's.
+        path = folder / "gateway.toml"
+        secret = _existing_password(path) or secrets.token_urlsafe(24)
+        user = gateway_user(site)
+        old = _existing_hashes(folder / "passwd")
+        hashes_ = [*hashes_, f"{user}:{_hash_for(user, secret, old)}"]
+        config = {
+            "gateway": {"site": site.name, "fleet": fleet.fleet.name, "task": fleet.fleet.task},
+            "broker": {
+                "host": site.host,
+                "port": site.port,
+                "username": user,
+                "password": secret,
+                "ca_file": "certs/ca.crt",
+            },
+        }
+        _write_toml_if_changed(path, config, 0o600)
     _write_if_changed(folder / "passwd", "\n".join(hashes_) + "\n", 0o640)
     _write_if_changed(folder / "acl", acl_text(fleet, site.name), 0o640)
     _write_toml_if_changed(folder / "bridge.toml", {"broker": {"password": password}}, 0o600)

@@ -10,8 +10,10 @@ allows that account exactly those topics, so a compromised gateway can speak for
 site's devices only.
 The bridge queues in both directions while the link is down (QoS 1, a persistent session).
 
-What is not built: pre-aggregation at the gateway (one combined update per site instead of
-one per device); each device's update still crosses the link.
+With ``pre_aggregate``, a gateway process on the site (``ftte gateway``, account
+``ftte_gateway_{name}`` on the site broker) reads the site's device updates there and
+sends one combined update per flush on the site's ``sum`` topic; the bridge forwards that
+topic up instead of the devices' update topics (orchestrator.gateway).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from broker.fleet import Fleet, SiteEntry
 from ftte import topics
 
 SITE_USER_PREFIX = "ftte_site_"  # underscore: no device id can collide with a site account
+GATEWAY_USER_PREFIX = "ftte_gateway_"  # the gateway process's account on the site broker
 
 
 def site_user(site: SiteEntry) -> str:
@@ -29,14 +32,37 @@ def site_user(site: SiteEntry) -> str:
     return f"{SITE_USER_PREFIX}{site.name}"
 
 
-def device_topics(fleet_name: str, device_id: str) -> dict[str, str]:
-    """A device's own topics, by the direction a bridge forwards them."""
-    return {
+def gateway_user(site: SiteEntry) -> str:
+    """The site broker's username (and client id) of the site's gateway process."""
+    return f"{GATEWAY_USER_PREFIX}{site.name}"
+
+
+def device_topics(fleet_name: str, device_id: str, pre_aggregate: bool = False) -> dict[str, str]:
+    """A device's own topics, by the direction a bridge forwards them (its updates stay on
+    a pre-aggregating site: the gateway process combines them)."""
+    bridged = {
         topics.status_topic(fleet_name, device_id): "out",
         topics.update_topic(fleet_name, device_id): "out",
         topics.assign_topic(fleet_name, device_id): "in",
         topics.ack_topic(fleet_name, device_id): "in",
     }
+    if pre_aggregate:
+        del bridged[topics.update_topic(fleet_name, device_id)]
+    return bridged
+
+
+def site_topics(fleet_name: str, site: SiteEntry) -> dict[str, str]:
+    """The site's own topics a bridge forwards: its combined updates, if it makes them."""
+    return {topics.combined_topic(fleet_name, site.name): "out"} if site.pre_aggregate else {}
+
+
+def gateway_acl(fleet: Fleet, site: SiteEntry) -> list[str]:
+    """The site ACL block of its gateway process: read its devices' updates, send sums."""
+    name = fleet.fleet.name
+    lines = [f"user {gateway_user(site)}"]
+    for device in fleet.site_devices(site.name):
+        lines.append(f"topic read {topics.update_topic(name, device.id)}")
+    return [*lines, f"topic write {topics.combined_topic(name, site.name)}", ""]
 
 
 def bridge_acl(fleet: Fleet, site: SiteEntry) -> list[str]:
@@ -44,8 +70,9 @@ def bridge_acl(fleet: Fleet, site: SiteEntry) -> list[str]:
     name = fleet.fleet.name
     lines = [f"user {site_user(site)}"]
     for device in fleet.site_devices(site.name):
-        for topic, direction in device_topics(name, device.id).items():
+        for topic, direction in device_topics(name, device.id, site.pre_aggregate).items():
             lines.append(f"topic {'write' if direction == 'out' else 'read'} {topic}")
+    lines += [f"topic write {topic}" for topic in site_topics(name, site)]
     shared = (topics.model_topic(name), topics.release_topic(name))
     return [*lines, *(f"topic read {topic}" for topic in shared), ""]
 
@@ -76,7 +103,8 @@ def bridge_directives(
         "restart_timeout 2 30",
     ]
     for device in fleet.site_devices(site.name):
-        for topic, direction in device_topics(name, device.id).items():
+        for topic, direction in device_topics(name, device.id, site.pre_aggregate).items():
             lines.append(f"topic {topic} {direction} 1")
+    lines += [f"topic {topic} out 1" for topic in site_topics(name, site)]
     shared = (topics.model_topic(name), topics.release_topic(name))
     return [*lines, *(f"topic {topic} in 1" for topic in shared), ""]

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(commands)
     _add_broker(commands)
     _add_orchestrator(commands)
+    _add_gateway(commands)
     _add_status(commands)
     _add_release(commands)
     _add_demo(commands)
@@ -216,6 +217,12 @@ def _add_bench(commands: Any) -> None:
     )
     ingest.add_argument("--json", type=Path, default=Path("bench-ingest.json"))
     ingest.set_defaults(run=_run_bench_ingest)
+    gateway = which.add_parser(
+        "gateway", help="site gateways pre-aggregating against the flat fleet"
+    )
+    gateway.add_argument("--seeds", type=int, default=3, help="seeds 0.. to run (at most 3)")
+    gateway.add_argument("--json", type=Path, default=Path("bench-gateway.json"))
+    gateway.set_defaults(run=_run_bench_gateway)
     attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
     attack.set_defaults(run=_run_bench_attack)
@@ -306,6 +313,13 @@ def _run_bench_batchnorm(args: argparse.Namespace) -> int:
     from ftte.bench.batchnorm import run_batchnorm_benchmark
 
     return run_batchnorm_benchmark(args)
+
+
+def _run_bench_gateway(args: argparse.Namespace) -> int:
+    _single_threaded_torch()
+    from ftte.bench.gateway import run_gateway_benchmark
+
+    return run_gateway_benchmark(args)
 
 
 def _run_bench_attack(args: argparse.Namespace) -> int:
@@ -425,6 +439,31 @@ def _add_orchestrator(commands: Any) -> None:
     p.add_argument("--config", type=Path, required=True, help="job file (TOML)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(run=_run_orchestrator)
+
+
+def _add_gateway(commands: Any) -> None:
+    p = commands.add_parser("gateway", help="run a site's pre-aggregating gateway process")
+    p.add_argument("--config", type=Path, required=True, help="gateway file (TOML)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(run=_run_gateway)
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from orchestrator.gateway_service import GatewayService, load_gateway_config
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    service = GatewayService(load_gateway_config(args.config))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service.run(stop)
+    rejected = dict(service.combiner.rejected)
+    print(f"gateway stopped: {len(service.sent_bytes)} combined updates sent, refused {rejected}")
+    return 0
 
 
 def _run_orchestrator(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ ftte/v1/{fleet}/dev/{device}/ack      orchestrator -> device, QoS 1: the update 
 ftte/v1/{fleet}/model                 retained model version and job state
 ftte/v1/{fleet}/release               retained release: the model the devices serve
 ftte/v1/{fleet}/ingest                ingest workers -> orchestrator, QoS 1: validated updates
+ftte/v1/{fleet}/site/{site}/sum       a site gateway's combined updates -> orchestrator, QoS 1
 """
 
 from __future__ import annotations
@@ -73,6 +74,25 @@ def release_topic(fleet: str) -> str:
 def ingest_topic(fleet: str) -> str:
     """Where ingest workers hand validated updates to the orchestrator that owns the model."""
     return f"{ROOT}/{validate_id(fleet, 'fleet')}/ingest"
+
+
+def combined_topic(fleet: str, site: str) -> str:
+    """Where a site gateway sends its devices' updates, combined (``orchestrator.gateway``)."""
+    return f"{ROOT}/{validate_id(fleet, 'fleet')}/site/{validate_id(site, 'site name')}/sum"
+
+
+def all_combined_filter(fleet: str) -> str:
+    """Subscription filter for every site gateway's combined updates."""
+    return f"{ROOT}/{validate_id(fleet, 'fleet')}/site/+/sum"
+
+
+def parse_combined(topic: str) -> str | None:
+    """The site whose combined-update topic ``topic`` is, or None if it is none."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[:2] != ROOT.split("/") or parts[3:6:2] != ["site", "sum"]:
+        return None
+    validate_id(parts[2], "fleet")
+    return validate_id(parts[4], "site name")
 
 
 def all_status_filter(fleet: str) -> str:

@@ -126,9 +126,17 @@ class JobConfig:
     strategy: dict[str, Any] = field(default_factory=dict)
     influx: InfluxConfig | None = None
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    # Pre-aggregating site gateways and the devices each answers for, as fleet.toml's
+    # [[sites]] with pre_aggregate = true and their devices: a combined update naming
+    # any other device is refused.
+    sites: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         preset_strategy(self.job.strategy, self.strategy)  # refuses a bad [strategy] now
+        for site, devices in self.sites.items():
+            validate_id(site, "sites: a site name")
+            for device in devices:
+                validate_id(device, f"sites.{site}: a device id")
 
 
 def load_job_config(path: Path) -> JobConfig:

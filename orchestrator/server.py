@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,7 +24,16 @@ from ftte.memory import MemoryModel
 from ftte.tasks.base import Task
 from ftte.tasks.torch_model import model_buffers
 from ftte.wire import WireLimits, decode_update
-from ftte.wire.messages import Assignment, DeltaEncoding, TensorDict, TrainConfig, Update
+from ftte.wire.codec import decode_combined
+from ftte.wire.messages import (
+    Assignment,
+    CombinedUpdate,
+    DeltaEncoding,
+    SiteMember,
+    TensorDict,
+    TrainConfig,
+    Update,
+)
 from orchestrator.buffers import aggregate_buffers, check_buffers
 from orchestrator.evaluation import FleetEvaluation
 from orchestrator.influence import InfluenceBound, InfluenceSettings
@@ -32,7 +41,7 @@ from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlann
 from orchestrator.scoring import gradient_scores, size_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 5  # bump when the state_dict schema changes
+STATE_FORMAT = 6  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,25 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class CombinedRefusal:
+    """A site's combined update the server will not apply, and the members it frees: those
+    whose open assignment it answered once its members checked out (e.g. all too stale)."""
+
+    site: str
+    reason: RejectReason
+    detail: str
+    frees: tuple[SiteMember, ...] = ()
+
+
+@dataclass(frozen=True)
+class AdmittedCombined:
+    """A checked combined update: its buffer row and the members whose answers it holds."""
+
+    row: ReceivedUpdate
+    members: tuple[SiteMember, ...]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What one payload did."""
 
@@ -181,6 +209,9 @@ class TrainingServer:
         self.influence = InfluenceBound(config.influence)
         self.fleet_evaluation = FleetEvaluation(config.influence.max_samples)
         self.devices: dict[str, DeviceRecord] = {}
+        # Site gateways and the devices each may answer for (``set_site``): configuration
+        # the driver gives at start, as the broker's ACL does, so not part of the state.
+        self.sites: dict[str, frozenset[str]] = {}
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self._scores: dict[str, float] = {}
@@ -632,6 +663,117 @@ class TrainingServer:
         """Every tensor of the global model by name: parameters, then buffers (the arrays
         themselves, not copies)."""
         return self.params | self.buffers
+
+    # -- site gateways -----------------------------------------------------------------
+
+    def set_site(self, site: str, devices: Iterable[str]) -> None:
+        """Let the gateway of ``site`` answer for ``devices`` with combined updates."""
+        self.sites[site] = frozenset(devices)
+
+    def admit_combined(self, site: str, payload: bytes) -> AdmittedCombined | CombinedRefusal:
+        """Decode and check a site gateway's combined update without changing any state.
+
+        The orchestrator keeps its authority over what the gateway answers: every member
+        must be a device of the site answering its open assignment from the combined
+        update's base version (replays and duplicates are refused as from a device), and
+        each tensor's weight must be the sum of the sample counts of the members whose
+        slice holds it. A combined update is applied whole or not at all: its sums do not
+        split.
+        """
+        if not self.strategy.combines_site_rows:
+            detail = f"strategy {self.strategy.name!r} does not take combined updates"
+            return CombinedRefusal(site, RejectReason.UNEXPECTED, detail)
+        allowed = self.sites.get(site)
+        if allowed is None:
+            return CombinedRefusal(site, RejectReason.UNKNOWN_DEVICE, "no such site gateway")
+        try:
+            combined = decode_combined(payload, self.limits, self.shapes)
+            if combined.site != site:
+                detail = f"site {site!r} sent {combined.site!r}'s combined update"
+                raise Rejected(RejectReason.UNKNOWN_DEVICE, detail)
+            opened = [self._member_assignment(allowed, m) for m in combined.members]
+        except Rejected as exc:
+            return CombinedRefusal(site, exc.reason, exc.detail)
+        try:
+            return AdmittedCombined(self._combined_row(combined, opened), combined.members)
+        except Rejected as exc:
+            return CombinedRefusal(site, exc.reason, exc.detail, combined.members)
+
+    def _member_assignment(self, allowed: frozenset[str], member: SiteMember) -> OpenAssignment:
+        """The open assignment a combined update's member answers (or why it does not)."""
+        record = self.devices.get(member.device_id)
+        if member.device_id not in allowed or record is None:
+            raise Rejected(RejectReason.UNKNOWN_DEVICE, f"{member.device_id} is not of this site")
+        if member.assignment_id == record.last_closed:
+            reason = RejectReason.REPLAYED
+            if member.update_id == record.last_update:
+                reason = RejectReason.DUPLICATE
+            raise Rejected(reason, f"assignment {member.assignment_id!r} answered")
+        assignment = record.open
+        if assignment is None or assignment.assignment_id != member.assignment_id:
+            raise Rejected(RejectReason.UNEXPECTED, f"no open assignment {member.assignment_id!r}")
+        if member.num_samples > self.config.influence.max_samples:
+            raise Rejected(RejectReason.MALFORMED, f"{member.device_id}: samples over the cap")
+        return assignment
+
+    def _combined_row(
+        self, combined: CombinedUpdate, opened: list[OpenAssignment]
+    ) -> ReceivedUpdate:
+        """The buffer row of a combined update whose members answer ``opened``."""
+        weights: dict[str, int] = {}
+        for member, assignment in zip(combined.members, opened, strict=True):
+            if assignment.version != combined.base_version:
+                raise Rejected(RejectReason.MALFORMED, "base version differs from a member's")
+            if self.buffers and self.task.model.updated_buffers(assignment.trainable):
+                detail = f"{member.device_id}'s slice moves batch-norm statistics"
+                raise Rejected(RejectReason.WRONG_SLICE, detail + ", which gateways do not sum")
+            for name in assignment.trainable:
+                weights[name] = weights.get(name, 0) + member.num_samples
+        if weights != combined.weights:
+            raise Rejected(RejectReason.WRONG_SLICE, "weights differ from the members' slices")
+        age = self.version - combined.base_version
+        if age > self.settings.max_staleness:
+            raise Rejected(RejectReason.TOO_STALE, f"age {age} > {self.settings.max_staleness}")
+        delta = {n: (s / weights[n]).astype(np.float32) for n, s in combined.sums.items()}
+        # Each member's delta was clipped to at most max_delta_rms per tensor at the
+        # gateway, so their weighted mean is too (a norm is convex): a larger one was not
+        # bounded there. The slack covers the rounding of int8 sums (1/254 of a tensor's
+        # largest value per coordinate).
+        limit = self.config.influence.max_delta_rms * 1.05
+        for name, mean in delta.items():
+            if float(np.sqrt(np.mean(np.square(mean, dtype=np.float64)))) > limit:
+                raise Rejected(RejectReason.MALFORMED, f"{name!r} moves more than any bound")
+        row = Update(
+            device_id=combined.site,
+            update_id=combined.combined_id,
+            assignment_id=combined.combined_id,
+            base_version=combined.base_version,
+            num_samples=sum(m.num_samples for m in combined.members),
+            loss=combined.loss,
+            peak_mem_bytes=0,
+            delta=delta,
+        )
+        return ReceivedUpdate(row, age, dict(weights), len(combined.members))
+
+    def ingest_combined(self, site: str, payload: bytes) -> Outcome:
+        """Decode, check and apply a site's combined update: ``settle_combined(admit_...)``."""
+        return self.settle_combined(self.admit_combined(site, payload))
+
+    def settle_combined(self, admitted: AdmittedCombined | CombinedRefusal) -> Outcome:
+        """Buffer an admitted combined update and close its members' assignments, or count
+        a refusal and free the members whose answers it held (as a refused answer does)."""
+        if isinstance(admitted, CombinedRefusal):
+            self.rejected[admitted.reason.value] += 1
+            for member in admitted.frees:
+                self._close(self.devices[member.device_id], member.update_id)
+                self.strategy.on_dropout(member.device_id)
+            return Outcome(False, reason=admitted.reason, aggregation=self.aggregate_if_ready())
+        self.strategy.add(admitted.row)
+        for member in admitted.members:
+            self._close(self.devices[member.device_id], member.update_id)
+        self.accepted += len(admitted.members)
+        row = admitted.row
+        return Outcome(True, row.update, row.age, aggregation=self.aggregate_if_ready())
 
     def _validate(self, record: DeviceRecord, update: Update) -> ReceivedUpdate:
         if update.device_id != record.device_id:

@@ -63,7 +63,7 @@ from orchestrator.ingest.workers import IngestWorkers
 from orchestrator.presets import make_server
 from orchestrator.quarantine import Quarantine
 from orchestrator.releases import ReleaseStore
-from orchestrator.server import Outcome, Refusal
+from orchestrator.server import AdmittedCombined, CombinedRefusal, Outcome, Refusal
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate
 from orchestrator.telemetry import open_telemetry
 
@@ -157,6 +157,8 @@ class OrchestratorService:
         self.retained_updates = 0  # retained publishes on update topics, ignored and cleared
         self.telemetry = open_telemetry(job.fleet, job.name, config.influx, self.run_dir)
         self.server.on_excluded = self._excluded
+        for site, devices in config.sites.items():
+            self.server.set_site(site, devices)
         self.releases = ReleaseStore.for_objective(
             self.run_dir / "releases", self.objective, keep=job.keep_releases
         )
@@ -188,6 +190,11 @@ class OrchestratorService:
                 (topics.all_status_filter(job.fleet), 1),
                 updates,
                 (topics.BROKER_DROPPED, 0),
+                *(
+                    [(topics.all_combined_filter(job.fleet), UPDATE_SUBSCRIPTION)]
+                    if config.sites
+                    else []
+                ),
             ],
             manual_ack=True,
             fresh_session=state is None and self.journal.is_empty(),
@@ -358,6 +365,10 @@ class OrchestratorService:
             self._receive_handoff(payload, journal)
             return
         try:
+            site = topics.parse_combined(topic)
+            if site is not None:
+                self._receive_combined(site, topic, payload, journal)
+                return
             ref = topics.parse(topic)
         except ValueError:
             return
@@ -482,6 +493,24 @@ class OrchestratorService:
                 self._acknowledge(device_id, admitted.update_id, Verdict.REFUSED, reason)
         self._update_point(device_id, outcome, len(payload) if size is None else size)
         self._after(outcome.aggregation)
+
+    def _receive_combined(self, site: str, topic: str, payload: bytes, journal: bool) -> None:
+        """A site gateway's combined update: admitted, journaled and each member's update
+        acknowledged as journaled, or refused (quarantined, each freed member told)."""
+        admitted: AdmittedCombined | CombinedRefusal = self.server.admit_combined(site, payload)
+        if isinstance(admitted, CombinedRefusal):
+            log.warning("combined update from site %s refused: %s", site, admitted.detail)
+            self.quarantine.put(topic, payload, admitted.reason.value, admitted.detail)
+            for member in admitted.frees if journal else ():
+                reason = admitted.reason.value
+                self._acknowledge(member.device_id, member.update_id, Verdict.REFUSED, reason)
+        elif journal:
+            self.journal.stage(topic, payload)
+            self._staged += 1
+            for member in admitted.members:
+                self._acknowledge(member.device_id, member.update_id, Verdict.JOURNALED)
+                self._recoveries.pop(member.device_id, None)
+        self._after(self.server.settle_combined(admitted).aggregation)
 
     def _acknowledge(
         self, device_id: str, update_id: str, verdict: Verdict, reason: str = ""

@@ -16,6 +16,7 @@ from ftte.tasks import load_task
 from ftte.tasks.base import Task
 from ftte.training import TrainSettings
 from ftte.wire.messages import Release
+from orchestrator.gateway import FlushPolicy, SiteCombiner
 from orchestrator.influence import InfluenceSettings
 from orchestrator.presets import make_server
 from orchestrator.releases import ReleaseStore
@@ -49,6 +50,9 @@ class SimConfig:
     # runtime agents run by default, ~4x faster than torch on small dense models and ~5x
     # slower on convolutions (im2col); both compute the same updates (test_lean_runtime).
     runtime: str = REFERENCE
+    # Site gateways pre-aggregating: device i joins site i mod sites (0: a flat fleet).
+    sites: int = 0
+    flush: FlushPolicy = field(default_factory=FlushPolicy)
 
 
 def build_task(config: SimConfig) -> Task:
@@ -88,6 +92,14 @@ def simulate(
     hostile = {}
     if config.attack is not None:
         hostile = hostile_devices([p.device_id for p in profiles], config.attack, config.seed)
+    shapes = task.model.parameter_shapes()
+    gateways = {
+        f"site-{k}": (
+            SiteCombiner(f"site-{k}", shapes, config.flush, config.influence, run_tag="sim"),
+            [p.device_id for i, p in enumerate(profiles) if i % config.sites == k],
+        )
+        for k in range(config.sites)
+    }
     simulator = FleetSimulator(
         server,
         profiles,
@@ -97,6 +109,7 @@ def simulate(
         holdout=config.holdout,
         fleet_min_devices=min(config.fleet_min_devices, config.fleet.devices),
         runtime=config.runtime,
+        gateways=gateways,
     )
     target = config.target if config.target is not None else task.target
 
@@ -126,7 +139,13 @@ def simulate(
     if releases is not None and fresh and task.objective.primary in last:
         releases.offer(release(server.evaluate() or last))
     budgets = {p.device_id: p.budget_bytes for p in profiles}
-    return summarize(result, server, budgets, full_peak, target, config.min_time_s)
+    summary = summarize(result, server, budgets, full_peak, target, config.min_time_s)
+    summary["bytes_central_up"] = int(sum(result.bytes_central))
+    summary["messages_central_up"] = len(result.bytes_central)
+    summary["gateway_rejected"] = {
+        site: dict(combiner.rejected) for site, (combiner, _) in gateways.items()
+    }
+    return summary
 
 
 def summarize(

@@ -23,6 +23,8 @@ from ftte.sim.devices import FleetModels
 from ftte.sim.fleet import DeviceProfile, FleetSpec
 from ftte.tasks.base import hold_out
 from ftte.wire import decode_assignment, encode_assignment, encode_update
+from ftte.wire.codec import encode_combined
+from orchestrator.gateway import SiteCombiner
 from orchestrator.server import TrainingServer
 
 
@@ -45,7 +47,10 @@ class SimResult:
 
     curve: list[CurvePoint] = field(default_factory=list)
     time_to_target_s: float | None = None
-    bytes_up: list[int] = field(default_factory=list)  # per update that reached the server
+    bytes_up: list[int] = field(default_factory=list)  # per update a device sent
+    # Per message that crossed to the central broker: a device's update, or a site
+    # gateway's combined update (its devices' own updates stay on the site).
+    bytes_central: list[int] = field(default_factory=list)
     bytes_down: list[int] = field(default_factory=list)  # per assignment sent
     peak_mem_bytes: dict[str, int] = field(default_factory=dict)  # device -> largest measured
     arrivals: list[tuple[float, float]] = field(default_factory=list)  # (dispatched, arrived)
@@ -85,10 +90,13 @@ class FleetSimulator:
         holdout: float = 0.0,
         fleet_min_devices: int = 1,
         runtime: str = REFERENCE,
+        gateways: Mapping[str, tuple[SiteCombiner, list[str]]] | None = None,
     ) -> None:
         """``holdout``: the share of each device's data it keeps out of training to measure
         each model it is sent on (federated evaluation), as an agent's ``[data] holdout``;
-        ``runtime``: what the devices train with (``edge_agent.runtime``)."""
+        ``runtime``: what the devices train with (``edge_agent.runtime``); ``gateways``: per
+        site, its combiner and devices; their updates go through it (the devices' own link
+        times are unchanged, the gateway's uplink adds none)."""
         if len(profiles) > len(server.task.devices):
             raise ValueError("the task has fewer device partitions than the fleet has devices")
         self.server = server
@@ -121,6 +129,10 @@ class FleetSimulator:
         self._tokens = itertools.count(1)
         self.now = 0.0
         self.result = SimResult()
+        self.gateways = {site: combiner for site, (combiner, _) in (gateways or {}).items()}
+        self.site_of = {d: site for site, (_, ds) in (gateways or {}).items() for d in ds}
+        for site, (_, devices) in (gateways or {}).items():
+            server.set_site(site, devices)
 
     def run(
         self,
@@ -171,6 +183,8 @@ class FleetSimulator:
 
     def _handle(self, event: _Event) -> CurvePoint | None:
         device_id = event.device_id
+        if event.kind == "flush":  # a site's timer; a flush since may have emptied it
+            return self._flush(device_id) if self.gateways[device_id].due(self.now) else None
         live_chain = self._availability.get(device_id) == event.token
         if event.kind == "offline" and live_chain:
             if self._working.pop(device_id, None) is not None:
@@ -192,10 +206,33 @@ class FleetSimulator:
         return None
 
     def _arrive(self, event: _Event) -> CurvePoint | None:
+        site = self.site_of.get(event.device_id)
+        if site is not None:
+            return self._at_gateway(site, event)
+        self.result.bytes_central.append(len(event.payload))
         outcome = self.server.ingest(event.device_id, event.payload)
         if outcome.aggregation is None:
             return None
         return self._curve_point()
+
+    def _at_gateway(self, site: str, event: _Event) -> CurvePoint | None:
+        combiner = self.gateways[site]
+        first = combiner.held() == 0
+        combiner.add(event.device_id, event.payload, self.now)
+        if combiner.due(self.now):
+            return self._flush(site)
+        due_at = combiner.due_at()
+        if first and due_at is not None:
+            self._schedule(due_at - self.now, "flush", site)
+        return None
+
+    def _flush(self, site: str) -> CurvePoint | None:
+        aggregated = False
+        for combined in self.gateways[site].flush():
+            payload = encode_combined(combined, self.server.config.train.delta_encoding)
+            self.result.bytes_central.append(len(payload))
+            aggregated |= self.server.ingest_combined(site, payload).aggregation is not None
+        return self._curve_point() if aggregated else None
 
     def _curve_point(self) -> CurvePoint:
         metrics = self.server.evaluate()

@@ -2,7 +2,8 @@
 
 Layout of the msgpack map (wire format version 1)::
 
-    {"v": 1, "kind": "assign" | "update" | "release", ...fields..., "tensors": {name: tensor}}
+    {"v": 1, "kind": "assign" | "update" | "release" | "combined", ...fields...,
+     "tensors": {name: tensor}}
     tensor = {"dtype": "float32" | "float16" | "int8", "shape": [int, ...],
               "data": <raw little-endian bytes>, "scale": float (int8 only)}
 
@@ -33,10 +34,12 @@ from ftte.metrics import METRIC_RANGES, MetricError, check_metric
 from ftte.wire.limits import WireLimits
 from ftte.wire.messages import (
     Assignment,
+    CombinedUpdate,
     DeltaEncoding,
     Evaluation,
     ProcessMemory,
     Release,
+    SiteMember,
     TensorDict,
     TrainConfig,
     Update,
@@ -54,6 +57,8 @@ _UPDATE_FIELDS = {"v", "kind", "device_id", "update_id", "assignment_id", "base_
 _UPDATE_FIELDS |= {"num_samples", "loss", "peak_mem_bytes", "tensors"}
 _RELEASE_FIELDS = {"v", "kind", "job", "version", "model", "metrics", "created_unix_s"}
 _RELEASE_FIELDS |= {"tensors"}
+_COMBINED_FIELDS = {"v", "kind", "site", "combined_id", "base_version", "members", "loss"}
+_COMBINED_FIELDS |= {"tensors", "weights"}
 MAX_METRICS = len(METRIC_RANGES)
 # Added after version 1 shipped: present in both or neither, so an older agent's updates
 # (without them) still decode.
@@ -499,4 +504,86 @@ def decode_release(
         metrics=metrics,
         tensors=tensors,
         created_unix_s=_float(doc["created_unix_s"], "created_unix_s"),
+    )
+
+
+def encode_combined(
+    c: CombinedUpdate, encoding: DeltaEncoding = DeltaEncoding.FLOAT32, level: int = 3
+) -> bytes:
+    """Serialise a site's combined update, its sums quantised as ``encoding`` says.
+
+    A gateway sends them as its devices send their deltas (int8 for ftte): as float32, a
+    sum of a few int8 slices is larger than the slices were (measured in
+    docs/benchmarks.md, "Site gateways"); int8 adds one rounding of at most 1/254 of the
+    tensor's largest value, as a device's own encoding does.
+    """
+    return _compress(
+        {
+            "v": WIRE_VERSION,
+            "kind": "combined",
+            "site": c.site,
+            "combined_id": c.combined_id,
+            "base_version": c.base_version,
+            "members": [
+                [m.device_id, m.assignment_id, m.update_id, m.num_samples] for m in c.members
+            ],
+            "loss": float(c.loss),
+            "tensors": {n: encode_tensor(v, encoding) for n, v in c.sums.items()},
+            "weights": dict(c.weights),
+        },
+        level,
+    )
+
+
+def decode_combined(
+    data: bytes,
+    limits: WireLimits | None = None,
+    model_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> CombinedUpdate:
+    """Parse and check a site's combined update; ``model_shapes``, if known, is every
+    tensor of the model (a combined update holds some of them, each of its shape).
+
+    Members are at most the msgpack container bound (``max_tensors``), each named once;
+    every tensor has a positive integer weight and no weight names a missing tensor.
+    """
+    limits = limits or WireLimits()
+    doc = _unpack(data, limits)
+    _check_fields(doc, "combined", _COMBINED_FIELDS)
+    members = doc["members"]
+    if not isinstance(members, list) or not members:
+        raise Rejected(RejectReason.MALFORMED, "members must be a non-empty list")
+    decoded = []
+    for m in members:
+        if not isinstance(m, list) or len(m) != 4:
+            raise Rejected(RejectReason.MALFORMED, "a member is [device, assignment, update, n]")
+        decoded.append(
+            SiteMember(
+                device_id=_str(m[0], "member device_id"),
+                assignment_id=_str(m[1], "member assignment_id"),
+                update_id=_str(m[2], "member update_id"),
+                num_samples=_int(m[3], "member num_samples", 1),
+            )
+        )
+    if len({m.device_id for m in decoded}) != len(decoded):
+        raise Rejected(RejectReason.MALFORMED, "a device is a member twice")
+    sums = _decode_tensors(doc["tensors"], limits, None)
+    if not sums:
+        raise Rejected(RejectReason.MALFORMED, "a combined update holds at least one tensor")
+    for name, arr in sums.items():
+        if model_shapes is not None and tuple(arr.shape) != model_shapes.get(name):
+            raise Rejected(RejectReason.BAD_SHAPE, f"tensor {name!r} is not the model's")
+    weights = doc["weights"]
+    if not isinstance(weights, dict) or set(weights) != set(sums):
+        raise Rejected(RejectReason.MALFORMED, "weights must name exactly the tensors")
+    total = sum(m.num_samples for m in decoded)
+    if total > MAX_INT:
+        raise Rejected(RejectReason.MALFORMED, f"members' samples sum to {total}, over 2**53")
+    return CombinedUpdate(
+        site=_str(doc["site"], "site"),
+        combined_id=_str(doc["combined_id"], "combined_id"),
+        base_version=_int(doc["base_version"], "base_version", 0),
+        members=tuple(decoded),
+        sums=sums,
+        weights={n: _int(w, f"weight of {n!r}", 1) for n, w in weights.items()},
+        loss=_float(doc["loss"], "loss"),
     )

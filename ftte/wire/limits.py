@@ -47,6 +47,7 @@ def longest_topic_bytes() -> int:
     kinds = cast(tuple[topics.Kind, ...], topics.DEVICE_KINDS)
     built = [topics.device_topic(longest, longest, kind) for kind in kinds]
     built.append(topics.model_topic(longest))
+    built.append(topics.combined_topic(longest, longest))
     return max(len(t.encode()) for t in built)
 
 

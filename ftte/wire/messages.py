@@ -133,3 +133,33 @@ class Release:
     metrics: dict[str, float]
     tensors: TensorDict
     created_unix_s: float
+
+
+@dataclass(frozen=True)
+class SiteMember:
+    """One device update folded into a site's combined update: whose answer to which
+    assignment it was, and the (bounded) sample count it was weighted with."""
+
+    device_id: str
+    assignment_id: str
+    update_id: str
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class CombinedUpdate:
+    """Site gateway to server: its devices' updates of one base version, summed.
+
+    For each tensor p, ``sums[p]`` = Σ n_i · Δ_ip and ``weights[p]`` = Σ n_i over the
+    members i whose slice holds p (n_i the member's bounded sample count): the terms of
+    FTTE's per-tensor weighted mean, which add up across devices. Members share
+    ``base_version``, hence their staleness weight.
+    """
+
+    site: str
+    combined_id: str
+    base_version: int
+    members: tuple[SiteMember, ...]
+    sums: TensorDict
+    weights: dict[str, int]
+    loss: float  # the members' sample-weighted mean training loss

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,6 +34,18 @@ class ReceivedUpdate:
 
     update: Update
     age: int
+    # A site's combined update (orchestrator.gateway) as one row: ``update.delta`` holds
+    # each tensor's sample-weighted mean over the members holding it and
+    # ``tensor_samples`` their sample sum per tensor. It was bounded per device at the
+    # gateway and counts as its ``members`` updates toward K.
+    tensor_samples: Mapping[str, int] | None = None
+    members: int = 1
+
+    def samples(self, name: str) -> int:
+        """The sample count this row weighs tensor ``name`` with."""
+        if self.tensor_samples is None:
+            return self.update.num_samples
+        return self.tensor_samples[name]
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,9 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str]
+    # Whether ``aggregate`` takes a site's combined update as a row (``ReceivedUpdate``
+    # with ``tensor_samples``); only rules additive over devices can.
+    combines_site_rows: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, idle: Sequence[str], in_flight: int, rng: np.random.Generator) -> list[str]:
@@ -112,11 +127,24 @@ class Strategy(ABC):
 
 def buffer_state(buffer: Sequence[ReceivedUpdate]) -> list[dict[str, Any]]:
     """Buffered updates as checkpointable values (the wire codec's lossless float32 form)."""
-    return [
-        {"update": encode_update(r.update, DeltaEncoding.FLOAT32), "age": r.age} for r in buffer
-    ]
+    return [_row_state(r) for r in buffer]
+
+
+def _row_state(r: ReceivedUpdate) -> dict[str, Any]:
+    state = {"update": encode_update(r.update, DeltaEncoding.FLOAT32), "age": r.age}
+    if r.tensor_samples is not None:
+        state |= {"tensor_samples": dict(r.tensor_samples), "members": r.members}
+    return state
 
 
 def load_buffer_state(entries: Sequence[dict[str, Any]]) -> list[ReceivedUpdate]:
     """The inverse of ``buffer_state``."""
-    return [ReceivedUpdate(decode_update(e["update"]), int(e["age"])) for e in entries]
+    return [
+        ReceivedUpdate(
+            decode_update(e["update"]),
+            int(e["age"]),
+            e.get("tensor_samples"),
+            int(e.get("members", 1)),
+        )
+        for e in entries
+    ]

@@ -58,8 +58,8 @@ class BufferedStrategy(Strategy):
         self._buffer.append(received)
 
     def ready(self) -> bool:
-        """The buffer holds K updates."""
-        return len(self._buffer) >= self.k
+        """The buffer holds K updates (a site's combined update counts as its members)."""
+        return sum(r.members for r in self._buffer) >= self.k
 
     def buffered(self) -> list[ReceivedUpdate]:
         """The waiting updates, oldest first."""

@@ -30,6 +30,10 @@ class FTTEStrategy(BufferedStrategy):
         Δ_p = Σ_{i∈U_p} s(age_i, r_ip) · n_i · Δ_ip / Σ_{i∈U_p} n_i
         params[p] += server_lr · Δ_p
 
+    A site gateway's combined update is one row whose Δ_p is its members' n-weighted mean
+    and whose n is their sample sum for p (``ReceivedUpdate.samples``): the sum above is
+    the same as with the members apart, except that the variance ratio r is the row's.
+
     Normalising by samples rather than by the weights themselves means a stale or noisy
     update shrinks the step instead of being renormalised back to full strength; tensors no
     update touched are left bit-for-bit as they were.
@@ -44,6 +48,7 @@ class FTTEStrategy(BufferedStrategy):
     """
 
     name = "ftte"
+    combines_site_rows = True
 
     def __init__(
         self,
@@ -59,8 +64,13 @@ class FTTEStrategy(BufferedStrategy):
 
     def aggregate(self, params: TensorDict, bound: InfluenceBound) -> AggregationReport:
         """Apply the bounded buffer tensor by tensor; report each update's mean weight."""
-        bounded = bound.apply(self._take())
-        taken = bounded.updates
+        taken = self._take()
+        # A site's row was bounded per device at its gateway; the fleet's medians are of
+        # devices, so it does not enter them.
+        sites = [r for r in taken if r.tensor_samples is not None]
+        devices = [r for r in taken if r.tensor_samples is None]
+        bounded = bound.apply(devices) if devices else None  # no medians of nothing
+        taken = (bounded.updates if bounded else []) + sites
         per_update: dict[str, list[float]] = {r.update.update_id: [] for r in taken}
         names = sorted({n for r in taken for n in r.update.delta})
         for name in names:
@@ -76,15 +86,15 @@ class FTTEStrategy(BufferedStrategy):
                 ratio = variances[i] / mean_var if mean_var > 0 and len(holders) > 1 else 1.0
                 s = self.staleness(r.age, float(ratio))
                 per_update[r.update.update_id].append(s)
-                weighted[i] = s * r.update.num_samples
-            samples = sum(r.update.num_samples for r in holders)
+                weighted[i] = s * r.samples(name)
+            samples = sum(r.samples(name) for r in holders)
             step = bound.combine(stacked, weighted * (self.server_lr / samples))
             params[name] += step.reshape(params[name].shape).astype(np.float32)
         return AggregationReport(
             weights={uid: float(np.mean(w)) for uid, w in per_update.items()},
             changed=frozenset(names),
             ages={r.update.update_id: r.age for r in taken},
-            clipped=bounded.clipped,
-            capped=bounded.capped,
-            merged=bounded.merged,
+            clipped=bounded.clipped if bounded else frozenset(),
+            capped=bounded.capped if bounded else frozenset(),
+            merged=bounded.merged if bounded else frozenset(),
         )

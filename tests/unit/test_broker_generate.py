@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from broker.generate import (
 )
 from edge_agent.config import DataSection, load_agent_config
 from ftte.config import ConfigError
+from orchestrator.gateway_service import load_gateway_config
 from tests.fixtures.mosquitto import make_fleet
 
 
@@ -236,6 +238,26 @@ def test_a_site_device_is_known_at_its_gateway_only_and_its_agent_connects_there
     assert "pi-001" not in conf  # the central device is not bridged
     for secret in ("passwd", "acl", "mosquitto.conf", "bridge.toml", "certs/server.key"):
         assert stat.S_IMODE((site / secret).stat().st_mode) & 0o007 == 0, secret
+
+
+def test_a_pre_aggregating_site_bridges_its_gateways_sums_instead_of_device_updates(tmp_path):
+    fleet = site_fleet()
+    fleet = Fleet(fleet.fleet, fleet.devices, [replace(fleet.sites[0], pre_aggregate=True)])
+    files = init_broker(fleet, tmp_path)
+    site = files.sites["north"]
+    conf = (site / "mosquitto.conf").read_text()
+    assert "topic ftte/v1/farm/site/north/sum out 1" in conf
+    assert "topic ftte/v1/farm/dev/pi-101/update" not in conf
+    site_acl = (site / "acl").read_text()
+    assert "user ftte_gateway_north\ntopic read ftte/v1/farm/dev/pi-101/update\n" in site_acl
+    central_acl = files.acl_file.read_text()
+    assert "topic write ftte/v1/farm/site/north/sum" in central_acl
+    assert "topic write ftte/v1/farm/dev/pi-101/update" not in central_acl
+    gateway = load_gateway_config(site / "gateway.toml")
+    assert (gateway.gateway.site, gateway.broker.username) == ("north", "ftte_gateway_north")
+    site_users = {line.split(":")[0] for line in (site / "passwd").read_text().split()}
+    assert site_users == {"pi-101", "ftte_gateway_north"}
+    assert stat.S_IMODE((site / "gateway.toml").stat().st_mode) & 0o077 == 0
 
 
 def test_a_rerun_keeps_a_sites_secrets_and_a_removed_site_is_gone(tmp_path):

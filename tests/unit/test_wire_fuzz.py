@@ -2,12 +2,12 @@
 
 Property-based (hypothesis): structured mutations of valid messages (every field replaced by
 any msgpack or JSON value, keys of any type, tensors of any dtype/shape/data), and raw bytes.
-10,000 generated payloads per run (4,000 updates; 4,500 assignments or releases, each
+10,500 generated payloads per run (4,000 updates; 4,500 assignments or releases, each
 decoded as both; 1,500 control messages, each decoded as status, as update acknowledgement
-and as job state); derandomized so CI is reproducible (run with ``--hypothesis-seed=random``
-locally to explore further). Refused updates change nothing. The model has batch norms, so
-the fuzzed updates carry the ``buffers`` field (their running statistics) as well as the
-parameter deltas.
+and as job state; 500 site gateways' combined updates); derandomized so CI is reproducible
+(run with ``--hypothesis-seed=random`` locally to explore further). Refused updates change
+nothing. The model has batch norms, so the fuzzed updates carry the ``buffers`` field (their
+running statistics) as well as the parameter deltas.
 """
 
 import json
@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from ftte.errors import Rejected
 from ftte.tasks import load_task
 from ftte.wire import decode_assignment, decode_update, encode_assignment, encode_update
-from ftte.wire.codec import decode_release, encode_release
+from ftte.wire.codec import decode_combined, decode_release, encode_combined, encode_release
 from ftte.wire.control import (
     DeviceStatus,
     JobState,
@@ -37,8 +37,9 @@ from ftte.wire.control import (
     decode_job_state,
     decode_status,
 )
-from ftte.wire.messages import Release
+from ftte.wire.messages import Assignment, CombinedUpdate, Release, SiteMember
 from orchestrator.presets import make_server
+from orchestrator.server import TrainingServer
 
 pytestmark = pytest.mark.slow  # ~1 min of 10,000 payloads: in `make test`, not the fast tier
 
@@ -83,11 +84,18 @@ TENSOR = st.fixed_dictionaries(
     optional={"scale": ANY | st.floats()},
 )
 
+
+def open_server(task: str) -> tuple[TrainingServer, Assignment]:
+    """An ftte server of ``task`` with dev-0 registered and its first assignment open."""
+    server = make_server("ftte", load_task(task, num_devices=2, seed=0))
+    server.register("dev-0", server.full_model_peak())
+    (assignment,) = server.dispatch(np.random.default_rng(0), now=0.0)
+    return server, assignment
+
+
 # The model with batch norms, so updates carry the ``buffers`` field and it is fuzzed too.
-TASK = load_task("digits_bn", num_devices=2, seed=0)
-SERVER = make_server("ftte", TASK)
-SERVER.register("dev-0", SERVER.full_model_peak())
-(ASSIGNMENT,) = SERVER.dispatch(np.random.default_rng(0), now=0.0)
+SERVER, ASSIGNMENT = open_server("digits_bn")
+TASK = SERVER.task
 SLICE = {n: SERVER.shapes[n] for n in ASSIGNMENT.trainable}
 MOVED = {n: SERVER.shapes[n] for n in TASK.model.updated_buffers(ASSIGNMENT.trainable)}
 assert MOVED, "the slice must move batch-norm statistics for the buffers field to be fuzzed"
@@ -174,9 +182,9 @@ INITIAL = SERVER.state_dict()
 BEFORE = {n: a.copy() for n, a in SERVER.params.items()}
 
 
-def model_changed() -> bool:
-    moved = any(not np.array_equal(SERVER.params[n], v) for n, v in BEFORE.items())
-    return moved or SERVER.version != 0 or SERVER.accepted != 0 or bool(SERVER.strategy.buffered())
+def model_changed(server: TrainingServer = SERVER, before: dict = BEFORE) -> bool:
+    moved = any(not np.array_equal(server.params[n], v) for n, v in before.items())
+    return moved or server.version != 0 or server.accepted != 0 or bool(server.strategy.buffered())
 
 
 def test_the_unmutated_update_with_buffers_is_accepted():
@@ -257,6 +265,52 @@ def test_any_control_payload_decodes_or_is_rejected(payload):
     decodes_or_is_rejected(decode_status, payload)
     decodes_or_is_rejected(decode_ack, payload)
     decodes_or_is_rejected(decode_job_state, payload)
+
+
+# Site gateways combine models without batch norms only: their own server.
+SITE_SERVER, SITE_ASSIGNMENT = open_server("digits")
+SITE_SERVER.set_site("farm", ["dev-0"])
+SITE_SLICE = {n: SITE_SERVER.shapes[n] for n in SITE_ASSIGNMENT.trainable}
+SITE_INITIAL = SITE_SERVER.state_dict()
+SITE_BEFORE = {n: a.copy() for n, a in SITE_SERVER.params.items()}
+COMBINED = CombinedUpdate(
+    site="farm",
+    combined_id="farm.c.1",
+    base_version=0,
+    members=(
+        SiteMember(
+            "dev-0", SITE_ASSIGNMENT.assignment_id, f"{SITE_ASSIGNMENT.assignment_id}.u", 10
+        ),
+    ),
+    sums={n: np.zeros(s, np.float32) for n, s in SITE_SLICE.items()},
+    weights=dict.fromkeys(SITE_SLICE, 10),
+    loss=0.5,
+)
+VALID_COMBINED = msgpack.unpackb(
+    zstandard.ZstdDecompressor().decompress(encode_combined(COMBINED)), raw=False
+)
+COMBINED_DOCS = mutated(VALID_COMBINED) | st.builds(
+    lambda members, weights: {**VALID_COMBINED, "members": members, "weights": weights},
+    st.lists(st.lists(ANY, max_size=5) | st.just(VALID_COMBINED["members"][0]) | ANY, max_size=3),
+    st.dictionaries(
+        st.sampled_from(sorted(SITE_SLICE)) | st.text(max_size=4) | st.binary(max_size=4), ANY
+    )
+    | st.just(VALID_COMBINED["weights"]),
+)
+
+
+@settings(FUZZ, max_examples=500)
+@given(st.one_of(COMBINED_DOCS.map(pack), st.binary(max_size=256), UPDATE_DOCS.map(pack)))
+def test_any_combined_payload_decodes_or_is_rejected_and_refused_ones_change_nothing(payload):
+    decodes_or_is_rejected(lambda p: decode_combined(p, model_shapes=SITE_SERVER.shapes), payload)
+    outcome = SITE_SERVER.ingest_combined("farm", payload)
+    assert outcome.accepted or not model_changed(SITE_SERVER, SITE_BEFORE)
+    SITE_SERVER.load_state_dict(SITE_INITIAL, now=0.0)
+
+
+def test_the_unmutated_combined_update_is_accepted():
+    assert SITE_SERVER.ingest_combined("farm", pack(VALID_COMBINED)).accepted
+    SITE_SERVER.load_state_dict(SITE_INITIAL, now=0.0)
 
 
 def lying_frame(declared: int, real: int) -> bytes:

@@ -1,0 +1,128 @@
+"""``ftte gateway``: a site's pre-aggregating gateway process on the site's Mosquitto.
+
+It subscribes to the site's device updates with its own account (``ftte_gateway_{site}``,
+written by ``ftte broker init`` for a ``[[sites]]`` entry with ``pre_aggregate = true``),
+hands each payload to the ``SiteCombiner`` and publishes what it flushes on the site's
+``sum`` topic, which the bridge forwards to the central broker. The MQTT loop knows
+nothing of the math; the combiner knows nothing of MQTT.
+
+What it holds between flushes is in memory only: a gateway that dies loses at most one
+flush window (G updates or T seconds). Devices keep an update in their outbox until the
+orchestrator acknowledges it, so such updates are sent again after a reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ftte import topics
+from ftte.config import load_section, read_toml, resolve
+from ftte.ids import validate_id
+from ftte.tasks import load_model_spec
+from ftte.transport.mqtt import BrokerSettings, MqttLink
+from ftte.wire.codec import encode_combined
+from ftte.wire.messages import DeltaEncoding
+from orchestrator.gateway import FlushPolicy, SiteCombiner
+from orchestrator.influence import InfluenceSettings
+
+log = logging.getLogger("ftte.gateway")
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    """Which site this gateway serves, of which fleet, and the task its devices train."""
+
+    site: str
+    fleet: str
+    task: str = "vibration"  # as fleet.toml's [fleet] task: the model's tensor shapes
+    # How the sums travel: as the job's devices send their deltas (int8 for ftte).
+    delta_encoding: DeltaEncoding = DeltaEncoding.INT8
+
+    def __post_init__(self) -> None:
+        validate_id(self.site, "gateway.site")
+        validate_id(self.fleet, "gateway.fleet")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole ``gateway.toml``; ``[influence]`` must match the job's ``[influence]``."""
+
+    gateway: GatewaySection
+    broker: BrokerSettings  # the site broker, with the gateway's account
+    flush: FlushPolicy = field(default_factory=FlushPolicy)
+    influence: InfluenceSettings = field(default_factory=InfluenceSettings)
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    """Read and validate a gateway file; relative paths are relative to the file."""
+    config = load_section(GatewayConfig, read_toml(path), str(path), "")
+    return replace(
+        config, broker=replace(config.broker, ca_file=resolve(path, config.broker.ca_file))
+    )
+
+
+class GatewayService:
+    """Consumes a site's device updates, publishes their combined form on flush."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        section = config.gateway
+        shapes = load_model_spec(section.task).parameter_shapes()  # no data is built
+        self.combiner = SiteCombiner(section.site, shapes, config.flush, config.influence)
+        self.topic = topics.combined_topic(section.fleet, section.site)
+        self.encoding = section.delta_encoding
+        self.sent_bytes: list[int] = []  # per combined update published
+        updates = topics.all_updates_filter(section.fleet)  # the site broker has only its own
+        self.link = MqttLink(config.broker, subscriptions=[(updates, 1)])
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop``; what is held when it is set goes up first."""
+        self.link.start()
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                due_at = self.combiner.due_at()
+                wait = 0.5 if due_at is None else max(0.0, min(0.5, due_at - now))
+                message = self._next(wait)
+                if message is not None:
+                    self._receive(*message, time.monotonic())
+                if self.combiner.due(time.monotonic()):
+                    self._flush()
+            if self.combiner.held():
+                self._flush()
+        finally:
+            self.link.stop()
+
+    def _next(self, wait: float) -> tuple[str, bytes] | None:
+        try:
+            message = self.link.inbox.get(timeout=wait)
+        except queue.Empty:
+            return None
+        return message.topic, message.payload
+
+    def _receive(self, topic: str, payload: bytes, now: float) -> None:
+        try:
+            device_id = topics.parse(topic).device
+        except ValueError:
+            return  # the subscription delivers update topics only
+        assert device_id is not None
+        reason = self.combiner.add(device_id, payload, now)
+        if reason is not None:
+            log.warning("update from %s refused at the gateway: %s", device_id, reason.value)
+
+    def _flush(self) -> None:
+        for combined in self.combiner.flush():
+            payload = encode_combined(combined, self.encoding)
+            self.link.publish(self.topic, payload, qos=1)
+            self.sent_bytes.append(len(payload))
+            log.info(
+                "sent %s: %d updates of version %d, %d B",
+                combined.combined_id,
+                len(combined.members),
+                combined.base_version,
+                len(payload),
+            )

@@ -1,0 +1,166 @@
+"""Site gateways: device updates bounded and summed at the site, applied as one row."""
+
+from dataclasses import replace
+
+import numpy as np
+
+from ftte.errors import RejectReason
+from ftte.tasks import load_task
+from ftte.wire import decode_update, encode_update
+from ftte.wire.codec import decode_combined, encode_combined
+from orchestrator.gateway import FlushPolicy, SiteCombiner
+from orchestrator.presets import make_server
+from orchestrator.server import ServerSettings, TrainingServer
+
+TASK = load_task("digits", num_devices=4, seed=0)
+DEVICES = [f"d{i}" for i in range(4)]
+SHAPES = TASK.model.parameter_shapes()
+
+
+def server(buffer_size: int = 4) -> TrainingServer:
+    # variance_coef 0: the age weight alone, so a site row adds up exactly (see FTTEStrategy).
+    s = make_server(
+        "ftte",
+        TASK,
+        settings=ServerSettings(max_staleness=3),
+        strategy_params={"buffer_size": buffer_size, "variance_coef": 0.0},
+        run_tag="t",
+    )
+    for i, d in enumerate(DEVICES):
+        # Budgets apart: the devices train different slices.
+        s.register(d, s.full_model_peak() // (i + 1))
+    s.set_site("farm", DEVICES)
+    return s
+
+
+def answers(s: TrainingServer) -> dict[str, bytes]:
+    rng = np.random.default_rng(1)
+    out = {}
+    for a in s.dispatch(np.random.default_rng(0), 0.0):
+        delta = {n: rng.normal(0, 0.01, SHAPES[n]).astype(np.float32) for n in a.trainable}
+        samples = 10 + 5 * len(out)
+        out[a.device_id] = encode_update(a.answer(delta, samples, 0.5, 1000))
+    return out
+
+
+def combiner(**policy) -> SiteCombiner:
+    return SiteCombiner("farm", SHAPES, FlushPolicy(**policy), run_tag="g")
+
+
+def test_a_combined_update_moves_the_model_as_its_members_would_apart():
+    flat, sited = server(), server()
+    payloads = answers(flat)
+    assert answers(sited) == payloads
+    assert len({len(flat.open_assignment(d).trainable) for d in DEVICES}) > 1
+    for d, payload in payloads.items():
+        outcome = flat.ingest(d, payload)
+    assert outcome.aggregation is not None
+    site = combiner()
+    for d, payload in payloads.items():
+        assert site.add(d, payload, 0.0) is None
+    (combined,) = site.flush()
+    outcome = sited.ingest_combined("farm", encode_combined(combined))
+    assert outcome.accepted and outcome.aggregation is not None
+    assert sited.version == flat.version == 1 and sited.accepted == 4
+    for name, value in flat.params.items():
+        np.testing.assert_allclose(sited.params[name], value, rtol=0, atol=1e-6)
+    assert all(sited.open_assignment(d) is None for d in DEVICES)
+
+
+def test_a_hostile_payload_is_refused_and_counted_and_the_gateway_goes_on():
+    s = server()
+    payloads = answers(s)
+    site = combiner()
+    assert site.add("d0", b"\x28\xb5\x2f\xfd garbage", 0.0) is RejectReason.MALFORMED
+    assert site.add("d1", payloads["d0"], 0.0) is RejectReason.UNKNOWN_DEVICE
+    assert site.add("d0", payloads["d0"], 0.0) is None
+    assert site.add("d0", payloads["d0"], 0.0) is RejectReason.DUPLICATE
+    assert site.rejected == {"malformed": 1, "unknown_device": 1, "duplicate": 1}
+    assert site.held() == 1
+
+
+def test_the_gateway_flushes_at_g_updates_or_t_seconds_whichever_first():
+    payloads = list(answers(server()).items())
+    site = combiner(max_updates=3, max_wait_s=5.0)
+    site.add(*payloads[0], now=100.0)
+    site.add(*payloads[1], now=101.0)
+    assert not site.due(104.9) and site.due(105.0)
+    site.add(*payloads[2], now=102.0)
+    assert site.due(102.0)
+    assert len(site.flush()) == 1 and site.due_at() is None
+
+
+def test_a_combined_update_with_weights_unlike_the_members_slices_is_refused():
+    s = server()
+    site = combiner()
+    for d, payload in answers(s).items():
+        site.add(d, payload, 0.0)
+    (combined,) = site.flush()
+    name = next(iter(combined.weights))
+    forged = replace(combined, weights=combined.weights | {name: combined.weights[name] + 1})
+    outcome = s.ingest_combined("farm", encode_combined(forged))
+    assert outcome.reason is RejectReason.WRONG_SLICE and s.version == 0
+    # Its members answered their open assignments: freed, as a refused answer frees a device.
+    assert s.in_flight() == 0
+
+
+def test_a_gateway_answers_only_for_its_own_sites_devices_and_only_once():
+    s = server(buffer_size=8)
+    s.set_site("other", ["d0"])
+    site = combiner()
+    for d, payload in answers(s).items():
+        site.add(d, payload, 0.0)
+    (combined,) = site.flush()
+    payload = encode_combined(combined)
+    assert s.ingest_combined("other", payload).reason is RejectReason.UNKNOWN_DEVICE
+    assert s.ingest_combined("nowhere", payload).reason is RejectReason.UNKNOWN_DEVICE
+    assert s.in_flight() == 4  # nothing a stranger sent touched the assignments
+    assert s.ingest_combined("farm", payload).accepted
+    assert s.ingest_combined("farm", payload).reason is RejectReason.DUPLICATE
+    assert s.accepted == 4
+
+
+def test_a_combined_row_survives_a_checkpoint_in_the_buffer():
+    s = server(buffer_size=8)
+    site = combiner()
+    for d, payload in answers(s).items():
+        site.add(d, payload, 0.0)
+    s.ingest_combined("farm", encode_combined(site.flush()[0]))
+    restored = server(buffer_size=8)
+    restored.load_state_dict(s.state_dict(), now=0.0)
+    (row,) = restored.strategy.buffered()
+    assert row.members == 4 and row.tensor_samples == s.strategy.buffered()[0].tensor_samples
+
+
+def test_combined_updates_of_different_base_versions_go_up_apart():
+    s = server()
+    (d0, p0), (d1, p1) = list(answers(s).items())[:2]
+    later = encode_update(replace(decode_update(p1), base_version=7))
+    site = combiner()
+    site.add(d0, p0, 0.0)
+    site.add(d1, later, 0.0)
+    assert [(c.base_version, len(c.members)) for c in site.flush()] == [(0, 1), (7, 1)]
+
+
+def test_a_combined_update_round_trips_the_wire():
+    site = combiner()
+    for d, payload in answers(server()).items():
+        site.add(d, payload, 0.0)
+    (combined,) = site.flush()
+    decoded = decode_combined(encode_combined(combined), model_shapes=SHAPES)
+    assert decoded.members == combined.members and decoded.weights == combined.weights
+    for name, value in combined.sums.items():
+        np.testing.assert_array_equal(decoded.sums[name], value)
+
+
+def test_a_combined_update_moving_a_tensor_beyond_any_device_bound_is_refused():
+    s = server()
+    site = combiner()
+    for d, payload in answers(s).items():
+        site.add(d, payload, 0.0)
+    (combined,) = site.flush()
+    name = next(iter(combined.sums))
+    huge = combined.sums[name] + 10.0 * combined.weights[name]  # mean delta up by 10
+    forged = replace(combined, sums=combined.sums | {name: huge})
+    outcome = s.ingest_combined("farm", encode_combined(forged))
+    assert outcome.reason is RejectReason.MALFORMED and s.version == 0
