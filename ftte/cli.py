@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftte.sim.fleet import FleetSpec
-from ftte.training import TrainSettings
+from ftte.training import Optimizer, TrainSettings
 
 if TYPE_CHECKING:
     from ftte.sim.simulator import CurvePoint
@@ -86,6 +86,12 @@ def _add_sim(commands: Any) -> None:
     p.add_argument("--lr", type=float, default=defaults.lr, help="local learning rate")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="local epochs")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument(
+        "--optimizer",
+        choices=[o.value for o in Optimizer],
+        default=defaults.optimizer.value,
+        help="local optimizer (its state lives for one assignment)",
+    )
     p.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
     p.add_argument(
@@ -115,7 +121,11 @@ def _run_sim(args: argparse.Namespace) -> int:
         time_limit_s=args.time_limit,
         max_updates=args.max_updates,
         train=TrainSettings(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=Optimizer(args.optimizer),
+            momentum=args.momentum,
         ),
     )
     task = build_task(config)
