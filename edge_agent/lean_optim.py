@@ -59,11 +59,20 @@ class LeanAdam:
         for name, g in grads.items():
             m = self.first.setdefault(name, np.zeros_like(g))
             v = self.second.setdefault(name, np.zeros_like(g))
-            m += np.float32(1 - beta1) * (g - m)  # torch's exp_avg.lerp_(grad, 1 - beta1)
+            # One scratch array per tensor: the step's only transient, as torch's denom.
+            scratch = np.subtract(g, m)
+            scratch *= np.float32(1 - beta1)
+            m += scratch  # torch's exp_avg.lerp_(grad, 1 - beta1)
+            np.multiply(g, np.float32(1 - beta2), out=scratch)
+            scratch *= g
             v *= np.float32(beta2)
-            v += np.float32(1 - beta2) * g * g
-            denom = np.sqrt(v) / np.float32(correction2_sqrt) + np.float32(ADAM_EPS)
-            work[name] -= np.float32(step_size) * (m / denom)
+            v += scratch  # torch's exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+            np.sqrt(v, out=scratch)
+            scratch /= np.float32(correction2_sqrt)
+            scratch += np.float32(ADAM_EPS)
+            np.divide(m, scratch, out=scratch)
+            scratch *= np.float32(step_size)
+            work[name] -= scratch
 
 
 def make_optimizer(settings: TrainSettings) -> LeanSGD | LeanAdam:

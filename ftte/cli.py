@@ -93,6 +93,13 @@ def _add_sim(commands: Any) -> None:
         help="local optimizer (its state lives for one assignment)",
     )
     p.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
+    p.add_argument(
+        "--buffer-size",
+        type=int,
+        default=None,
+        help="updates per aggregation (ftte, fedbuff; default the strategy's 10): at most "
+        "--devices, or each aggregation averages several updates of a device into one",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
     p.add_argument(
         "--releases", type=Path, default=None, help="keep the best and the last model here"
@@ -127,6 +134,7 @@ def _run_sim(args: argparse.Namespace) -> int:
             optimizer=Optimizer(args.optimizer),
             momentum=args.momentum,
         ),
+        strategy_params={} if args.buffer_size is None else {"buffer_size": args.buffer_size},
     )
     task = build_task(config)
     releases = None

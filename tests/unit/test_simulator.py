@@ -1,5 +1,6 @@
 """The discrete-event simulator: deterministic, fair to each strategy's rules, honest bytes."""
 
+import json
 from collections import defaultdict
 from dataclasses import replace
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import ftte.sim.simulator as simulator_module
+from ftte.cli import main
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.run import SimConfig, build_task, simulate
 from ftte.sim.simulator import FleetSimulator
@@ -168,3 +170,16 @@ def test_without_a_validation_set_the_curve_is_the_fleets_measure_of_held_out_da
     measured = [p for p in report["curve"] if "accuracy" in p]
     assert measured and {"loss", "accuracy", "macro_f1"} <= measured[-1].keys()
     assert store.best.metrics["accuracy"] == max(p["accuracy"] for p in measured)
+
+
+def test_ftte_sim_trains_with_adam_and_the_buffer_size_it_is_given(tmp_path, capsys):
+    out = tmp_path / "sim.json"
+    args = ["sim", "--devices", "4", "--samples-per-device", "40", "--max-updates", "8"]
+    args += ["--optimizer", "adam", "--lr", "0.01", "--buffer-size", "4", "--json", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["train"]["optimizer"] == "adam"
+    assert report["config"]["strategy_params"] == {"buffer_size": 4}
+    assert report["updates_accepted"] == 8 and report["versions"] == 2  # K = 4: 2 aggregations
+    assert main(["sim", "--optimizer", "adam", "--momentum", "0.9"]) == 2
+    assert "momentum is SGD's" in capsys.readouterr().err
