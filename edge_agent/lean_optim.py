@@ -1,7 +1,8 @@
 """The lean runtime's optimizers: ``torch.optim``'s SGD and Adam rules in numpy.
 
-Each follows the single-tensor code path torch runs on CPU, operation for operation, so the
-two runtimes give the same delta within float32 rounding (tests/unit/test_lean_runtime.py).
+Each follows the single-tensor code path torch runs on CPU (float32 arrays, the bias
+corrections in Python floats), so the two runtimes give the same delta within float32
+rounding (tests/unit/test_lean_runtime.py).
 An optimizer is made per assignment and dropped with it (``ftte.training``: the state lives
 for one assignment).
 """
