@@ -7,7 +7,8 @@ Linear, BatchNorm1d/2d) with the semantics of the torch reference
 before the first trainable one) runs forward a sample at a time and keeps nothing; the rest
 keeps what its backward needs; backward stops at the first trainable layer; each batch's
 gradient is the mean over the batch, accumulated over ``micro_batch`` chunks; the gradient
-norm over the slice is clipped to ``clip_norm``; SGD with momentum as ``torch.optim.SGD``;
+norm over the slice is clipped to ``clip_norm``; SGD with momentum as ``torch.optim.SGD``, or
+Adam as ``torch.optim.Adam`` (its single-tensor rule, the one torch runs on CPU);
 epochs and batch order as ``edge_agent.runtime.epoch_orders``. Training works on copies of
 the slice's tensors, so the model keeps the global values it was assigned. Batch norms
 from the first trainable layer on normalise with each chunk's statistics and move copies of
@@ -19,7 +20,7 @@ and rebuilds its im2col matrix in backward (the matrix is kernel-size times larg
 keeps a boolean mask, a max-pool the index of each window's maximum.
 
 The reported peak is accounted from the arrays themselves, as the torch runtime accounts
-its tensors: weights, the slice's working copy, gradients and momentum, then at every layer
+its tensors: weights, the slice's working copy, gradients and optimizer state, then at every layer
 the chunk's input, what is kept for backward so far and the layer's transient (its input,
 output and scratch such as the im2col matrix). ``tracemalloc`` would measure it, but
 starting and stopping it for every training grew the agent's resident set by about 7 KiB
@@ -36,8 +37,9 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from edge_agent.lean_optim import LeanAdam, LeanSGD, make_optimizer
 from edge_agent.runtime import TrainResult, epoch_orders
-from ftte.memory import FLOAT_BYTES, optimizer_slots
+from ftte.memory import FLOAT_BYTES
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import (
     LEAN_LAYERS,
@@ -362,9 +364,9 @@ class LeanModel:
         weights += sum(b.nbytes for b in self.buffers.values())
         slice_numel = sum(self.params[n].size for n in trainable)
         stats = {n: self.buffers[n].copy() for n in self._spec.updated_buffers(trainable)}
-        # The working copy (the torch runtime's snapshot), gradients and momentum buffers,
+        # The working copy (the torch runtime's snapshot), gradients and optimizer state,
         # and the working copy of the running statistics training moves.
-        per_value = FLOAT_BYTES * (2 + optimizer_slots(config.momentum))
+        per_value = FLOAT_BYTES * (2 + config.optimizer_slots)
         meter = _Meter(weights + slice_numel * per_value + sum(b.nbytes for b in stats.values()))
         delta, loss = self._train(list(trainable), data, config, seed, meter, stats)
         return TrainResult(
@@ -396,7 +398,7 @@ class LeanModel:
     ) -> tuple[dict[str, Array], float]:
         first = min(int(name.split(".", 1)[0]) for name in trainable)
         work = {n: self.params[n].copy() for n in trainable}
-        velocity: dict[str, Array] = {}
+        optimizer = make_optimizer(config)
         epoch_loss = 0.0
         targets = self.objective.targets(data)
         for order in epoch_orders(len(data), config.epochs, seed):
@@ -414,7 +416,7 @@ class LeanModel:
                     total += self._accumulate(
                         h, targets[chunk], first, work, grads, len(batch), meter, stats
                     )
-                self._step(work, grads, velocity, config)
+                self._step(work, grads, optimizer, config)
                 count += len(batch)
             epoch_loss = total / count
         return {n: work[n] - self.params[n] for n in trainable}, epoch_loss
@@ -546,22 +548,14 @@ class LeanModel:
     def _step(
         work: dict[str, Array],
         grads: dict[str, Array],
-        velocity: dict[str, Array],
+        optimizer: LeanSGD | LeanAdam,
         config: TrainConfig,
     ) -> None:
-        """Clip the slice's gradient norm, then one SGD step (``torch.optim.SGD``'s rule)."""
+        """Clip the slice's gradient norm, then one step of ``optimizer``."""
         if config.clip_norm > 0:
             norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
             scale = config.clip_norm / (norm + 1e-6)  # torch's clip_grad_norm_ epsilon
             if scale < 1.0:
                 for g in grads.values():
                     g *= np.float32(scale)
-        for name, g in grads.items():
-            if config.momentum > 0:
-                if name in velocity:
-                    velocity[name] *= np.float32(config.momentum)
-                    velocity[name] += g
-                else:
-                    velocity[name] = g.copy()
-                g = velocity[name]
-            work[name] -= np.float32(config.lr) * g
+        optimizer.step(work, grads)

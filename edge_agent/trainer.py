@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from edge_agent.runtime import TrainResult, epoch_orders
-from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK, optimizer_slots
+from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import BUFFERS
 from ftte.tasks.objectives import CLASSIFICATION, Objective
 from ftte.tasks.torch_model import model_buffers
+from ftte.training import ADAM_BETAS, ADAM_EPS, Optimizer
 from ftte.wire.messages import Evaluation, TrainConfig
 
 
@@ -103,10 +104,10 @@ def train_slice(
     moved = {n: b for n, b in model.named_buffers() if int(n.split(".", 1)[0]) >= first}
     start_buffers = {n: b.clone() for n, b in moved.items()}
     slice_params = [params[n] for n in trainable]
-    optimizer = torch.optim.SGD(slice_params, lr=config.lr, momentum=config.momentum)
+    optimizer = _optimizer(slice_params, config)
     x_all = torch.from_numpy(data.x)
     y_all = torch.from_numpy(objective.targets(data))
-    meter = _PeakMeter(model, trainable, config.momentum)
+    meter = _PeakMeter(model, trainable, config.optimizer_slots)
     epoch_loss = 0.0
     model.train()
     frozen_prefix.eval()  # inference: batch norms there use, and keep, the running statistics
@@ -153,6 +154,13 @@ def train_slice(
     )
 
 
+def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """The assignment's optimizer over the slice, fresh: its state lives for one assignment."""
+    if config.optimizer is Optimizer.ADAM:
+        return torch.optim.Adam(params, lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+
+
 def _frozen_forward(prefix: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run the frozen prefix without autograd, a few samples at a time to cap its transient."""
     if not any(True for _ in prefix.children()):
@@ -173,7 +181,9 @@ class _PeakMeter:
     against torch's profiler, which sees it.
     """
 
-    def __init__(self, model: nn.Sequential, trainable: Collection[str], momentum: float) -> None:
+    def __init__(
+        self, model: nn.Sequential, trainable: Collection[str], optimizer_slots: int
+    ) -> None:
         params = dict(model.named_parameters())
         self._model = model
         self._param_storages = {p.untyped_storage().data_ptr() for p in params.values()}
@@ -183,7 +193,7 @@ class _PeakMeter:
         buffers = [(int(n.split(".", 1)[0]), _nbytes(b)) for n, b in model.named_buffers()]
         self._static = (
             sum(p.numel() for p in params.values()) * FLOAT_BYTES
-            + trainable_numel * FLOAT_BYTES * (2 + optimizer_slots(momentum))
+            + trainable_numel * FLOAT_BYTES * (2 + optimizer_slots)
             + sum(size for _, size in buffers)
             + sum(size for layer, size in buffers if layer >= first)
         )

@@ -12,15 +12,26 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.runtime import REFERENCE, RUNTIMES
 from ftte.sim.fleet import FleetSpec
-from ftte.training import TrainSettings
+from ftte.training import Optimizer, TrainSettings
 
 if TYPE_CHECKING:
+    from ftte.sim.run import SimConfig
     from ftte.sim.simulator import CurvePoint
     from ftte.transport.mqtt import BrokerSettings
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ftte`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ftte {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ftte`` command line: every subcommand and its options."""
     parser = argparse.ArgumentParser(prog="ftte", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_sim(commands)
@@ -33,12 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_demo(commands)
     _add_strategies(commands)
     _add_loadgen(commands)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ftte {args.command}: {exc}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _single_threaded_torch() -> None:
@@ -88,6 +94,12 @@ def _add_sim(commands: Any) -> None:
     p.add_argument("--lr", type=float, default=defaults.lr, help="local learning rate")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="local epochs")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument(
+        "--optimizer",
+        choices=[o.value for o in Optimizer],
+        default=defaults.optimizer.value,
+        help="local optimizer (its state lives for one assignment)",
+    )
     p.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     p.add_argument(
         "--runtime",
@@ -95,6 +107,13 @@ def _add_sim(commands: Any) -> None:
         default=REFERENCE,
         help="what the devices train with: torch, or the agents' lean numpy runtime "
         "(faster on small dense models, slower on convolutions)",
+    )
+    p.add_argument(
+        "--buffer-size",
+        type=int,
+        default=None,
+        help="updates per aggregation (ftte, fedbuff; default the strategy's 10): at most "
+        "--devices, or each aggregation averages several updates of a device into one",
     )
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
     p.add_argument(
@@ -105,29 +124,10 @@ def _add_sim(commands: Any) -> None:
 
 def _run_sim(args: argparse.Namespace) -> int:
     _single_threaded_torch()
-    from ftte.sim.run import SimConfig, build_task, simulate
+    from ftte.sim.run import build_task, simulate
     from orchestrator.releases import ReleaseStore
 
-    config = SimConfig(
-        task=args.task,
-        strategy=args.strategy,
-        fleet=FleetSpec(
-            devices=args.devices,
-            stragglers=args.stragglers,
-            weakest_fraction=args.weakest_fraction,
-        ),
-        seed=args.seed,
-        alpha=args.alpha,
-        samples_per_device=args.samples_per_device,
-        target=args.target,
-        holdout=args.holdout,
-        runtime=args.runtime,
-        time_limit_s=args.time_limit,
-        max_updates=args.max_updates,
-        train=TrainSettings(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum
-        ),
-    )
+    config = sim_config(args)
     task = build_task(config)
     releases = None
     if args.releases:
@@ -153,6 +153,37 @@ def _run_sim(args: argparse.Namespace) -> int:
         best = releases.best
         print(f"best release: version {best.version} in {args.releases / best.file}")
     return 0
+
+
+def sim_config(args: argparse.Namespace) -> SimConfig:
+    """The simulated run ``ftte sim``'s options describe."""
+    from ftte.sim.run import SimConfig
+
+    return SimConfig(
+        task=args.task,
+        strategy=args.strategy,
+        fleet=FleetSpec(
+            devices=args.devices,
+            stragglers=args.stragglers,
+            weakest_fraction=args.weakest_fraction,
+        ),
+        seed=args.seed,
+        alpha=args.alpha,
+        samples_per_device=args.samples_per_device,
+        target=args.target,
+        holdout=args.holdout,
+        runtime=args.runtime,
+        time_limit_s=args.time_limit,
+        max_updates=args.max_updates,
+        train=TrainSettings(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=Optimizer(args.optimizer),
+            momentum=args.momentum,
+        ),
+        strategy_params={} if args.buffer_size is None else {"buffer_size": args.buffer_size},
+    )
 
 
 def _add_bench(commands: Any) -> None:

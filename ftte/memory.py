@@ -46,11 +46,6 @@ PROFILE_BATCH = 4  # activations scale linearly in the batch; a small batch keep
 FROZEN_PREFIX_CHUNK = 4
 
 
-def optimizer_slots(momentum: float) -> int:
-    """Optimizer state tensors kept per trainable tensor: SGD keeps one buffer with momentum."""
-    return 1 if momentum > 0 else 0
-
-
 @dataclass(frozen=True)
 class TensorProfile:
     """One parameter tensor as the memory model sees it."""
@@ -167,10 +162,11 @@ class MemoryModel:
         self,
         trainable: Collection[str],
         batch_size: int,
-        momentum: float,
+        optimizer_slots: int,
         micro_batch: int = 0,
     ) -> MemoryBreakdown:
-        """Predicted peak of training ``trainable`` at ``batch_size``, term by term.
+        """Predicted peak of training ``trainable`` at ``batch_size``, term by term, with
+        ``optimizer_slots`` state values per trained value (``TrainSettings.optimizer_slots``).
 
         With ``micro_batch`` (gradient accumulation), the batch's input is held whole while
         activations and transients are those of one chunk.
@@ -187,7 +183,7 @@ class MemoryModel:
         return MemoryBreakdown(
             weights=self.weight_bytes + sum(size for _, size in self.buffers),
             gradients=trainable_numel * FLOAT_BYTES,
-            optimizer=trainable_numel * FLOAT_BYTES * optimizer_slots(momentum),
+            optimizer=trainable_numel * FLOAT_BYTES * optimizer_slots,
             snapshot=trainable_numel * FLOAT_BYTES + moved,
             activations=self.activation_per_sample(trainable) * chunk,
             inputs=self.input_per_sample * batch_size,
@@ -196,10 +192,14 @@ class MemoryModel:
         )
 
     def peak_bytes(
-        self, trainable: Collection[str], batch_size: int, momentum: float, micro_batch: int = 0
+        self,
+        trainable: Collection[str],
+        batch_size: int,
+        optimizer_slots: int,
+        micro_batch: int = 0,
     ) -> int:
-        """Predicted peak training memory in bytes (``micro_batch``: see ``breakdown``)."""
-        return self.breakdown(trainable, batch_size, momentum, micro_batch).total
+        """Predicted peak training memory in bytes (the arguments: see ``breakdown``)."""
+        return self.breakdown(trainable, batch_size, optimizer_slots, micro_batch).total
 
     def frozen_phase(self, first_layer: int, batch_size: int) -> int:
         """Peak transient of the frozen prefix: one chunk's largest module transient plus
@@ -222,9 +222,9 @@ class MemoryModel:
         rest = sum(self.tensors[n].extra_act_per_sample for n in trainable if n != anchor.name)
         return anchor.first_act_per_sample + rest
 
-    def full_model_peak(self, batch_size: int, momentum: float) -> int:
+    def full_model_peak(self, batch_size: int, optimizer_slots: int) -> int:
         """Predicted peak when every tensor trains (what FedAvg asks of a device)."""
-        return self.peak_bytes(self.order, batch_size, momentum)
+        return self.peak_bytes(self.order, batch_size, optimizer_slots)
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -79,7 +79,7 @@ def device_budgets(spec: LocalFleetSpec) -> list[int]:
     model = load_model_spec(spec.task)
     torch.manual_seed(spec.seed)
     memory = MemoryModel.profile(model.make_model(), model.input_shape)
-    full = memory.full_model_peak(spec.train.batch_size, spec.train.momentum)
+    full = memory.full_model_peak(spec.train.batch_size, spec.train.optimizer_slots)
     fractions = np.geomspace(spec.weakest_fraction, 1.0, spec.devices)
     return [int(f * full) for f in np.random.default_rng(spec.seed).permutation(fractions)]
 

@@ -23,7 +23,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from ftte.memory import FLOAT_BYTES, MemoryModel, optimizer_slots
+from ftte.memory import FLOAT_BYTES, MemoryModel
 
 KNAPSACK_CELLS = 2048  # budget resolution; item costs round up, so a plan never exceeds it
 MICRO_BATCH_DIVISORS = (1, 2, 4, 8)  # micro-batches tried: the batch, its half, ...
@@ -77,15 +77,14 @@ def budget_class(budget_bytes: int) -> int:
 class SlicePlanner:
     """Plans the trainable tensors for a memory budget under the memory model."""
 
-    def __init__(self, memory: MemoryModel, batch_size: int, momentum: float) -> None:
+    def __init__(self, memory: MemoryModel, batch_size: int, optimizer_slots: int) -> None:
         self.memory = memory
         self.batch_size = batch_size
-        self.momentum = momentum
-        self._slots = optimizer_slots(momentum)
+        self.optimizer_slots = optimizer_slots  # per trained value (TrainSettings')
 
     def peak(self, trainable: Sequence[str], micro_batch: int = 0) -> int:
         """Predicted peak bytes of training ``trainable`` with this planner's settings."""
-        return self.memory.peak_bytes(trainable, self.batch_size, self.momentum, micro_batch)
+        return self.memory.peak_bytes(trainable, self.batch_size, self.optimizer_slots, micro_batch)
 
     def micro_batches(self) -> list[int]:
         """Micro-batch sizes the search tries, largest first (0 stands for the whole batch)."""
@@ -220,7 +219,7 @@ class SlicePlanner:
 
     def _state_bytes(self, name: str) -> int:
         # gradient + optimizer slots + starting value, per trainable element
-        return self.memory.tensors[name].numel * FLOAT_BYTES * (2 + self._slots)
+        return self.memory.tensors[name].numel * FLOAT_BYTES * (2 + self.optimizer_slots)
 
     def _check_scores(self, scores: Mapping[str, float]) -> None:
         missing = set(self.memory.order) - scores.keys()

@@ -205,7 +205,9 @@ class TrainingServer:
         # Version at which each tensor (parameter or buffer) last changed.
         self.stamps = dict.fromkeys(self.shapes, 0)
         self.memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
-        self.planner = SlicePlanner(self.memory, config.train.batch_size, config.train.momentum)
+        self.planner = SlicePlanner(
+            self.memory, config.train.batch_size, config.train.optimizer_slots
+        )
         self.influence = InfluenceBound(config.influence)
         self.fleet_evaluation = FleetEvaluation(config.influence.max_samples)
         self.devices: dict[str, DeviceRecord] = {}
@@ -313,7 +315,7 @@ class TrainingServer:
     def full_model_peak(self) -> int:
         """Predicted training peak of the whole model under this job's training settings."""
         train = self.config.train
-        return self.memory.full_model_peak(train.batch_size, train.momentum)
+        return self.memory.full_model_peak(train.batch_size, train.optimizer_slots)
 
     def idle_devices(self) -> list[str]:
         """Online devices with no open assignment that can take part, in registration order."""

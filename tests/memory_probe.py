@@ -15,6 +15,7 @@ from edge_agent.trainer import train_slice
 from ftte.memory import allocation_peak, allocator_trace
 from ftte.tasks import load_task
 from ftte.tasks.base import Dataset
+from ftte.training import Optimizer
 from ftte.wire.messages import TrainConfig
 
 
@@ -23,7 +24,13 @@ def measure(spec: dict, trainable: list[str]) -> int:
     task = load_task(spec["task"], num_devices=2, seed=0)
     n = spec["batch"] * spec["steps"]
     data = Dataset(task.devices[0].x[:n].copy(), task.devices[0].y[:n].copy())
-    config = TrainConfig(epochs=1, batch_size=spec["batch"], lr=0.01, momentum=spec["momentum"])
+    config = TrainConfig(
+        epochs=1,
+        batch_size=spec["batch"],
+        lr=0.01,
+        optimizer=Optimizer(spec.get("optimizer", "sgd")),
+        momentum=spec["momentum"],
+    )
     with allocator_trace() as prof:
         torch.manual_seed(0)
         model = task.model.make_model()

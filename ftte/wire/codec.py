@@ -31,6 +31,7 @@ import zstandard
 
 from ftte.errors import Rejected, RejectReason
 from ftte.metrics import METRIC_RANGES, MetricError, check_metric
+from ftte.training import Optimizer
 from ftte.wire.limits import WireLimits
 from ftte.wire.messages import (
     Assignment,
@@ -65,6 +66,10 @@ MAX_METRICS = len(METRIC_RANGES)
 _PROCESS_FIELDS = {"rss_peak_bytes", "rss_anon_bytes"}
 _TRAIN_FIELDS = {"epochs", "batch_size", "lr", "momentum", "delta_encoding", "micro_batch"}
 _TRAIN_FIELDS |= {"clip_norm"}
+# Added after version 1 shipped, and written only for a job that is not on SGD: an SGD
+# assignment stays what an older agent decodes, and an older agent, which trains only SGD,
+# refuses an Adam one rather than training it with the wrong optimizer.
+_OPTIMIZER_FIELD = "optimizer"
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -134,6 +139,17 @@ def encode_assignment(
     if forms is None:
         forms = ModelForms()  # converted for this assignment only
     t = a.train
+    train: dict[str, Any] = {
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "momentum": t.momentum,
+        "delta_encoding": t.delta_encoding.value,
+        "micro_batch": t.micro_batch,
+        "clip_norm": t.clip_norm,
+    }
+    if t.optimizer is not Optimizer.SGD:
+        train[_OPTIMIZER_FIELD] = t.optimizer.value
     return _compress(
         {
             "v": WIRE_VERSION,
@@ -143,15 +159,7 @@ def encode_assignment(
             "assignment_id": a.assignment_id,
             "version": a.version,
             "trainable": list(a.trainable),
-            "train": {
-                "epochs": t.epochs,
-                "batch_size": t.batch_size,
-                "lr": t.lr,
-                "momentum": t.momentum,
-                "delta_encoding": t.delta_encoding.value,
-                "micro_batch": t.micro_batch,
-                "clip_norm": t.clip_norm,
-            },
+            "train": train,
             "tensors": {n: forms.form(n, a.version, v, values) for n, v in a.tensors.items()},
         },
         level,
@@ -291,6 +299,15 @@ def _int(value: Any, name: str, minimum: int) -> int:
     return value
 
 
+def _optimizer(value: Any) -> Optimizer:
+    # Compared as str first: msgpack may hand over bytes or numbers, which StrEnum's
+    # constructor would not all refuse with ValueError.
+    known = {o.value: o for o in Optimizer}
+    if not isinstance(value, str) or value not in known:
+        raise Rejected(RejectReason.MALFORMED, "optimizer must be one of " + ", ".join(known))
+    return known[value]
+
+
 def _float(value: Any, name: str) -> float:
     if not isinstance(value, float | int) or isinstance(value, bool):
         raise Rejected(RejectReason.MALFORMED, f"{name} must be a number")
@@ -369,12 +386,13 @@ def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignme
     doc = _unpack(data, limits)
     _check_fields(doc, "assign", _ASSIGN_FIELDS)
     train = doc["train"]
-    if not isinstance(train, dict) or set(train) != _TRAIN_FIELDS:  # keys of any type differ
+    if not isinstance(train, dict) or set(train) - {_OPTIMIZER_FIELD} != _TRAIN_FIELDS:
         raise Rejected(RejectReason.MALFORMED, "train must hold " + ", ".join(_TRAIN_FIELDS))
     try:
         encoding = DeltaEncoding(train["delta_encoding"])
     except ValueError:
         raise Rejected(RejectReason.BAD_DTYPE, "unknown delta encoding") from None
+    optimizer = _optimizer(train.get(_OPTIMIZER_FIELD, Optimizer.SGD.value))
     trainable = doc["trainable"]
     if not isinstance(trainable, list) or not trainable:
         raise Rejected(RejectReason.MALFORMED, "trainable must be a non-empty list")
@@ -383,6 +401,7 @@ def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignme
             epochs=_int(train["epochs"], "epochs", 1),
             batch_size=_int(train["batch_size"], "batch_size", 1),
             lr=_float(train["lr"], "lr"),
+            optimizer=optimizer,
             momentum=_float(train["momentum"], "momentum"),
             delta_encoding=encoding,
             micro_batch=_int(train["micro_batch"], "micro_batch", 0),

@@ -9,7 +9,7 @@ from broker.fleet import DeviceEntry, Fleet, FleetSection, load_fleet
 from broker.generate import init_broker
 from edge_agent.config import AgentConfig, AgentSection, DataSection, load_agent_config
 from ftte.config import ConfigError, dump_section, write_toml
-from ftte.training import TrainSettings
+from ftte.training import Optimizer, TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.config import load_job_config
 from orchestrator.influence import InfluenceSettings, RobustRule
@@ -121,4 +121,14 @@ def test_job_file_refuses_what_only_the_server_decides(tmp_path):
     text = path.read_text().replace("[train]\n", '[train]\ndelta_encoding = "float16"\n')
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"train\.delta_encoding: unknown key"):
+        load_job_config(path)
+
+
+def test_job_file_takes_adam_and_refuses_it_with_sgd_momentum_naming_the_fix(tmp_path):
+    path = LocalFleet(LocalFleetSpec(run_dir=tmp_path / "fleet", devices=2)).write_job_file()
+    text = path.read_text().replace('optimizer = "sgd"', 'optimizer = "adam"')
+    path.write_text(text)
+    assert load_job_config(path).train.optimizer is Optimizer.ADAM
+    path.write_text(text.replace("momentum = 0.0", "momentum = 0.9"))
+    with pytest.raises(ConfigError, match=r"train: momentum is SGD's: set momentum = 0"):
         load_job_config(path)

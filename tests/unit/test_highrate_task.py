@@ -24,7 +24,7 @@ PI_ZERO = DEVICE_CLASSES_MIB[0] * MIB
 def planner() -> SlicePlanner:
     settings = TrainSettings()
     memory = MemoryModel.profile(HIGHRATE_MODEL.make_model(), HIGHRATE_MODEL.input_shape)
-    return SlicePlanner(memory, settings.batch_size, settings.momentum)
+    return SlicePlanner(memory, settings.batch_size, settings.optimizer_slots)
 
 
 def test_windows_are_three_axes_of_4096_samples_with_class_labels():

@@ -18,6 +18,7 @@ from ftte.tasks import MODELS, load_task
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import Conv1d, Flatten, Linear, MaxPool1d, ReLU, TorchLayer
 from ftte.tasks.objectives import RECONSTRUCTION, REGRESSION
+from ftte.training import Optimizer
 from ftte.wire.messages import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RTOL, ATOL = 1e-4, 1e-5
 SAMPLES = 40
 
-# (model, slice, momentum, clip_norm, micro_batch): slices from layer 0, mid-model and the
-# head; momentum, an active clip and gradient accumulation each on and off.
+# (model, slice, optimizer, clip_norm, micro_batch): slices from layer 0, mid-model and the
+# head; SGD momentum (a number) or Adam, an active clip and gradient accumulation each on
+# and off.
 CASES = [
     ("digits", "all", 0.9, 1.0, 8),
     ("digits", ("0.weight", "0.bias"), 0.0, 5.0, 0),
@@ -42,7 +44,17 @@ CASES = [
     ("digits_bn", ("1.weight", "1.bias"), 0.5, 0.0, 0),
     ("digits_bn", ("0.weight", "12.bias"), 0.0, 5.0, 6),
     ("digits_bn", ("6.weight", "12.bias"), 0.9, 0.0, 0),
+    ("digits", "all", "adam", 1.0, 8),
+    ("vibration", ("0.bias", "6.weight"), "adam", 0.0, 0),
+    ("digits_bn", ("1.weight", "1.bias", "12.bias"), "adam", 5.0, 6),
 ]
+
+
+def train_config(optimizer: float | str, **settings) -> TrainConfig:
+    """SGD with ``optimizer`` as its momentum, or Adam."""
+    if optimizer == "adam":
+        return TrainConfig(optimizer=Optimizer.ADAM, **settings)
+    return TrainConfig(momentum=optimizer, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +78,14 @@ def _pair(spec: ModelSpec) -> tuple[TorchModel, LeanModel]:
     return reference, lean
 
 
-@pytest.mark.parametrize(("model", "trainable", "momentum", "clip", "micro"), CASES)
-def test_lean_delta_equals_the_torch_delta(tasks, model, trainable, momentum, clip, micro):
+@pytest.mark.parametrize(("model", "trainable", "optimizer", "clip", "micro"), CASES)
+def test_lean_delta_equals_the_torch_delta(tasks, model, trainable, optimizer, clip, micro):
     task = tasks[model]
     reference, lean = _pair(task.model)
     names = tuple(task.model.parameter_shapes()) if trainable == "all" else trainable
-    config = TrainConfig(
-        epochs=2, batch_size=16, lr=0.05, momentum=momentum, clip_norm=clip, micro_batch=micro
+    lr = 0.005 if optimizer == "adam" else 0.05  # Adam's steps are lr-sized whatever the scale
+    config = train_config(
+        optimizer, epochs=2, batch_size=16, lr=lr, clip_norm=clip, micro_batch=micro
     )
     expected = reference.train(names, task.devices[0], config, seed=7)
     got = lean.train(names, task.devices[0], config, seed=7)
@@ -112,16 +125,16 @@ AUTOENCODER = ModelSpec(
 
 
 @pytest.mark.parametrize(
-    ("spec", "trainable", "micro"),
+    ("spec", "trainable", "micro", "optimizer"),
     [
-        (FORECASTER, "all", 8),
-        (FORECASTER, ("4.weight", "6.bias"), 0),
-        (AUTOENCODER, "all", 0),
-        (AUTOENCODER, ("3.weight", "3.bias"), 6),
+        (FORECASTER, "all", 8, 0.9),
+        (FORECASTER, ("4.weight", "6.bias"), 0, "adam"),
+        (AUTOENCODER, "all", 0, "adam"),
+        (AUTOENCODER, ("3.weight", "3.bias"), 6, 0.9),
     ],
 )
 def test_lean_delta_equals_the_torch_delta_under_the_squared_error_objectives(
-    spec, trainable, micro
+    spec, trainable, micro, optimizer
 ):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(SAMPLES, 2, 16)).astype(np.float32)
@@ -129,8 +142,8 @@ def test_lean_delta_equals_the_torch_delta_under_the_squared_error_objectives(
     data = Dataset(x, y if spec.objective is REGRESSION else np.full(SAMPLES, -1, np.int64))
     reference, lean = _pair(spec)
     names = tuple(spec.parameter_shapes()) if trainable == "all" else trainable
-    config = TrainConfig(
-        epochs=2, batch_size=16, lr=0.05, momentum=0.9, clip_norm=1.0, micro_batch=micro
+    config = train_config(
+        optimizer, epochs=2, batch_size=16, lr=0.05, clip_norm=1.0, micro_batch=micro
     )
     expected = reference.train(names, data, config, seed=5)
     got = lean.train(names, data, config, seed=5)
@@ -224,4 +237,7 @@ def test_lean_peak_stays_within_the_memory_model_the_planner_uses(tasks, model):
     for trainable, micro in [(names, 0), (names[-4:], 8), (names[2:4], 4)]:
         config = TrainConfig(epochs=1, batch_size=32, micro_batch=micro)
         measured = lean.train(trainable, task.devices[0], config, seed=0).peak_mem_bytes
-        assert measured <= memory.peak_bytes(trainable, 32, 0.0, micro), (trainable, micro)
+        assert measured <= memory.peak_bytes(trainable, 32, config.optimizer_slots, micro), (
+            trainable,
+            micro,
+        )

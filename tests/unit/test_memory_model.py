@@ -10,9 +10,11 @@ import torch
 
 from ftte.memory import MemoryModel
 from ftte.tasks import load_task
+from ftte.training import Optimizer, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH, MOMENTUM = 32, 0.9
+SLOTS = TrainSettings(momentum=MOMENTUM).optimizer_slots
 # The model is an upper bound: never below the measured peak, at most this factor above it
 # (it adds the largest transient to all kept activations, though they peak at different times).
 # The measured peak depends on the CPU (oneDNN picks its kernels and scratch by ISA): the full
@@ -59,7 +61,7 @@ def test_prediction_bounds_measured_peak(task_name, cases_of):
     )
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     for trainable, real in zip(cases, measured, strict=True):
-        predicted = memory.peak_bytes(trainable, BATCH, MOMENTUM)
+        predicted = memory.peak_bytes(trainable, BATCH, SLOTS)
         assert real <= predicted <= UPPER_TOLERANCE * real, (trainable, predicted, real)
 
 
@@ -67,13 +69,18 @@ def test_frozen_prefix_keeps_no_activations():
     task = load_task("digits", num_devices=2, seed=0)
     memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
     last_bias = memory.order[-1]
-    full = memory.breakdown(memory.order, BATCH, MOMENTUM)
-    tail = memory.breakdown([last_bias], BATCH, MOMENTUM)
+    full = memory.breakdown(memory.order, BATCH, SLOTS)
+    tail = memory.breakdown([last_bias], BATCH, SLOTS)
     assert tail.activations < full.activations / 20
 
 
-def test_optimizer_state_only_with_momentum():
+def test_optimizer_state_is_none_for_sgd_one_buffer_with_momentum_two_for_adam():
     task = load_task("digits", num_devices=2, seed=0)
     memory = MemoryModel.profile(task.model.make_model(), task.model.input_shape)
-    assert memory.breakdown(memory.order, BATCH, 0.0).optimizer == 0
-    assert memory.breakdown(memory.order, BATCH, 0.9).optimizer == memory.weight_bytes
+
+    def state(train: TrainSettings) -> int:
+        return memory.breakdown(memory.order, BATCH, train.optimizer_slots).optimizer
+
+    assert state(TrainSettings()) == 0
+    assert state(TrainSettings(momentum=0.9)) == memory.weight_bytes
+    assert state(TrainSettings(optimizer=Optimizer.ADAM)) == 2 * memory.weight_bytes

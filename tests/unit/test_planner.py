@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ftte.memory import MemoryModel
+from ftte.training import Optimizer, TrainSettings
 from orchestrator.planner import BUDGET_CLASS_RATIO, BudgetTooSmall, SlicePlanner, budget_class
 
 
@@ -28,7 +29,8 @@ def small_cnn() -> nn.Sequential:
 
 @pytest.fixture(scope="module")
 def planner() -> SlicePlanner:
-    return SlicePlanner(MemoryModel.profile(small_cnn(), (1, 8, 8)), batch_size=16, momentum=0.9)
+    memory = MemoryModel.profile(small_cnn(), (1, 8, 8))
+    return SlicePlanner(memory, batch_size=16, optimizer_slots=1)
 
 
 def random_scores(planner: SlicePlanner, rng: np.random.Generator) -> dict[str, float]:
@@ -65,6 +67,23 @@ def test_generous_budget_trains_every_tensor(planner):
     scores = dict.fromkeys(planner.memory.order, 1.0)
     plan = planner.plan(planner.full().predicted_peak_bytes, scores)
     assert set(plan.trainable) == set(planner.memory.order)
+
+
+def test_adams_two_moments_leave_a_smaller_slice_than_sgd_in_the_same_budget(planner):
+    memory = planner.memory
+    sgd = SlicePlanner(memory, 16, TrainSettings().optimizer_slots)
+    adam = SlicePlanner(memory, 16, TrainSettings(optimizer=Optimizer.ADAM).optimizer_slots)
+    scores = dict.fromkeys(memory.order, 1.0)
+    # The least that holds the whole model under SGD, at its smallest micro-batch.
+    budget = min(sgd.peak(memory.order, micro) for micro in sgd.micro_batches())
+    with_sgd, with_adam = sgd.plan(budget, scores), adam.plan(budget, scores)
+
+    def values(plan):
+        return sum(memory.tensors[n].numel for n in plan.trainable)
+
+    assert set(with_sgd.trainable) == set(memory.order)
+    assert values(with_adam) < values(with_sgd)
+    assert with_adam.predicted_peak_bytes <= budget
 
 
 def test_budget_below_smallest_slice_is_a_clear_error(planner):

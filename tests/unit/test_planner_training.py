@@ -42,7 +42,9 @@ def test_planner_beats_last_layers_that_fit_at_a_tight_budget():
     warm = train_slice(start, names, pooled(task.devices[10:]), TrainConfig(epochs=1), seed=0)
     apply(start, warm.delta)
     state = {k: v.clone() for k, v in start.state_dict().items()}
-    planner = SlicePlanner(MemoryModel.profile(start, task.model.input_shape), 32, 0.0)
+    planner = SlicePlanner(
+        MemoryModel.profile(start, task.model.input_shape), 32, optimizer_slots=0
+    )
     scores = gradient_scores(start, task.validation, task.objective)
     full = planner.full().predicted_peak_bytes
     low = planner.minimum_bytes() / full

@@ -8,12 +8,14 @@ import pytest
 
 import ftte.sim.simulator as simulator_module
 from edge_agent.runtime import RUNTIMES, make_trainer
+from ftte.cli import build_parser, main, sim_config
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.run import SimConfig, build_task, simulate
 from ftte.sim.simulator import FleetSimulator
 from ftte.tasks.base import Dataset, ModelSpec, Task
 from ftte.tasks.layers import Flatten, Linear, ReLU
 from ftte.tasks.objectives import CLASSIFICATION
+from ftte.training import Optimizer
 from orchestrator.presets import make_server
 from orchestrator.releases import ReleaseStore
 
@@ -208,3 +210,17 @@ def test_the_simulated_devices_train_with_the_chosen_runtime_to_the_same_curve()
     assert len(curves["lean"]) == len(curves["torch"]) > 3
     assert np.allclose(curves["lean"], curves["torch"], atol=0.02)
     assert curves["torch"][-1] > curves["torch"][0] + 0.1  # and they learned
+
+
+def test_ftte_sim_takes_the_optimizer_and_the_buffer_size_and_refuses_adam_with_momentum(
+    capsys,
+):
+    args = build_parser().parse_args(
+        ["sim", "--optimizer", "adam", "--buffer-size", "4", "--runtime", "lean"]
+    )
+    config = sim_config(args)
+    assert config.train.optimizer is Optimizer.ADAM and config.runtime == "lean"
+    assert config.strategy_params == {"buffer_size": 4}
+    assert sim_config(build_parser().parse_args(["sim"])).strategy_params == {}
+    assert main(["sim", "--optimizer", "adam", "--momentum", "0.9"]) == 2
+    assert "momentum is SGD's" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def test_measured_peak_stays_under_the_memory_model(data):
     mem = MemoryModel.profile(model(), (1, 32))
     for trainable in [SLICE, ("0.weight",), tuple(mem.order)]:
         result = train_slice(model(), trainable, data, CONFIG, seed=0)
-        predicted = mem.peak_bytes(trainable, CONFIG.batch_size, CONFIG.momentum)
+        predicted = mem.peak_bytes(trainable, CONFIG.batch_size, CONFIG.optimizer_slots)
         assert mem.weight_bytes < result.peak_mem_bytes <= predicted
 
 
@@ -89,7 +89,9 @@ def test_micro_batches_give_the_same_update_with_less_memory(data):
     assert chunked.loss == pytest.approx(whole.loss, rel=1e-5)
     assert chunked.peak_mem_bytes < whole.peak_mem_bytes
     mem = MemoryModel.profile(model(), (1, 32))
-    assert chunked.peak_mem_bytes <= mem.peak_bytes(everything, 16, 0.9, micro_batch=4)
+    assert chunked.peak_mem_bytes <= mem.peak_bytes(
+        everything, 16, chunked_config.optimizer_slots, micro_batch=4
+    )
 
 
 def test_clipping_bounds_every_step(data):

@@ -1,8 +1,14 @@
 """The wire codec round-trips assignments and updates in every delta encoding."""
 
+from dataclasses import replace
+
+import msgpack
 import numpy as np
 import pytest
+import zstandard
 
+from ftte.errors import Rejected
+from ftte.training import Optimizer
 from ftte.wire import (
     ModelForms,
     decode_assignment,
@@ -94,6 +100,41 @@ def test_assignment_round_trip():
     got = decode_assignment(encode_assignment(a))
     assert got.trainable == a.trainable and got.version == 12 and got.train == a.train
     np.testing.assert_array_equal(got.tensors["0.weight"], a.tensors["0.weight"])
+
+
+def _train_table(a: Assignment) -> dict:
+    raw = zstandard.ZstdDecompressor().decompress(encode_assignment(a))
+    return msgpack.unpackb(raw, raw=False)["train"]
+
+
+def _with_train(a: Assignment, **changes) -> bytes:
+    doc = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(encode_assignment(a)))
+    doc["train"] |= changes
+    packer = zstandard.ZstdCompressor(write_content_size=True, write_checksum=True)
+    return packer.compress(msgpack.packb(doc, use_bin_type=True))
+
+
+def test_an_adam_assignment_round_trips_and_an_sgd_one_stays_as_older_agents_decode_it():
+    sgd = Assignment("demo", "dev-02", "dev-02.7", 1, ("0.bias",), {})
+    adam = replace(sgd, train=TrainConfig(optimizer=Optimizer.ADAM, lr=0.003))
+    assert decode_assignment(encode_assignment(adam)).train == adam.train
+    assert decode_assignment(encode_assignment(sgd)).train.optimizer is Optimizer.SGD
+    assert "optimizer" not in _train_table(sgd)  # what wire version 1 agents know
+    assert _train_table(adam)["optimizer"] == "adam"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam"),
+        ({"optimizer": b"adam"}, "optimizer must be one of"),
+        ({"optimizer": "adam", "momentum": 0.9}, "momentum is SGD's"),
+    ],
+)
+def test_an_unknown_optimizer_or_adam_with_momentum_is_rejected(changes, reason):
+    a = Assignment("demo", "dev-02", "dev-02.7", 1, ("0.bias",), {})
+    with pytest.raises(Rejected, match=reason):
+        decode_assignment(_with_train(a, **changes))
 
 
 def test_float16_model_values_halve_the_download_and_round_once():

@@ -211,6 +211,11 @@ def test_any_update_payload_decodes_or_is_rejected_and_refused_ones_change_nothi
 @given(
     st.one_of(
         mutated(VALID_ASSIGNMENT).map(pack),
+        # The optional optimizer key inside an otherwise valid train table.
+        st.builds(
+            lambda v: {**VALID_ASSIGNMENT, "train": {**VALID_ASSIGNMENT["train"], "optimizer": v}},
+            st.sampled_from(["adam", "sgd", "Adam", ""]) | ANY,
+        ).map(pack),
         mutated(VALID_RELEASE).map(pack),
         st.binary(max_size=256),
         ANY.map(pack),
