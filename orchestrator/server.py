@@ -32,7 +32,7 @@ from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlann
 from orchestrator.scoring import gradient_scores, size_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 5  # bump when the state_dict schema changes
+STATE_FORMAT = 6  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)

@@ -87,4 +87,5 @@ class FTTEStrategy(BufferedStrategy):
             clipped=bounded.clipped,
             capped=bounded.capped,
             merged=bounded.merged,
+            screened=bounded.screened,
         )
