@@ -205,6 +205,13 @@ def _add_bench(commands: Any) -> None:
     ingest.add_argument("--json", type=Path, default=Path("bench-ingest.json"))
     ingest.set_defaults(run=_run_bench_ingest)
     attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
+    attack.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=["ftte", "fedbuff", "fedavg"],
+        default=["ftte", "fedbuff", "fedavg"],
+        help="the strategies to run (each about a third of the grid's time or more)",
+    )
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
     attack.set_defaults(run=_run_bench_attack)
     batchnorm = which.add_parser(

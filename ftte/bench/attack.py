@@ -54,18 +54,18 @@ Job = tuple[str, int, str, int]  # strategy, seed, profile, hostile devices
 def run_attack_benchmark(args: argparse.Namespace) -> int:
     """Run the grid, print the table and write the JSON."""
     started = time.perf_counter()
-    results = attack_benchmark(workers=os.cpu_count() or 1)
+    results = attack_benchmark(args.strategies, workers=os.cpu_count() or 1)
     results["wall_time_s"] = time.perf_counter() - started
     publish(results, format_table(results), args.json)
     return 0
 
 
-def attack_benchmark(workers: int = 1) -> dict[str, Any]:
+def attack_benchmark(strategies: list[str], workers: int = 1) -> dict[str, Any]:
     """Every (strategy, profile, f) over the seeds; gaps in points to the honest default
     run of the same seed, and the noise floor between honest seeds."""
     jobs: list[Job] = [
         (strategy, seed, profile, f)
-        for strategy in HORIZON_S
+        for strategy in strategies
         for profile in PROFILES
         for f in (HOSTILE if profile == RECOMMENDED else (0,))
         for seed in SEEDS
@@ -73,7 +73,7 @@ def attack_benchmark(workers: int = 1) -> dict[str, Any]:
     runs = dict(zip(jobs, run_all(_run_one, jobs, workers), strict=True))
     tail = {job: tail_accuracy(run, HORIZON_S[job[0]]) for job, run in runs.items()}
     rows = []
-    for strategy in HORIZON_S:
+    for strategy in strategies:
         honest = [tail[(strategy, seed, BASELINE, 0)] for seed in SEEDS]
         shifted = honest[1:] + honest[:1]
         rows.append(_row(strategy, "noise floor", 0, honest, shifted))
@@ -83,7 +83,7 @@ def attack_benchmark(workers: int = 1) -> dict[str, Any]:
                 rows.append(_row(strategy, profile, f, honest, runs_f))
     return {
         "devices": DEVICES,
-        "horizon_s": HORIZON_S,
+        "horizon_s": {strategy: HORIZON_S[strategy] for strategy in strategies},
         "tail": TAIL,
         "seeds": list(SEEDS),
         "attack": KIND.value,
