@@ -94,9 +94,9 @@ class InfluenceSettings:
     # Aggregations over which a device's rate of joining them is averaged; a device joining
     # more often than the fleet's mean rate has its delta scaled down to it. 0: off.
     equal_say_window: int = 0
-    # Direction screening: leave out a tensor whose cosine with the coordinate-wise median
-    # of the other devices' latest unit deltas is below min_cosine, where at least
-    # screen_min_voters other devices have one.
+    # Direction screening: leave out the updates of a device whose mean cosine with the
+    # coordinate-wise median of the other devices' latest unit deltas (per tensor, where at
+    # least screen_min_voters others have one) is below min_cosine.
     screen: bool = False
     min_cosine: float = 0.0
     screen_min_voters: int = 3
@@ -131,7 +131,7 @@ class Bounded:
     clipped: frozenset[str]  # update ids with at least one tensor clipped
     capped: frozenset[str]  # update ids whose sample count was capped
     merged: frozenset[str]  # update ids folded into a newer one of the same device
-    screened: frozenset[str] = frozenset()  # update ids with a tensor left out by the screen
+    screened: frozenset[str] = frozenset()  # update ids left out by the direction screen
 
 
 class InfluenceBound:
@@ -149,7 +149,7 @@ class InfluenceBound:
         self._aggregations = 0
         self._joins: dict[str, tuple[float, int]] = {}
         self._join_sum = 0.0  # Σ over devices of their join rate now
-        # Screen: tensor -> device -> its latest clipped delta of it, flat, at unit norm.
+        # Screen: tensor -> device -> its latest bounded delta of it, flat, at unit norm.
         self._directions: dict[str, dict[str, np.ndarray]] = {}
         self._trust: dict[str, tuple[float, int]] = {}  # device -> (mean cosine, judged)
 
