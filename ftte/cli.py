@@ -210,7 +210,7 @@ def _add_bench(commands: Any) -> None:
         nargs="+",
         choices=["ftte", "fedbuff", "fedavg"],
         default=["ftte", "fedbuff", "fedavg"],
-        help="the strategies to run (each about a third of the grid's time or more)",
+        help="the strategies to run (default: all three)",
     )
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
     attack.set_defaults(run=_run_bench_attack)
