@@ -255,6 +255,13 @@ def _add_bench(commands: Any) -> None:
     gateway.add_argument("--json", type=Path, default=Path("bench-gateway.json"))
     gateway.set_defaults(run=_run_bench_gateway)
     attack = which.add_parser("attack", help="hostile devices' effect on the accuracy curve")
+    attack.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=["ftte", "fedbuff", "fedavg"],
+        default=["ftte", "fedbuff", "fedavg"],
+        help="the strategies to run (default: all three)",
+    )
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
     attack.set_defaults(run=_run_bench_attack)
     batchnorm = which.add_parser(

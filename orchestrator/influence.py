@@ -26,6 +26,29 @@ FedAvg and FedAsync share one policy:
   scaled down to that rate, so a fast device counts like an average one over time. It
   costs honest fast devices their lead, so it is off by default; docs/security.md has the
   measured trade-off.
+- **Direction screening** (optional, ``screen``): clipping bounds how far an update
+  pushes, not which way, so a flipped delta clipped to the bound still pulls the model
+  back by a bounded step every aggregation it joins (a fast device joins nearly all; with
+  FTTE's slices an early tensor has one or two holders per aggregation, so that pull
+  outweighs theirs). Each tensor of an update is compared with a reference direction: the
+  coordinate-wise median over the *other* devices of their latest delta of that tensor,
+  each scaled to unit norm (one vote per device, whatever its size or speed; Yin et al.,
+  below). A device's trust is its mean cosine with the reference over its last
+  ``screen_window`` judged tensors; while it is below ``min_cosine`` its updates are left
+  out of the aggregation. This is FLTrust's ReLU-cosine trust score (Cao et al., "FLTrust:
+  Byzantine-robust Federated Learning via Trust Bootstrapping", NDSS 2021,
+  arXiv:2012.13995) with two changes of ours: the reference comes from the fleet's own
+  history by the median instead of from a root dataset on the server, which the field
+  rarely has, and the score is averaged over a device's recent tensors before it gates
+  them, because one honest tensor's cosine with the median of non-IID devices is noisy
+  (measured: about one honest tensor in four points away from it; docs/security.md),
+  while a flipped device's mean is reliably negative. The reference spans devices across
+  aggregations, not just the batch, so it has a voice for every device that trained the
+  tensor recently, and a tensor is judged only when at least ``screen_min_voters`` other
+  devices have a latest delta of it (fewer cannot outvote a hostile one). It holds while
+  fewer than half of those devices are hostile. Its state is each device's latest delta
+  direction of each tensor it trains, O(devices × model values), kept only when on, and
+  one trust value per device.
 - **An optional robust rule per tensor** replaces the weighted mean by a coordinate-wise
   median or trimmed mean of the holders' deltas, scaled by the sum of the weights the
   strategy gave them (Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
@@ -71,6 +94,13 @@ class InfluenceSettings:
     # Aggregations over which a device's rate of joining them is averaged; a device joining
     # more often than the fleet's mean rate has its delta scaled down to it. 0: off.
     equal_say_window: int = 0
+    # Direction screening: leave out the updates of a device whose mean cosine with the
+    # coordinate-wise median of the other devices' latest unit deltas (per tensor, where at
+    # least screen_min_voters others have one) is below min_cosine.
+    screen: bool = False
+    min_cosine: float = 0.0
+    screen_min_voters: int = 3
+    screen_window: int = 20  # judged tensors a device's trust is averaged over
 
     def __post_init__(self) -> None:
         if not self.sample_factor >= 1:
@@ -85,6 +115,12 @@ class InfluenceSettings:
             raise ValueError("trim_fraction must be in [0, 0.5)")
         if self.equal_say_window < 0:
             raise ValueError("equal_say_window must be >= 0 aggregations (0: off)")
+        if not -1 <= self.min_cosine < 1:
+            raise ValueError("min_cosine must be in [-1, 1) (0: refuse opposing directions)")
+        if self.screen_min_voters < 1:
+            raise ValueError("screen_min_voters must be at least 1 other device")
+        if self.screen_window < 1:
+            raise ValueError("screen_window must be at least 1 judged tensor")
 
 
 @dataclass(frozen=True)
@@ -95,6 +131,7 @@ class Bounded:
     clipped: frozenset[str]  # update ids with at least one tensor clipped
     capped: frozenset[str]  # update ids whose sample count was capped
     merged: frozenset[str]  # update ids folded into a newer one of the same device
+    screened: frozenset[str] = frozenset()  # update ids left out by the direction screen
 
 
 class InfluenceBound:
@@ -112,6 +149,9 @@ class InfluenceBound:
         self._aggregations = 0
         self._joins: dict[str, tuple[float, int]] = {}
         self._join_sum = 0.0  # Σ over devices of their join rate now
+        # Screen: tensor -> device -> its latest bounded delta of it, flat, at unit norm.
+        self._directions: dict[str, dict[str, np.ndarray]] = {}
+        self._trust: dict[str, tuple[float, int]] = {}  # device -> (mean cosine, judged)
 
     def apply(self, batch: Sequence[ReceivedUpdate]) -> Bounded:
         """One update per device, each bounded, for a batch about to be aggregated; learn
@@ -153,13 +193,50 @@ class InfluenceBound:
             if cut:
                 r = replace(r, update=replace(update, delta=delta, num_samples=samples))
             bounded.append(r)
+        screened: set[str] = set()
+        if s.screen:
+            bounded, screened = self._screen(bounded)
         self._samples.update(counts)
         self._rms.update(rms)
         self._join(devices)
         for device_id, update_norms in zip(devices, norms, strict=True):
             for name, norm in update_norms.items():
                 self._norms.setdefault(name, {})[device_id] = norm
-        return Bounded(bounded, frozenset(clipped), frozenset(capped), merged)
+        return Bounded(bounded, frozenset(clipped), frozenset(capped), merged, frozenset(screened))
+
+    def _screen(self, batch: list[ReceivedUpdate]) -> tuple[list[ReceivedUpdate], set[str]]:
+        """Drop the updates of devices whose deltas point, on average over their recent
+        tensors, away from the other devices' median direction. Learns the batch's
+        directions first, so devices in the same batch vote on each other."""
+        s = self.settings
+        for r in batch:
+            for name, d in r.update.delta.items():
+                flat = d.astype(np.float64).ravel()
+                norm = float(np.linalg.norm(flat))
+                unit = flat / norm if norm > 0 else flat
+                self._directions.setdefault(name, {})[r.update.device_id] = unit.astype(np.float32)
+        kept: list[ReceivedUpdate] = []
+        screened: set[str] = set()
+        for r in batch:
+            me = r.update.device_id
+            for name in r.update.delta:
+                others = [v for dev, v in self._directions[name].items() if dev != me]
+                if len(others) >= s.screen_min_voters:
+                    reference = np.median(np.stack(others), axis=0)
+                    self._agree(me, _cosine(self._directions[name][me], reference))
+            if self._trust.get(me, (1.0, 0))[0] < s.min_cosine:
+                screened.add(r.update.update_id)
+            else:
+                kept.append(r)
+        return kept, screened
+
+    def _agree(self, device: str, cosine: float) -> None:
+        """Fold one judged tensor into the device's trust: the mean of its cosines over its
+        last ``screen_window`` judged tensors (a running mean until it has that many)."""
+        trust, judged = self._trust.get(device, (0.0, 0))
+        judged += 1
+        trust += (cosine - trust) / min(judged, self.settings.screen_window)
+        self._trust[device] = (trust, judged)
 
     def sample_cap(self) -> float:
         """The cap on one device's sample count now: ``sample_factor`` × the median of the
@@ -222,6 +299,8 @@ class InfluenceBound:
             "aggregations": self._aggregations,
             "joins": {d: [rate, at] for d, (rate, at) in self._joins.items()},
             "join_sum": self._join_sum,
+            "directions": {n: dict(v) for n, v in self._directions.items()},
+            "trust": {d: [trust, judged] for d, (trust, judged) in self._trust.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -235,6 +314,11 @@ class InfluenceBound:
         self._aggregations = int(state["aggregations"])
         self._joins = {d: (float(rate), int(at)) for d, (rate, at) in state["joins"].items()}
         self._join_sum = float(state["join_sum"])
+        self._directions = {
+            name: {d: np.asarray(v, dtype=np.float32) for d, v in values.items()}
+            for name, values in state["directions"].items()
+        }
+        self._trust = {d: (float(t), int(j)) for d, (t, j) in state["trust"].items()}
 
 
 def _one_per_device(
@@ -286,6 +370,13 @@ def _square_sum(delta: np.ndarray) -> float:
 def _rms(squares: dict[str, float], delta: dict[str, np.ndarray]) -> float:
     """Root-mean-square over every value of a (sliced) delta from its tensors' Σ x²."""
     return math.sqrt(sum(squares.values()) / max(1, sum(d.size for d in delta.values())))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two flat vectors; 0 when either is zero (no direction to agree with)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    norms = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    return float(a64 @ b64) / norms if norms > 0 else 0.0
 
 
 def _median(latest: dict[str, float], batch: dict[str, float]) -> float:

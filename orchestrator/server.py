@@ -41,7 +41,7 @@ from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlann
 from orchestrator.scoring import gradient_scores, size_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 6  # bump when the state_dict schema changes
+STATE_FORMAT = 7  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)

@@ -606,6 +606,7 @@ class OrchestratorService:
             clipped=len(report.clipped),
             capped=len(report.capped),
             merged=len(report.merged),
+            screened=len(report.screened),
             validation={} if evaluated_s is None else self.metrics,
             wall_time_s=evaluated_s or 0.0,
         )

@@ -107,6 +107,7 @@ class PointTelemetry(ABC):
         clipped: int,
         capped: int,
         merged: int,
+        screened: int,
         validation: dict[str, float],
         wall_time_s: float,
     ) -> None:
@@ -122,6 +123,7 @@ class PointTelemetry(ABC):
             .field("clipped", clipped)
             .field("capped", capped)
             .field("merged", merged)
+            .field("screened", screened)
             .field("wall_time_s", float(wall_time_s))
         )
         for name, value in sorted(validation.items()):

@@ -58,6 +58,7 @@ class AggregationReport:
     clipped: frozenset[str] = frozenset()  # update ids with a delta clipped in norm
     capped: frozenset[str] = frozenset()  # update ids whose sample count was capped
     merged: frozenset[str] = frozenset()  # update ids folded into a newer one of their device
+    screened: frozenset[str] = frozenset()  # update ids left out by the direction screen
 
 
 class Strategy(ABC):

@@ -61,4 +61,5 @@ class FedAsyncStrategy(BufferedStrategy):
             clipped=bounded.clipped,
             capped=bounded.capped,
             merged=bounded.merged,
+            screened=bounded.screened,
         )

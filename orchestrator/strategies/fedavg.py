@@ -101,6 +101,7 @@ class FedAvgStrategy(Strategy):
             clipped=bounded.clipped,
             capped=bounded.capped,
             merged=bounded.merged,
+            screened=bounded.screened,
         )
 
     def buffered(self) -> list[ReceivedUpdate]:

@@ -64,4 +64,5 @@ class FedBuffStrategy(BufferedStrategy):
             clipped=bounded.clipped,
             capped=bounded.capped,
             merged=bounded.merged,
+            screened=bounded.screened,
         )

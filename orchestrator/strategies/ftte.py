@@ -97,4 +97,5 @@ class FTTEStrategy(BufferedStrategy):
             clipped=bounded.clipped if bounded else frozenset(),
             capped=bounded.capped if bounded else frozenset(),
             merged=bounded.merged if bounded else frozenset(),
+            screened=bounded.screened if bounded else frozenset(),
         )

@@ -44,6 +44,7 @@ def write_some(telemetry) -> None:
         clipped=1,
         capped=0,
         merged=0,
+        screened=0,
         validation={"accuracy": 0.81, "loss": 0.6},
         wall_time_s=0.01,
     )

@@ -103,7 +103,9 @@ def test_job_config_with_an_influence_table_loads_back_equal(tmp_path):
     fleet = LocalFleet(LocalFleetSpec(run_dir=tmp_path / "fleet", devices=2))
     config = replace(
         fleet.job_config(),
-        influence=InfluenceSettings(clip_factor=4.0, robust_rule=RobustRule.TRIMMED_MEAN),
+        influence=InfluenceSettings(
+            clip_factor=4.0, robust_rule=RobustRule.TRIMMED_MEAN, screen=True, min_cosine=0.1
+        ),
     )
     write_toml(tmp_path / "job.toml", dump_section(config))
     assert load_job_config(tmp_path / "job.toml") == config

@@ -42,6 +42,7 @@ def written_schema(tmp_path) -> dict[str, tuple[set[str], set[str]]]:
         clipped=1,
         capped=0,
         merged=0,
+        screened=0,
         validation={"accuracy": 0.8, "loss": 0.6},
         wall_time_s=0.1,
     )

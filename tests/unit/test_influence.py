@@ -138,3 +138,67 @@ def test_equal_say_is_off_by_default():
         bound.apply([upd(f"f{i}", [0.01, -0.01], device="fast"), HONEST[i % 6]])
     (fast,) = bound.apply([upd("f-last", [0.01, -0.01], device="fast")]).updates
     np.testing.assert_allclose(fast.update.delta["a"], [0.01, -0.01])
+
+
+def _fast_flipper_run(settings: InfluenceSettings) -> np.ndarray:
+    """The diagnosed failure, small: a fast device sending −4 × an honest delta joins every
+    aggregation of a tensor, next to one of six honest devices in turn (FTTE's early
+    tensors: two holders each time). The sum of the sample-weighted mean steps."""
+    rng = np.random.default_rng(0)
+    bound = InfluenceBound(settings)
+    total = np.zeros(8)
+    for i in range(24):
+        honest = upd(f"h{i}", list(0.01 + 0.003 * rng.standard_normal(8)), device=f"h{i % 6}")
+        flipped = upd(f"x{i}", list(-0.04 - 0.012 * rng.standard_normal(8)), device="x")
+        taken = bound.apply([flipped, honest]).updates
+        stacked = np.stack([r.update.delta["a"] for r in taken])
+        coefs = np.array([r.update.num_samples for r in taken], dtype=np.float64)
+        total += bound.combine(stacked, coefs / coefs.sum())
+    return total
+
+
+def test_a_flipped_fast_device_outpulls_its_co_holder_when_only_clipped():
+    assert np.all(_fast_flipper_run(InfluenceSettings()) < 0)
+
+
+def test_the_direction_screen_removes_a_flipped_fast_devices_pull():
+    total = _fast_flipper_run(InfluenceSettings(screen=True))
+    # Screened from the batch where three honest devices have voted: all but two pull up.
+    assert np.all(total > 0.7 * 22 * 0.01)
+
+
+def test_the_screen_leaves_a_tensor_alone_until_enough_other_devices_voted():
+    bound = InfluenceBound(InfluenceSettings(screen=True, screen_min_voters=3))
+    first = bound.apply([upd("h0", [1.0, 1.0]), upd("x0", [-1.0, -1.0], device="x")])
+    assert first.screened == frozenset() and len(first.updates) == 2
+    bound.apply([upd("h1", [1.0, 0.9]), upd("h2", [0.9, 1.0])])
+    later = bound.apply([upd("x1", [-1.0, -1.0], device="x"), upd("h3", [1.0, 1.1])])
+    assert later.screened == {"x1"} and [r.update.update_id for r in later.updates] == ["h3"]
+
+
+def test_the_screen_judges_a_device_by_its_recent_mean_not_one_disagreement():
+    bound = InfluenceBound(InfluenceSettings(screen=True))
+    bound.apply([upd(f"{d}0", [1.0, 1.0], device=d) for d in "pqr"])
+    for i in range(3):
+        assert not bound.apply([upd(f"h{i}", [1.0, 0.8], device="h")]).screened
+    # One opposing update: its mean cosine over four judged tensors is still positive.
+    assert not bound.apply([upd("h3", [-1.0, -0.8], device="h")]).screened
+    assert bound.apply([upd("x0", [-1.0, -0.8], device="x")]).screened == {"x0"}
+
+
+def test_a_restored_screen_judges_as_before():
+    original = InfluenceBound(InfluenceSettings(screen=True))
+    original.apply(HONEST)
+    restored = InfluenceBound(InfluenceSettings(screen=True))
+    restored.load_state_dict(original.state_dict())
+    probe = [upd("x", [-0.02, 0.01])]
+    assert original.apply(probe).screened == restored.apply(probe).screened == {"x"}
+
+
+def test_screen_settings_name_the_field():
+    with pytest.raises(ValueError, match="min_cosine"):
+        InfluenceSettings(min_cosine=1.0)
+    with pytest.raises(ValueError, match="screen_min_voters"):
+        InfluenceSettings(screen_min_voters=0)
+    with pytest.raises(ValueError, match="screen_window"):
+        InfluenceSettings(screen_window=0)
