@@ -6,6 +6,8 @@ for its own site's devices only.
 """
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,12 +39,23 @@ def brokers(tmp_path) -> Iterator[tuple[FleetBroker, FleetBroker]]:
         ],
         [SITE],
     )
-    files = init_broker(fleet, tmp_path / "broker")
+    with bridged(fleet, SITE, tmp_path / "broker") as pair:
+        yield pair
+
+
+@contextmanager
+def bridged(
+    fleet: Fleet, site_entry: SiteEntry, out: Path
+) -> Iterator[tuple[FleetBroker, FleetBroker]]:
+    """(central, site) Mosquittos from ``ftte broker init``'s files, the bridge connected."""
+    files = init_broker(fleet, out)
     central = start_dev_broker(fleet, files.out_dir)
-    site = start_site_broker(fleet, SITE, files.sites["north"], central.port)
+    site = start_site_broker(fleet, site_entry, files.sites[site_entry.name], central.port)
     try:
         wait_until(
-            lambda: f"as {site_user(SITE)}" in central.log_path.read_text(), 20, "the bridge"
+            lambda: f"as {site_user(site_entry)}" in central.log_path.read_text(),
+            20,
+            "the bridge",
         )
         yield FleetBroker(fleet, files, central), FleetBroker(fleet, files, site)
     finally:

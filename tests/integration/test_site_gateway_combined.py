@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 
 from broker.fleet import DeviceEntry, Fleet, FleetSection, SiteEntry
-from broker.generate import init_broker
-from broker.launcher import start_dev_broker, start_site_broker
-from broker.sites import site_user
 from ftte import topics
 from ftte.errors import RejectReason
 from ftte.wire import decode_assignment, encode_update
@@ -20,7 +17,7 @@ from orchestrator.gateway import FlushPolicy
 from orchestrator.gateway_service import GatewayService, load_gateway_config
 from tests.fixtures.mosquitto import FLEET, FleetBroker
 from tests.integration.fleet_helpers import ServiceThread, wait_until
-from tests.integration.test_site_gateway import connected
+from tests.integration.test_site_gateway import bridged, connected
 
 SITE = SiteEntry("north", host="127.0.0.1", pre_aggregate=True)
 SITE_DEVICES = ["dev-01", "dev-02", "dev-03"]
@@ -34,17 +31,8 @@ def brokers(tmp_path) -> Iterator[tuple[FleetBroker, FleetBroker]]:
         [DeviceEntry(d, 10**7, site="north") for d in SITE_DEVICES],
         [SITE],
     )
-    files = init_broker(fleet, tmp_path / "broker")
-    central = start_dev_broker(fleet, files.out_dir)
-    site = start_site_broker(fleet, SITE, files.sites["north"], central.port)
-    try:
-        wait_until(
-            lambda: f"as {site_user(SITE)}" in central.log_path.read_text(), 20, "the bridge"
-        )
-        yield FleetBroker(fleet, files, central), FleetBroker(fleet, files, site)
-    finally:
-        site.stop()
-        central.stop()
+    with bridged(fleet, SITE, tmp_path / "broker") as pair:
+        yield pair
 
 
 def gateway_for(central: FleetBroker, site: FleetBroker) -> GatewayService:
