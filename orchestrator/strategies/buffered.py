@@ -17,12 +17,6 @@ class BufferedStrategy(Strategy):
     devices grow tenfold: measured on digits with 500 devices, K = 10 took 115 s (virtual)
     to 0.90 and refused 3,695 updates as too stale, K = 50 took 26 s (docs/benchmarks.md).
     Scaling K with the devices in flight keeps the age distribution the same at any size.
-
-    K is at most the devices training: above it a buffer holds several updates of one device,
-    which the influence bound merges into one row, so that device's extra work is averaged
-    away. Measured on the 5-pump autoencoder (docs/benchmarks.md, "Objectives"): K = 10
-    reached a fleet MSE of 0.070 at version 20, K = 5 0.054 at version 20 and 0.026 at 40,
-    with the same number of updates.
     """
 
     def __init__(
@@ -56,10 +50,8 @@ class BufferedStrategy(Strategy):
 
     @property
     def k(self) -> int:
-        """Updates per aggregation now: the floor, or the fraction of devices training, and
-        never more than the devices training (nor less than one)."""
-        k = max(self.buffer_size, round(self.buffer_fraction * self._concurrency))
-        return max(1, min(k, self._concurrency))
+        """Updates per aggregation now: the floor, or the fraction of devices training."""
+        return max(self.buffer_size, round(self.buffer_fraction * self._concurrency))
 
     def add(self, received: ReceivedUpdate) -> None:
         """Buffer one update."""

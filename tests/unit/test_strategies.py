@@ -246,16 +246,3 @@ def test_k_grows_with_the_devices_training(make):
     restored = make(buffer_size=10)
     restored.load_state_dict(s.state_dict())
     assert restored.k == 30  # a checkpoint restores K with the devices training
-
-
-@pytest.mark.parametrize("make", [FedBuffStrategy, FTTEStrategy])
-def test_k_is_never_more_than_the_devices_training(make):
-    # Above it, one device's several updates would be merged into one row and averaged away.
-    rng = np.random.default_rng(0)
-    s = make(buffer_size=10)
-    s.select([f"d{i}" for i in range(5)], 0, rng)
-    assert s.k == 5
-    s.select([], 2, rng)
-    assert s.k == 2
-    s.select([], 0, rng)
-    assert s.k == 1  # nobody training: the next update is applied when it comes
