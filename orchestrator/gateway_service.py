@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class GatewayService:
         self.topic = topics.combined_topic(section.fleet, section.site)
         self.encoding = section.delta_encoding
         self.sent_bytes: list[int] = []  # per combined update published
+        self.failed: Counter[str] = Counter()  # messages whose handling raised, by exception
         updates = topics.all_updates_filter(section.fleet)  # the site broker has only its own
         self.link = MqttLink(config.broker, subscriptions=[(updates, 1)])
 
@@ -105,12 +107,17 @@ class GatewayService:
         return message.topic, message.payload
 
     def _receive(self, topic: str, payload: bytes, now: float) -> None:
+        """Hold one device message; whatever fails in handling it is counted and logged."""
         try:
             device_id = topics.parse(topic).device
-        except ValueError:
-            return  # the subscription delivers update topics only
-        assert device_id is not None
-        reason = self.combiner.add(device_id, payload, now)
+            if device_id is None:
+                raise ValueError(f"not a device topic: {topic}")
+            reason = self.combiner.add(device_id, payload, now)
+        except Exception as exc:  # one message, whatever it raised, must not stop the gateway
+            kind = type(exc).__name__
+            self.failed[kind] += 1
+            log.error("handling a message on %s failed (%s: %s)", topic, kind, exc)
+            return
         if reason is not None:
             log.warning("update from %s refused at the gateway: %s", device_id, reason.value)
 

@@ -4,11 +4,15 @@ from dataclasses import replace
 
 import numpy as np
 
+from broker.fleet import DeviceEntry, Fleet, FleetSection, SiteEntry
+from broker.generate import init_broker
+from ftte import topics
 from ftte.errors import RejectReason
 from ftte.tasks import load_task
 from ftte.wire import decode_update, encode_update
 from ftte.wire.codec import decode_combined, encode_combined
 from orchestrator.gateway import FlushPolicy, SiteCombiner
+from orchestrator.gateway_service import GatewayService, load_gateway_config
 from orchestrator.presets import make_server
 from orchestrator.server import ServerSettings, TrainingServer
 
@@ -164,3 +168,28 @@ def test_a_combined_update_moving_a_tensor_beyond_any_device_bound_is_refused():
     forged = replace(combined, sums=combined.sums | {name: huge})
     outcome = s.ingest_combined("farm", encode_combined(forged))
     assert outcome.reason is RejectReason.MALFORMED and s.version == 0
+
+
+def test_a_message_whose_handling_raises_is_counted_and_the_gateway_goes_on(tmp_path, monkeypatch):
+    fleet = Fleet(
+        FleetSection(name="f", broker_host="127.0.0.1", task="digits"),
+        [DeviceEntry(d, 10**7, site="farm") for d in DEVICES],
+        [SiteEntry("farm", host="127.0.0.1", pre_aggregate=True)],
+    )
+    files = init_broker(fleet, tmp_path / "broker")
+    # Not started: no broker is needed to hand it messages.
+    gateway = GatewayService(load_gateway_config(files.sites["farm"] / "gateway.toml"))
+    payloads = answers(server())
+    real_add = gateway.combiner.add
+
+    def add(device_id: str, payload: bytes, now: float) -> RejectReason | None:
+        if device_id == "d0":
+            raise RuntimeError("a handler bug")
+        return real_add(device_id, payload, now)
+
+    monkeypatch.setattr(gateway.combiner, "add", add)
+    gateway._receive(topics.update_topic("f", "d0"), payloads["d0"], 0.0)
+    gateway._receive("ftte/v1/f/model", b"", 0.0)
+    gateway._receive(topics.update_topic("f", "d1"), payloads["d1"], 0.0)
+    assert gateway.failed == {"RuntimeError": 1, "ValueError": 1}
+    assert gateway.combiner.held() == 1
