@@ -37,6 +37,7 @@ from ftte.errors import Rejected, RejectReason
 from ftte.wire import WireLimits, decode_update
 from ftte.wire.messages import CombinedUpdate, SiteMember, Update
 from orchestrator.influence import InfluenceBound, InfluenceSettings
+from orchestrator.model_shapes import check_model_shapes
 from orchestrator.strategies.base import ReceivedUpdate
 
 
@@ -114,12 +115,10 @@ class SiteCombiner:
             raise Rejected(RejectReason.UNKNOWN_DEVICE, f"{device_id} sent {update.device_id}'s")
         if not update.delta:
             raise Rejected(RejectReason.WRONG_SLICE, "the delta holds no tensor")
-        for name, value in update.delta.items():
-            if self.shapes.get(name) != value.shape:
-                raise Rejected(RejectReason.BAD_SHAPE, f"tensor {name!r} is not the model's")
         if update.buffers:
             # Running statistics are values, not steps; they would need their own sums.
             raise Rejected(RejectReason.MALFORMED, "a gateway combines no batch-norm buffers")
+        check_model_shapes(update, self.shapes, {})
         if self._combined.get(device_id) == update.update_id:
             raise Rejected(RejectReason.DUPLICATE, f"update {update.update_id!r} combined")
         for held in self._held:

@@ -47,7 +47,7 @@ from ftte.topics import update_topic
 from ftte.wire import decode_update, encode_update
 from orchestrator.checkpoint import Journal
 from orchestrator.ingest.handoff import Handoff, decode_handoff, encode_handoff
-from orchestrator.ingest.worker import check_model_shapes
+from orchestrator.model_shapes import check_model_shapes
 from orchestrator.presets import make_server, preset
 from orchestrator.server import TrainingServer
 from orchestrator.service import MAX_BATCH

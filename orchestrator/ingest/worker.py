@@ -27,7 +27,6 @@ import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,11 @@ from ftte.errors import Rejected, RejectReason
 from ftte.fileio import atomic_write
 from ftte.transport.mqtt import BrokerSettings, Inbound, MqttLink, delivered
 from ftte.wire import WireLimits, decode_update
-from ftte.wire.messages import Update
 from orchestrator.ingest.handoff import Handoff, encode_handoff
+from orchestrator.model_shapes import check_model_shapes
 
 log = logging.getLogger("ftte.ingest")
 
-Shapes = Mapping[str, tuple[int, ...]]
 # No Local is a protocol error on a shared subscription (MQTT 5, 3.8.3.1); retained as
 # published, so a live retained publish is told apart and passed to the owner to clear.
 SHARED_UPDATES = SubscribeOptions(qos=1, retainAsPublished=True)
@@ -98,35 +96,6 @@ _LIMIT_FIELDS = (
     "max_string_bytes",
     "max_rank",
 )
-
-
-def check_model_shapes(update: Update, shapes: Shapes, buffer_shapes: Shapes) -> None:
-    """Refuse a tensor the model does not have or of another shape than the model's.
-
-    Which of them the device was assigned is the owner's check (it knows the open
-    assignment); together the two are the single process's check against the slice.
-    """
-    for tensors, model, what in (
-        (update.delta, shapes, "tensor"),
-        (update.buffers, buffer_shapes, "buffer"),
-    ):
-        for name, value in tensors.items():
-            expected = model.get(name)
-            if expected is None:
-                raise _refused(update, RejectReason.WRONG_SLICE, f"no model {what} {name!r}")
-            if value.shape != expected:
-                detail = f"{what} {name!r}: {value.shape} != {expected}"
-                raise _refused(update, RejectReason.BAD_SHAPE, detail)
-
-
-def _refused(update: Update, reason: RejectReason, detail: str) -> Rejected:
-    return Rejected(
-        reason,
-        detail,
-        device_id=update.device_id,
-        assignment_id=update.assignment_id,
-        update_id=update.update_id,
-    )
 
 
 class IngestWorker:

@@ -83,6 +83,19 @@ def test_a_hostile_payload_is_refused_and_counted_and_the_gateway_goes_on():
     assert site.held() == 1
 
 
+def test_a_tensor_the_model_lacks_or_of_another_shape_is_refused_at_the_gateway():
+    s = server()
+    a = s.dispatch(np.random.default_rng(0), 0.0)[0]
+    name = a.trainable[0]
+    zero = np.zeros(SHAPES[name], np.float32)
+    site = combiner()
+    stranger = encode_update(a.answer({name: zero, "no.such": zero}, 10, 0.5, 1000))
+    assert site.add(a.device_id, stranger, 0.0) is RejectReason.WRONG_SLICE
+    reshaped = encode_update(a.answer({name: zero.reshape(-1)}, 10, 0.5, 1000))
+    assert site.add(a.device_id, reshaped, 0.0) is RejectReason.BAD_SHAPE
+    assert site.held() == 0
+
+
 def test_the_gateway_flushes_at_g_updates_or_t_seconds_whichever_first():
     payloads = list(answers(server()).items())
     site = combiner(max_updates=3, max_wait_s=5.0)

@@ -11,8 +11,8 @@ from broker.generate import acl_text
 from ftte.errors import Rejected, RejectReason
 from ftte.wire.messages import Evaluation, ProcessMemory, Update
 from orchestrator.ingest.handoff import Handoff, HandoffError, decode_handoff, encode_handoff
-from orchestrator.ingest.worker import check_model_shapes
 from orchestrator.ingest.workers import IngestSettings, worker_account
+from orchestrator.model_shapes import check_model_shapes
 
 
 def update(**delta_shapes) -> Update:
