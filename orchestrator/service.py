@@ -239,6 +239,8 @@ class OrchestratorService:
                 self.handle_batch(batch)
                 self._evaluate_if_due()
                 self._checkpoint_if_due()
+                if self.workers is not None:
+                    self.workers.supervise()
                 heartbeat_due = time.monotonic() - last_state > HEARTBEAT_S
                 if heartbeat_due and self.link.connected.is_set():
                     self._publish_state("running")
@@ -273,6 +275,13 @@ class OrchestratorService:
             server.accepted,
             "" if self.link.connected.is_set() else " (broker not connected)",
         )
+        if self.workers is not None and self.workers.alive() < len(self.workers.specs):
+            log.warning(
+                "%d of %d ingest workers serving (restarts so far: %s)",
+                self.workers.alive(),
+                len(self.workers.specs),
+                self.workers.restarts,
+            )
 
     def reached_target(self) -> bool:
         """Whether the global model has reached the job's target of the objective's primary

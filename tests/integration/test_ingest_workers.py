@@ -1,10 +1,12 @@
 """Sharded ingest against the generated Mosquitto: two worker processes share the devices'
 update subscription (MQTT v5 ``$share/``), each with its own broker account, decode and
 check the updates and hand them to the one orchestrator that owns the model; a hostile
-payload is refused in a worker and counted; every update is accepted exactly once; after a
-crash the journal's hand-offs apply again."""
+payload is refused in a worker and counted; a killed worker is started again; every update
+is accepted exactly once; after a crash the journal's hand-offs apply again."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -43,6 +45,13 @@ def test_updates_reach_the_model_through_two_workers_each_counted_once(tmp_path)
     link = MqttLink(hostile.broker, subscriptions=[])
     try:
         wait_until(service.link.subscribed.is_set, 30, "the orchestrator's subscriptions")
+        # A worker killed outright is started again by the orchestrator and takes its share.
+        workers = service.workers
+        assert workers is not None
+        first = workers.pids()
+        os.kill(first[0], signal.SIGKILL)
+        wait_until(lambda: workers.restarts == [1, 0] and workers.alive() == 2, 20, "a restart")
+        assert workers.pids()[0] != first[0] and workers.pids()[1] == first[1]
         config = LoadConfig(duration_s=3.0, think_s=0.1, drain_s=30.0)
         results = LoadRun(honest, config).run()
         # The hostile device is known (its birth reached the orchestrator), then sends bytes
