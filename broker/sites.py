@@ -57,11 +57,17 @@ def site_topics(fleet_name: str, site: SiteEntry) -> dict[str, str]:
 
 
 def gateway_acl(fleet: Fleet, site: SiteEntry) -> list[str]:
-    """The site ACL block of its gateway process: read its devices' updates, send sums."""
+    """The site ACL block of its gateway process: read its devices' updates, and their
+    assignments and status (which updates the orchestrator will take), send sums."""
     name = fleet.fleet.name
     lines = [f"user {gateway_user(site)}"]
     for device in fleet.site_devices(site.name):
-        lines.append(f"topic read {topics.update_topic(name, device.id)}")
+        for topic in (
+            topics.update_topic(name, device.id),
+            topics.assign_topic(name, device.id),
+            topics.status_topic(name, device.id),
+        ):
+            lines.append(f"topic read {topic}")
     return [*lines, f"topic write {topics.combined_topic(name, site.name)}", ""]
 
 

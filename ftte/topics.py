@@ -100,6 +100,11 @@ def all_status_filter(fleet: str) -> str:
     return f"{ROOT}/{validate_id(fleet, 'fleet')}/dev/+/status"
 
 
+def all_assignments_filter(fleet: str) -> str:
+    """Subscription filter for every device's assignments (a site gateway's view)."""
+    return f"{ROOT}/{validate_id(fleet, 'fleet')}/dev/+/assign"
+
+
 def all_updates_filter(fleet: str, share_group: str | None = None) -> str:
     """Subscription filter for every device's updates; a shared one splits the load."""
     base = f"{ROOT}/{validate_id(fleet, 'fleet')}/dev/+/update"

@@ -19,6 +19,15 @@ apart: ``InfluenceBound.apply`` (orchestrator.influence, the very policy the orc
 applies to a flat fleet), with its medians taken over the site's devices and its settings
 those of the job (``[influence]`` in the gateway config mirrors the job's ``[server]``).
 
+One device must not cost its site the work of the others. The orchestrator applies a
+combined update whole or not at all (its sums do not split), so the gateway combines only
+updates it can vouch for: those answering the open assignment it saw the orchestrator send
+that device (it reads the site's assignments and last wills), from that assignment's base
+version and on exactly its slice, within the job's assignment timeout. Anything else (an
+assignment the gateway did not see, one the device's last will or a newer assignment ended,
+a forged id, a second answer) goes up alone, as a combined update of one member, so the
+orchestrator refuses it and only it; the device gets its verdict as a flat device would.
+
 Clock-free, like the engine: the gateway process and the simulator hand it bytes and the
 time. It flushes when it holds ``max_updates`` (G) updates or ``max_wait_s`` (T) after the
 first one arrived, whichever comes first.
@@ -35,7 +44,7 @@ import numpy as np
 
 from ftte.errors import Rejected, RejectReason
 from ftte.wire import WireLimits, decode_update
-from ftte.wire.messages import CombinedUpdate, SiteMember, Update
+from ftte.wire.messages import Assignment, CombinedUpdate, SiteMember, Update
 from orchestrator.influence import InfluenceBound, InfluenceSettings
 from orchestrator.model_shapes import check_model_shapes
 from orchestrator.strategies.base import ReceivedUpdate
@@ -64,6 +73,30 @@ class FlushPolicy:
             raise ValueError("flush.max_wait_s must be positive (seconds)")
 
 
+@dataclass(frozen=True)
+class _Open:
+    """An assignment the gateway saw the orchestrator send one of its devices."""
+
+    assignment_id: str
+    version: int
+    trainable: frozenset[str]
+    seen_at: float
+
+    def answered_by(self, update: Update) -> bool:
+        """Whether ``update`` is this assignment's answer as the orchestrator will check it."""
+        return (
+            update.assignment_id == self.assignment_id
+            and update.base_version == self.version
+            and set(update.delta) == self.trainable
+        )
+
+
+# A vouched update goes up alone once its assignment is this close to the orchestrator's
+# timeout (the flush window on top): the gateway's clock started when the assignment
+# reached it, after the orchestrator's did.
+TIMEOUT_MARGIN_S = 5.0
+
+
 class SiteCombiner:
     """Holds a site's decoded device updates and sums them, per base version, on flush."""
 
@@ -75,10 +108,12 @@ class SiteCombiner:
         influence: InfluenceSettings | None = None,
         limits: WireLimits | None = None,
         run_tag: str | None = None,
+        assignment_timeout_s: float = 600.0,
     ) -> None:
         self.site = site
         self.shapes = dict(shapes)
         self.policy = policy or FlushPolicy()
+        self.assignment_timeout_s = assignment_timeout_s
         self.limits = limits or WireLimits()
         # Equal say is a rate over the orchestrator's aggregations, which a gateway never
         # sees: the per-update bounds only.
@@ -90,6 +125,9 @@ class SiteCombiner:
         self.accepted = 0
         self._held: list[Update] = []
         self._first_at: float | None = None
+        self._open: dict[str, _Open] = {}  # per device, the assignment it has not answered
+        self._vouched: dict[str, _Open] = {}  # per held update's device, what it answers
+        self.alone = 0  # updates sent up alone: not vouched for
         # The update each device had combined last: a resend (its acknowledgement lost)
         # is dropped here instead of making the orchestrator refuse a whole combined one.
         self._combined: dict[str, str] = {}
@@ -107,8 +145,28 @@ class SiteCombiner:
         if not self._held:
             self._first_at = now
         self._held.append(update)
+        opened = self._open.get(device_id)
+        if opened is not None and opened.answered_by(update):
+            self._vouched[device_id] = self._open.pop(device_id)
         self.accepted += 1
         return None
+
+    def assigned(self, assignment: Assignment, now: float) -> None:
+        """The orchestrator sent one of the site's devices an assignment (seen at ``now``).
+
+        It can only have done so once the device's previous one was closed, so an update
+        held for that one, not yet sent up, will be refused: it goes up alone.
+        """
+        self._vouched.pop(assignment.device_id, None)
+        trainable = frozenset(assignment.trainable)
+        self._open[assignment.device_id] = _Open(
+            assignment.assignment_id, assignment.version, trainable, now
+        )
+
+    def offline(self, device_id: str) -> None:
+        """The device's last will: the orchestrator drops its open assignment on it."""
+        self._open.pop(device_id, None)
+        self._vouched.pop(device_id, None)
 
     def _check(self, device_id: str, update: Update) -> None:
         if update.device_id != device_id:
@@ -140,13 +198,22 @@ class SiteCombiner:
         due_at = self.due_at()
         return due_at is not None and (len(self._held) >= self.policy.max_updates or now >= due_at)
 
-    def flush(self) -> list[CombinedUpdate]:
-        """The held updates, bounded and summed: one combined update per base version."""
+    def flush(self, now: float) -> list[CombinedUpdate]:
+        """The held updates, bounded and summed: one combined update per base version of
+        those the gateway vouches for, and one of its own for each of the others."""
         groups: dict[int, list[Update]] = {}
+        alone = []
+        late = now + self.policy.max_wait_s + TIMEOUT_MARGIN_S - self.assignment_timeout_s
         for update in self._held:
-            groups.setdefault(update.base_version, []).append(update)
+            opened = self._vouched.pop(update.device_id, None)
+            if opened is not None and opened.seen_at > late:
+                groups.setdefault(update.base_version, []).append(update)
+            else:
+                alone.append(update)
         self._held, self._first_at = [], None
-        return [self._combine(base, group) for base, group in sorted(groups.items())]
+        self.alone += len(alone)
+        combined = [self._combine(base, group) for base, group in sorted(groups.items())]
+        return combined + [self._combine(u.base_version, [u]) for u in alone]
 
     def _combine(self, base_version: int, group: list[Update]) -> CombinedUpdate:
         # Ages are the orchestrator's to know: 0 here, unused by the bounds.

@@ -26,7 +26,8 @@ from ftte.config import load_section, read_toml, resolve
 from ftte.ids import validate_id
 from ftte.tasks import load_model_spec
 from ftte.transport.mqtt import BrokerSettings, MqttLink
-from ftte.wire.codec import encode_combined
+from ftte.wire.codec import decode_assignment, encode_combined
+from ftte.wire.control import decode_status
 from ftte.wire.messages import DeltaEncoding
 from orchestrator.gateway import FlushPolicy, SiteCombiner
 from orchestrator.influence import InfluenceSettings
@@ -43,10 +44,15 @@ class GatewaySection:
     task: str = "vibration"  # as fleet.toml's [fleet] task: the model's tensor shapes
     # How the sums travel: as the job's devices send their deltas (int8 for ftte).
     delta_encoding: DeltaEncoding = DeltaEncoding.INT8
+    # As the job's [server] assignment_timeout_s: an update answering an assignment about
+    # to time out goes up alone rather than risk its site's combined update.
+    assignment_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         validate_id(self.site, "gateway.site")
         validate_id(self.fleet, "gateway.fleet")
+        if not self.assignment_timeout_s > 0:
+            raise ValueError("gateway.assignment_timeout_s must be positive: the job's value")
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,28 @@ class GatewayService:
     def __init__(self, config: GatewayConfig) -> None:
         section = config.gateway
         shapes = load_model_spec(section.task).parameter_shapes()  # no data is built
-        self.combiner = SiteCombiner(section.site, shapes, config.flush, config.influence)
+        self.combiner = SiteCombiner(
+            section.site,
+            shapes,
+            config.flush,
+            config.influence,
+            assignment_timeout_s=section.assignment_timeout_s,
+        )
         self.topic = topics.combined_topic(section.fleet, section.site)
         self.encoding = section.delta_encoding
         self.sent_bytes: list[int] = []  # per combined update published
         self.failed: Counter[str] = Counter()  # messages whose handling raised, by exception
-        updates = topics.all_updates_filter(section.fleet)  # the site broker has only its own
-        self.link = MqttLink(config.broker, subscriptions=[(updates, 1)])
+        # The site broker carries only its own devices' topics. Assignments and last wills
+        # tell the gateway which updates the orchestrator will take (SiteCombiner).
+        fleet = section.fleet
+        self.link = MqttLink(
+            config.broker,
+            subscriptions=[
+                (topics.all_updates_filter(fleet), 1),
+                (topics.all_assignments_filter(fleet), 1),
+                (topics.all_status_filter(fleet), 1),
+            ],
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop``; what is held when it is set goes up first."""
@@ -109,9 +130,20 @@ class GatewayService:
     def _receive(self, topic: str, payload: bytes, now: float) -> None:
         """Hold one device message; whatever fails in handling it is counted and logged."""
         try:
-            device_id = topics.parse(topic).device
+            ref = topics.parse(topic)
+            device_id = ref.device
             if device_id is None:
                 raise ValueError(f"not a device topic: {topic}")
+            if ref.kind == "assign":
+                assignment = decode_assignment(payload)  # as the device itself decodes it
+                if assignment.device_id != device_id:
+                    raise ValueError(f"assignment on {topic} names {assignment.device_id}")
+                self.combiner.assigned(assignment, now)
+                return
+            if ref.kind == "status":
+                if decode_status(payload) is None:
+                    self.combiner.offline(device_id)
+                return
             reason = self.combiner.add(device_id, payload, now)
         except Exception as exc:  # one message, whatever it raised, must not stop the gateway
             kind = type(exc).__name__
@@ -122,7 +154,7 @@ class GatewayService:
             log.warning("update from %s refused at the gateway: %s", device_id, reason.value)
 
     def _flush(self) -> None:
-        for combined in self.combiner.flush():
+        for combined in self.combiner.flush(time.monotonic()):
             payload = encode_combined(combined, self.encoding)
             self.link.publish(self.topic, payload, qos=1)
             self.sent_bytes.append(len(payload))

@@ -190,6 +190,8 @@ class FleetSimulator:
             if self._working.pop(device_id, None) is not None:
                 self.result.dropouts += 1
             report = self.server.set_offline(device_id)
+            if device_id in self.site_of:  # its last will reaches its site's gateway too
+                self.gateways[self.site_of[device_id]].offline(device_id)
             delay = self.rng.exponential(self.spec.mean_offline_s)
             self._schedule(delay, "online", device_id, token=event.token)
             if report is not None:  # a synchronous round may have waited only for it
@@ -228,7 +230,7 @@ class FleetSimulator:
 
     def _flush(self, site: str) -> CurvePoint | None:
         aggregated = False
-        for combined in self.gateways[site].flush():
+        for combined in self.gateways[site].flush(self.now):
             payload = encode_combined(combined, self.server.config.train.delta_encoding)
             self.result.bytes_central.append(len(payload))
             aggregated |= self.server.ingest_combined(site, payload).aggregation is not None
@@ -248,6 +250,8 @@ class FleetSimulator:
             profile = self.profiles[device_id]
             down = encode_assignment(assignment, self.server.config.model_encoding)
             received = decode_assignment(down)
+            if device_id in self.site_of:  # the site's gateway reads its devices' assignments
+                self.gateways[self.site_of[device_id]].assigned(received, self.now)
             seed = int(self.rng.integers(2**31))
             update, trained = self.models.train(
                 device_id,

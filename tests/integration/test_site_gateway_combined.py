@@ -82,6 +82,7 @@ def test_the_orchestrator_applies_a_sites_updates_as_one_combined_update(brokers
         # been refused as answering assignments already answered.
         assert (server.accepted, server.version, dict(server.rejected)) == (3, 1, {})
         assert gateway.combiner.rejected == {RejectReason.MALFORMED.value: 1}
+        assert gateway.combiner.alone == 0  # it saw every assignment go down: it vouched
         (combined_bytes,) = gateway.sent_bytes  # what crossed the bridge upward
         assert combined_bytes < sum(len(p) for p in sent.values())
     finally:

@@ -37,10 +37,13 @@ def server(buffer_size: int = 4) -> TrainingServer:
     return s
 
 
-def answers(s: TrainingServer) -> dict[str, bytes]:
+def answers(s: TrainingServer, *sites: SiteCombiner) -> dict[str, bytes]:
+    """Each device's answer to the assignment ``s`` sends it, which ``sites`` saw go down."""
     rng = np.random.default_rng(1)
     out = {}
     for a in s.dispatch(np.random.default_rng(0), 0.0):
+        for site in sites:
+            site.assigned(a, 0.0)
         delta = {n: rng.normal(0, 0.01, SHAPES[n]).astype(np.float32) for n in a.trainable}
         samples = 10 + 5 * len(out)
         out[a.device_id] = encode_update(a.answer(delta, samples, 0.5, 1000))
@@ -53,16 +56,16 @@ def combiner(**policy) -> SiteCombiner:
 
 def test_a_combined_update_moves_the_model_as_its_members_would_apart():
     flat, sited = server(), server()
+    site = combiner()
     payloads = answers(flat)
-    assert answers(sited) == payloads
+    assert answers(sited, site) == payloads
     assert len({len(flat.open_assignment(d).trainable) for d in DEVICES}) > 1
     for d, payload in payloads.items():
         outcome = flat.ingest(d, payload)
     assert outcome.aggregation is not None
-    site = combiner()
     for d, payload in payloads.items():
         assert site.add(d, payload, 0.0) is None
-    (combined,) = site.flush()
+    (combined,) = site.flush(0.0)
     outcome = sited.ingest_combined("farm", encode_combined(combined))
     assert outcome.accepted and outcome.aggregation is not None
     assert sited.version == flat.version == 1 and sited.accepted == 4
@@ -73,8 +76,8 @@ def test_a_combined_update_moves_the_model_as_its_members_would_apart():
 
 def test_a_hostile_payload_is_refused_and_counted_and_the_gateway_goes_on():
     s = server()
-    payloads = answers(s)
     site = combiner()
+    payloads = answers(s, site)
     assert site.add("d0", b"\x28\xb5\x2f\xfd garbage", 0.0) is RejectReason.MALFORMED
     assert site.add("d1", payloads["d0"], 0.0) is RejectReason.UNKNOWN_DEVICE
     assert site.add("d0", payloads["d0"], 0.0) is None
@@ -97,22 +100,22 @@ def test_a_tensor_the_model_lacks_or_of_another_shape_is_refused_at_the_gateway(
 
 
 def test_the_gateway_flushes_at_g_updates_or_t_seconds_whichever_first():
-    payloads = list(answers(server()).items())
     site = combiner(max_updates=3, max_wait_s=5.0)
+    payloads = list(answers(server(), site).items())
     site.add(*payloads[0], now=100.0)
     site.add(*payloads[1], now=101.0)
     assert not site.due(104.9) and site.due(105.0)
     site.add(*payloads[2], now=102.0)
     assert site.due(102.0)
-    assert len(site.flush()) == 1 and site.due_at() is None
+    assert len(site.flush(102.0)) == 1 and site.due_at() is None
 
 
 def test_a_combined_update_with_weights_unlike_the_members_slices_is_refused():
     s = server()
     site = combiner()
-    for d, payload in answers(s).items():
+    for d, payload in answers(s, site).items():
         site.add(d, payload, 0.0)
-    (combined,) = site.flush()
+    (combined,) = site.flush(0.0)
     name = next(iter(combined.weights))
     forged = replace(combined, weights=combined.weights | {name: combined.weights[name] + 1})
     outcome = s.ingest_combined("farm", encode_combined(forged))
@@ -125,9 +128,9 @@ def test_a_gateway_answers_only_for_its_own_sites_devices_and_only_once():
     s = server(buffer_size=8)
     s.set_site("other", ["d0"])
     site = combiner()
-    for d, payload in answers(s).items():
+    for d, payload in answers(s, site).items():
         site.add(d, payload, 0.0)
-    (combined,) = site.flush()
+    (combined,) = site.flush(0.0)
     payload = encode_combined(combined)
     assert s.ingest_combined("other", payload).reason is RejectReason.UNKNOWN_DEVICE
     assert s.ingest_combined("nowhere", payload).reason is RejectReason.UNKNOWN_DEVICE
@@ -140,9 +143,9 @@ def test_a_gateway_answers_only_for_its_own_sites_devices_and_only_once():
 def test_a_combined_row_survives_a_checkpoint_in_the_buffer():
     s = server(buffer_size=8)
     site = combiner()
-    for d, payload in answers(s).items():
+    for d, payload in answers(s, site).items():
         site.add(d, payload, 0.0)
-    s.ingest_combined("farm", encode_combined(site.flush()[0]))
+    s.ingest_combined("farm", encode_combined(site.flush(0.0)[0]))
     restored = server(buffer_size=8)
     restored.load_state_dict(s.state_dict(), now=0.0)
     (row,) = restored.strategy.buffered()
@@ -151,19 +154,19 @@ def test_a_combined_row_survives_a_checkpoint_in_the_buffer():
 
 def test_combined_updates_of_different_base_versions_go_up_apart():
     s = server()
-    (d0, p0), (d1, p1) = list(answers(s).items())[:2]
-    later = encode_update(replace(decode_update(p1), base_version=7))
     site = combiner()
+    (d0, p0), (d1, p1) = list(answers(s, site).items())[:2]
+    later = encode_update(replace(decode_update(p1), base_version=7))
     site.add(d0, p0, 0.0)
     site.add(d1, later, 0.0)
-    assert [(c.base_version, len(c.members)) for c in site.flush()] == [(0, 1), (7, 1)]
+    assert [(c.base_version, len(c.members)) for c in site.flush(0.0)] == [(0, 1), (7, 1)]
 
 
 def test_a_combined_update_round_trips_the_wire():
     site = combiner()
-    for d, payload in answers(server()).items():
+    for d, payload in answers(server(), site).items():
         site.add(d, payload, 0.0)
-    (combined,) = site.flush()
+    (combined,) = site.flush(0.0)
     decoded = decode_combined(encode_combined(combined), model_shapes=SHAPES)
     assert decoded.members == combined.members and decoded.weights == combined.weights
     for name, value in combined.sums.items():
@@ -173,9 +176,9 @@ def test_a_combined_update_round_trips_the_wire():
 def test_a_combined_update_moving_a_tensor_beyond_any_device_bound_is_refused():
     s = server()
     site = combiner()
-    for d, payload in answers(s).items():
+    for d, payload in answers(s, site).items():
         site.add(d, payload, 0.0)
-    (combined,) = site.flush()
+    (combined,) = site.flush(0.0)
     name = next(iter(combined.sums))
     huge = combined.sums[name] + 10.0 * combined.weights[name]  # mean delta up by 10
     forged = replace(combined, sums=combined.sums | {name: huge})
@@ -206,3 +209,45 @@ def test_a_message_whose_handling_raises_is_counted_and_the_gateway_goes_on(tmp_
     gateway._receive(topics.update_topic("f", "d1"), payloads["d1"], 0.0)
     assert gateway.failed == {"RuntimeError": 1, "ValueError": 1}
     assert gateway.combiner.held() == 1
+
+
+def test_one_hostile_member_costs_its_site_nothing_but_its_own_update():
+    s = server()
+    site = combiner()
+    payloads = answers(s, site)
+    forged = encode_update(replace(decode_update(payloads["d1"]), assignment_id="t.forged"))
+    site.add("d1", forged, 0.0)
+    for d in ("d0", "d2"):
+        site.add(d, payloads[d], 0.0)
+    # d3 answered, then its last will dropped its assignment at the orchestrator.
+    site.add("d3", payloads["d3"], 0.0)
+    site.offline("d3")
+    s.set_offline("d3")
+    vouched, *alone = site.flush(0.0)
+    assert [m.device_id for m in vouched.members] == ["d0", "d2"] and site.alone == 2
+    assert s.ingest_combined("farm", encode_combined(vouched)).accepted
+    assert [s.ingest_combined("farm", encode_combined(c)).reason for c in alone] == [
+        RejectReason.UNEXPECTED,
+        RejectReason.UNEXPECTED,
+    ]
+    assert s.accepted == 2
+
+
+def test_a_second_answer_or_one_near_the_timeout_goes_up_alone():
+    s = server()
+    site = combiner(max_wait_s=1.0)
+    site.assignment_timeout_s = 60.0
+    payloads = answers(s, site)
+    site.add("d0", payloads["d0"], 0.0)
+    site.flush(0.0)
+    again = encode_update(replace(decode_update(payloads["d0"]), update_id="d0.again"))
+    site.add("d0", again, 1.0)
+    site.add("d1", payloads["d1"], 1.0)
+    vouched, alone = site.flush(1.0)
+    assert [m.device_id for m in vouched.members] == ["d1"] and site.alone == 1
+    assert [m.update_id for m in alone.members] == ["d0.again"]
+    # Seen at 0 s, an assignment of a 60 s timeout is too close to it at 54 s: the flush
+    # window (1 s) and the margin (5 s) would take it past.
+    site.add("d2", payloads["d2"], 54.0)
+    site.flush(54.0)
+    assert site.alone == 2
