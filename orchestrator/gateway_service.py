@@ -25,7 +25,7 @@ from ftte import topics
 from ftte.config import load_section, read_toml, resolve
 from ftte.ids import validate_id
 from ftte.tasks import load_model_spec
-from ftte.transport.mqtt import BrokerSettings, MqttLink
+from ftte.transport.mqtt import BrokerSettings, Inbound, MqttLink
 from ftte.wire.codec import decode_assignment, encode_combined
 from ftte.wire.control import decode_status
 from ftte.wire.messages import DeltaEncoding
@@ -90,6 +90,7 @@ class GatewayService:
         self.encoding = section.delta_encoding
         self.sent_bytes: list[int] = []  # per combined update published
         self.failed: Counter[str] = Counter()  # messages whose handling raised, by exception
+        self.retained_updates = 0  # stored publishes on update topics, ignored
         # The site broker carries only its own devices' topics. Assignments and last wills
         # tell the gateway which updates the orchestrator will take (SiteCombiner).
         fleet = section.fleet
@@ -112,7 +113,7 @@ class GatewayService:
                 wait = 0.5 if due_at is None else max(0.0, min(0.5, due_at - now))
                 message = self._next(wait)
                 if message is not None:
-                    self._receive(*message, time.monotonic())
+                    self._receive(message.topic, message.payload, time.monotonic(), message.retain)
                 if self.combiner.due(time.monotonic()):
                     self._flush()
             if self.combiner.held():
@@ -120,20 +121,25 @@ class GatewayService:
         finally:
             self.link.stop()
 
-    def _next(self, wait: float) -> tuple[str, bytes] | None:
+    def _next(self, wait: float) -> Inbound | None:
         try:
-            message = self.link.inbox.get(timeout=wait)
+            return self.link.inbox.get(timeout=wait)
         except queue.Empty:
             return None
-        return message.topic, message.payload
 
-    def _receive(self, topic: str, payload: bytes, now: float) -> None:
+    def _receive(self, topic: str, payload: bytes, now: float, retained: bool = False) -> None:
         """Hold one device message; whatever fails in handling it is counted and logged."""
         try:
             ref = topics.parse(topic)
             device_id = ref.device
             if device_id is None:
                 raise ValueError(f"not a device topic: {topic}")
+            if retained and ref.kind == "update":
+                # Agents never retain updates: a stored one (handed to every new subscriber,
+                # each restart of this gateway) is a device's trick, not an answer.
+                self.retained_updates += 1
+                log.warning("retained update from %s ignored", device_id)
+                return
             if ref.kind == "assign":
                 assignment = decode_assignment(payload)  # as the device itself decodes it
                 if assignment.device_id != device_id:

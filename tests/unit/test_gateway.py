@@ -1,6 +1,7 @@
 """Site gateways: device updates bounded and summed at the site, applied as one row."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +49,18 @@ def answers(s: TrainingServer, *sites: SiteCombiner) -> dict[str, bytes]:
         samples = 10 + 5 * len(out)
         out[a.device_id] = encode_update(a.answer(delta, samples, 0.5, 1000))
     return out
+
+
+def gateway_service(tmp_path: Path) -> GatewayService:
+    """The gateway process of site "farm" as ``ftte broker init`` configures it, not started:
+    no broker is needed to hand it messages."""
+    fleet = Fleet(
+        FleetSection(name="f", broker_host="127.0.0.1", task="digits"),
+        [DeviceEntry(d, 10**7, site="farm") for d in DEVICES],
+        [SiteEntry("farm", host="127.0.0.1", pre_aggregate=True)],
+    )
+    files = init_broker(fleet, tmp_path / "broker")
+    return GatewayService(load_gateway_config(files.sites["farm"] / "gateway.toml"))
 
 
 def combiner(**policy) -> SiteCombiner:
@@ -187,14 +200,7 @@ def test_a_combined_update_moving_a_tensor_beyond_any_device_bound_is_refused():
 
 
 def test_a_message_whose_handling_raises_is_counted_and_the_gateway_goes_on(tmp_path, monkeypatch):
-    fleet = Fleet(
-        FleetSection(name="f", broker_host="127.0.0.1", task="digits"),
-        [DeviceEntry(d, 10**7, site="farm") for d in DEVICES],
-        [SiteEntry("farm", host="127.0.0.1", pre_aggregate=True)],
-    )
-    files = init_broker(fleet, tmp_path / "broker")
-    # Not started: no broker is needed to hand it messages.
-    gateway = GatewayService(load_gateway_config(files.sites["farm"] / "gateway.toml"))
+    gateway = gateway_service(tmp_path)
     payloads = answers(server())
     real_add = gateway.combiner.add
 
@@ -251,3 +257,11 @@ def test_a_second_answer_or_one_near_the_timeout_goes_up_alone():
     site.add("d2", payloads["d2"], 54.0)
     site.flush(54.0)
     assert site.alone == 2
+
+
+def test_a_retained_update_is_ignored_at_the_gateway(tmp_path):
+    gateway = gateway_service(tmp_path)
+    payloads = answers(server(), gateway.combiner)
+    gateway._receive(topics.update_topic("f", "d0"), payloads["d0"], 0.0, retained=True)
+    gateway._receive(topics.update_topic("f", "d1"), payloads["d1"], 0.0)
+    assert gateway.retained_updates == 1 and gateway.combiner.held() == 1
