@@ -8,11 +8,12 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from broker.fleet import DeviceEntry, Fleet, FleetSection
-from broker.generate import BrokerFiles, init_broker
-from broker.launcher import free_port
+
+if TYPE_CHECKING:
+    from broker.generate import BrokerFiles
 
 FLEET = "bench"  # the fleet name of every benchmark fleet
 
@@ -41,6 +42,11 @@ def loopback_fleet(
 ) -> tuple[Fleet, BrokerFiles]:
     """A fleet of ``devices`` on a free loopback port, its files generated under ``folder``
     (with ``ingest_workers`` worker accounts)."""
+    # Imported here: `publish` serves commands of the base install (`ftte loadgen`), and
+    # generating TLS material needs the [server] extra.
+    from broker.generate import init_broker
+    from broker.launcher import free_port
+
     fleet = Fleet(
         FleetSection(
             name=FLEET,

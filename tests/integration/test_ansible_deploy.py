@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 BIN = Path(sys.executable).parent
 DEVICE = "pi-001"
+SITE_HOST, SITE = "north-gw", "north"  # a pre-aggregating site gateway, no devices yet
 # The whole agent's budget: the gate's agent trains on a partition of digits, so its
 # baseline includes scikit-learn (about 130 MiB with the lean runtime, ftte bench device).
 BUDGET = 268_435_456
@@ -191,10 +192,15 @@ def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProces
                 "edge_agent_group": "nogroup",
                 "mosquitto_broker_group": "nogroup",
                 # pip finds the CPU wheel through this machine's own pip configuration.
-                "edge_agent_torch_index": "",
+                "ftte_install_torch_index": "",
+                "site_gateway_user": "nobody",
+                "site_gateway_group": "nogroup",
             },
             "children": {
                 "broker": {"hosts": {"gateway": None}},
+                "site_gateways": {
+                    "hosts": {SITE_HOST: {"ftte_site": SITE, "ftte_site_pre_aggregate": True}}
+                },
                 "edge_agents": {
                     "hosts": {
                         DEVICE: {
@@ -214,7 +220,7 @@ def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProces
 def test_first_run_deploys_every_host(deployment):
     _, run = deployment
     recap = _recap(run)
-    assert set(recap) == {"gateway", DEVICE}
+    assert set(recap) == {"gateway", SITE_HOST, DEVICE}
     assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in recap.values())
     assert recap[DEVICE]["changed"] > 0
 
@@ -238,6 +244,33 @@ def test_broker_files_are_byte_identical_to_broker_init(deployment):
     assert "ExecStart=/usr/sbin/mosquitto -c /etc/mosquitto/ftte/mosquitto.conf" in (
         drop_in.read_text()
     )
+
+
+def test_site_gateway_gets_its_broker_files_and_its_gateway_process(deployment):
+    d, _ = deployment
+    site_files = d.files / "sites" / SITE
+    installed = d.prefix(SITE_HOST) / "etc/mosquitto/ftte-site"
+    for name in (*BROKER_FILES, "certs/server.key"):
+        assert (installed / name).read_bytes() == (site_files / name).read_bytes(), name
+    # Its mosquitto.conf holds the bridge's password.
+    for secret in ("mosquitto.conf", "passwd", "acl", "certs/server.key"):
+        assert stat.S_IMODE((installed / secret).stat().st_mode) == 0o640, secret
+    config = d.prefix(SITE_HOST) / "etc/ftte-gateway/gateway.toml"
+    assert config.read_bytes() == (site_files / "gateway.toml").read_bytes()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    unit = (d.prefix(SITE_HOST) / "etc/systemd/system/ftte-gateway.service").read_text()
+    assert (
+        "ExecStart=/opt/ftte-gateway/venv/bin/ftte gateway --config /etc/ftte-gateway/gateway.toml"
+        in unit
+    )
+    venv = d.prefix(SITE_HOST) / "opt/ftte-gateway/venv/bin"
+    run = subprocess.run(
+        [venv / "ftte", "gateway", "--help"], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0 and "--config" in run.stdout, run.stderr
+    assert subprocess.run([venv / "python", "-c", "import torch"], check=False).returncode != 0
+    fleet = load_fleet(d.files / "fleet.toml")
+    assert [(s.name, s.host, s.pre_aggregate) for s in fleet.sites] == [(SITE, SITE_HOST, True)]
 
 
 def test_agent_config_is_the_devices_own_and_private(deployment):
@@ -340,6 +373,7 @@ def test_rotating_a_device_redeploys_only_its_secret(deployment):
     recap = _recap(run)
     # The password file on the gateway and the agent's config change; nothing else does.
     assert recap["gateway"]["changed"] == 1 and recap[DEVICE]["changed"] == 1
+    assert recap[SITE_HOST]["changed"] == 0  # a central device's secret is not the site's
     installed = d.prefix(DEVICE) / "etc/ftte-agent/agent.toml"
     assert installed.read_bytes() == (d.files / "devices" / f"{DEVICE}.toml").read_bytes()
     password = tomllib.loads(installed.read_text())["broker"]["password"]

@@ -35,6 +35,16 @@ def test_the_edge_agent_needs_neither_the_orchestrator_nor_influxdb():
     assert not {m for m in modules if m.startswith(("orchestrator", "influxdb_client", "ftte.sim"))}
 
 
+def test_the_cli_and_a_site_gateway_need_only_the_base_install():
+    # A site gateway box and a device install ftte without the [server] extra.
+    modules = imported_after(
+        "from ftte.cli import build_parser; build_parser(); import orchestrator.gateway_service"
+    )
+    assert "orchestrator.gateway_service" in modules
+    server_only = ("torch", "cryptography", "influxdb_client", "matplotlib", "onnx")
+    assert not {m for m in modules if m.split(".")[0] in server_only}
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_only_ftte_and_the_design_packages(tmp_path):
     subprocess.run(
