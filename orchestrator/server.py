@@ -497,9 +497,10 @@ class TrainingServer:
         # A gradient pass over the validation data (65 ms on digits): at tens of versions
         # a second in the field, every rescore_every versions was a quarter of the
         # orchestrator's CPU per update (docs/benchmarks.md, "Live ingest").
+        every_s = self.config.rescore_every_s
         due = self._scores_version < 0 or (
             self.version - self._scores_version >= self.settings.rescore_every
-            and now - self._scores_at >= self.config.rescore_every_s
+            and (every_s == 0 or now - self._scores_at >= every_s)
         )
         if self.config.plan_mode in (PlanMode.FULL, PlanMode.FULL_IN_BUDGET) or not due:
             return
