@@ -247,6 +247,9 @@ def _add_bench(commands: Any) -> None:
         "--workers", type=int, nargs="+", default=[0], help="ingest worker counts to run"
     )
     ingest.add_argument("--json", type=Path, default=Path("bench-ingest.json"))
+    ingest.add_argument(
+        "--profile", type=Path, default=None, help="folder for cProfile stats of each run"
+    )
     ingest.set_defaults(run=_run_bench_ingest)
     gateway = which.add_parser(
         "gateway", help="site gateways pre-aggregating against the flat fleet"

@@ -54,6 +54,10 @@ class JobSection:
     evaluate_every_s: float = 1.0
     checkpoint_every: int = 100
     checkpoint_every_s: float = 5.0
+    # The slice planner rescores tensors (a gradient pass on the validation set) every
+    # [server] rescore_every versions, and, here, at most once per this many seconds; 0:
+    # versions only, as the simulator runs.
+    rescore_every_s: float = 5.0
     keep_releases: int = 5  # newest releases kept in run_dir/releases, beside the best
     # Where the target's metric is measured: the orchestrator's validation set, or the
     # fleet's own (devices' held-out data, over at least fleet_min_devices reports).
@@ -77,6 +81,8 @@ class JobSection:
         for name in ("evaluate_every_s", "checkpoint_every_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"job.{name} must be >= 0 (seconds; 0: every version)")
+        if not self.rescore_every_s >= 0:
+            raise ValueError("job.rescore_every_s must be >= 0 (seconds; 0: versions only)")
         if self.target_accuracy is not None and self.target_accuracy <= 0:
             raise ValueError(
                 f"job.target_accuracy = {self.target_accuracy} would stop at once: leave it "

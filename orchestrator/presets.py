@@ -67,6 +67,7 @@ def make_server(
     influence: InfluenceSettings | None = None,
     strategy_params: Mapping[str, Any] | None = None,
     run_tag: str | None = None,
+    rescore_every_s: float = 0.0,
 ) -> TrainingServer:
     """A training server running preset ``name`` on ``task`` with the job's settings.
 
@@ -84,6 +85,7 @@ def make_server(
         settings=settings or ServerSettings(),
         influence=influence or InfluenceSettings(),
         run_tag=run_tag,
+        rescore_every_s=rescore_every_s,
     )
     return TrainingServer(task, preset_strategy(name, strategy_params or {}), config)
 

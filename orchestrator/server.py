@@ -74,6 +74,9 @@ class ServerConfig:
     model_seed: int = 0
     settings: ServerSettings = field(default_factory=ServerSettings)
     influence: InfluenceSettings = field(default_factory=InfluenceSettings)
+    # The planner's rescoring also waits this many seconds of the driver's clock since the
+    # last (the live service's job.rescore_every_s; 0, the simulator's: versions only).
+    rescore_every_s: float = 0.0
     # Tag of this run's assignment ids; None draws a random one (a fresh job in the field).
     # The simulator fixes it: payload sizes, so virtual times, depend on the ids' bytes.
     run_tag: str | None = None
@@ -218,6 +221,7 @@ class TrainingServer:
         self.accepted = 0
         self._scores: dict[str, float] = {}
         self._scores_version = -1
+        self._scores_at = 0.0  # the driver's time of the last rescoring
         # Plans by budget class (None: the class floor holds no slice), and the smallest
         # budget for the weakest-device mode: planning never walks the registry per event.
         self._plans: dict[int, SlicePlan | None] = {}
@@ -408,16 +412,17 @@ class TrainingServer:
         self._next_assignment = max(self._next_assignment, int(record["next_assignment"]))
         self.strategy.load_selection_state(record["selection"])
 
-    def plan_for(self, device_id: str) -> SlicePlan:
-        """The slice this device trains now (planned under its budget and the mode)."""
+    def plan_for(self, device_id: str, now: float = 0.0) -> SlicePlan:
+        """The slice this device trains now (planned under its budget and the mode; ``now``
+        times the rescoring when ``rescore_every_s`` is set)."""
         record = self.devices[device_id]
-        self._refresh_scores()
+        self._refresh_scores(now)
         record.plan = self._plan_budget(self._planning_budget(record))
         return record.plan
 
     def _assign(self, record: DeviceRecord, now: float, sent: TensorDict) -> Assignment | None:
         try:
-            plan = self.plan_for(record.device_id)
+            plan = self.plan_for(record.device_id, now)
         except BudgetTooSmall as exc:
             record.excluded = str(exc)
             self.strategy.on_dropout(record.device_id)
@@ -488,9 +493,14 @@ class TrainingServer:
         # A budget within a class of the smallest slice: planned on its own (rare, uncached).
         return plan if plan is not None else self.planner.plan(budget, self._scores)
 
-    def _refresh_scores(self) -> None:
-        due = self._scores_version < 0 or self.version - self._scores_version >= (
-            self.settings.rescore_every
+    def _refresh_scores(self, now: float) -> None:
+        # A gradient pass over the validation data (65 ms on digits): at tens of versions
+        # a second in the field, every rescore_every versions was a quarter of the
+        # orchestrator's CPU per update (docs/benchmarks.md, "Live ingest").
+        every_s = self.config.rescore_every_s
+        due = self._scores_version < 0 or (
+            self.version - self._scores_version >= self.settings.rescore_every
+            and (every_s == 0 or now - self._scores_at >= every_s)
         )
         if self.config.plan_mode in (PlanMode.FULL, PlanMode.FULL_IN_BUDGET) or not due:
             return
@@ -500,6 +510,7 @@ class TrainingServer:
         else:
             self._scores = gradient_scores(self.model, validation, self.task.objective)
         self._scores_version = self.version
+        self._scores_at = now
         self._plans.clear()
 
     # -- updates -----------------------------------------------------------------------

@@ -129,6 +129,7 @@ class OrchestratorService:
             settings=config.server,
             influence=config.influence,
             strategy_params=config.strategy,
+            rescore_every_s=job.rescore_every_s,
         )
         self.run_dir = job.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)

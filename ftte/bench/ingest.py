@@ -26,6 +26,7 @@ measurement also records the CPU seconds each process spent per update (read fro
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import random
 import ssl
@@ -62,11 +63,25 @@ from orchestrator.status import load_broker_account
 RAW_WINDOW = 1
 
 
+# ``ftte`` under cProfile timed by the main thread's CPU clock: a profile of what the
+# orchestrator spends, not of how long it waited for the cores other processes held.
+PROFILED = """
+import cProfile, time
+from ftte.cli import main
+profiler = cProfile.Profile(time.thread_time)
+try:
+    profiler.runcall(main, {argv!r})
+finally:
+    profiler.dump_stats({out!r})
+"""
+
+
 def start_orchestrator(
-    folder: Path, broker_dir: Path, max_wall_s: float, workers: int
+    folder: Path, broker_dir: Path, max_wall_s: float, workers: int, profile: Path | None = None
 ) -> subprocess.Popen[Any]:
     """``ftte orchestrator`` on the fleet, with a target no model reaches (it runs until
-    stopped), an assignment timeout longer than the run and ``workers`` ingest workers."""
+    stopped), an assignment timeout longer than the run and ``workers`` ingest workers;
+    under cProfile, its statistics written to ``profile`` when it stops, if given."""
     from orchestrator.config import JobConfig, JobSection
     from orchestrator.ingest.workers import IngestSettings
     from orchestrator.server import ServerSettings
@@ -88,8 +103,11 @@ def start_orchestrator(
     job = folder / "job.toml"
     write_toml(job, dump_section(config), mode=0o600)
     log = (folder / "orchestrator.log").open("ab")
+    command = ["-m", "ftte.cli", "orchestrator", "--config", str(job)]
+    if profile is not None:
+        command = ["-c", PROFILED.format(out=str(profile), argv=command[2:])]
     return subprocess.Popen(
-        [sys.executable, "-m", "ftte.cli", "orchestrator", "--config", str(job)],
+        [sys.executable, *command],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -268,13 +286,22 @@ def raw_rate(
 
 
 def orchestrator_rate(
-    folder: Path, broker_dir: Path, devices: int, config: LoadConfig, broker_pid: int, workers: int
+    folder: Path,
+    broker_dir: Path,
+    devices: int,
+    config: LoadConfig,
+    broker_pid: int,
+    workers: int,
+    profile: Path | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
     """The loadgen's results against ``ftte orchestrator`` with ``workers`` ingest workers,
-    and the payload sizes it sent."""
+    and the payload sizes it sent; with ``profile`` (a folder), cProfile statistics of the
+    orchestrator and of the load generator's run written there."""
     budget = config.connect_timeout_s + config.duration_s + config.drain_s + 120
     since = time.time()
-    process = start_orchestrator(folder, broker_dir, budget, workers)
+    name = f"{devices}-workers-{workers}"
+    orchestrator_profile = None if profile is None else profile / f"orchestrator-{name}.prof"
+    process = start_orchestrator(folder, broker_dir, budget, workers, orchestrator_profile)
     try:
         # The orchestrator must be subscribed before the births, or they reach it retained
         # (it starts its workers before it subscribes).
@@ -288,7 +315,12 @@ def orchestrator_rate(
         cpu["workers"] = sum(cpu_seconds(pid) for pid in helpers)
         cpu["loadgen"] = time.process_time()
         run = LoadRun(sessions_from_broker_dir(broker_dir, devices), config)
-        results = run.run()
+        if profile is None:
+            results = run.run()
+        else:
+            profiler = cProfile.Profile(time.thread_time)
+            results = profiler.runcall(run.run)
+            profiler.dump_stats(profile / f"loadgen-{name}.prof")
         cpu["loadgen"] = time.process_time() - cpu["loadgen"]
         cpu["orchestrator"] = cpu_seconds(process.pid) - cpu["orchestrator"]
         cpu["workers"] = sum(cpu_seconds(pid) for pid in helpers) - cpu["workers"]
@@ -329,9 +361,11 @@ def ingest_benchmark(
     raw_seconds: float,
     folder: Path,
     workers: tuple[int, ...] = (0,),
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Both measurements at each fleet size; the orchestrator's once per count of ingest
-    workers, each on a freshly generated fleet and broker."""
+    workers, each on a freshly generated fleet and broker (profiled into ``profile``, a
+    folder, if given: the rates are then the profiler's, not comparable)."""
     results: dict[str, Any] = {"loadgen": asdict(config), "raw_seconds": raw_seconds}
     runs = {}
     for devices in sizes:
@@ -348,7 +382,7 @@ def ingest_benchmark(
                 assert broker.process is not None
                 pid = broker.process.pid
                 lives[str(count)], payload_sizes = orchestrator_rate(
-                    sub, broker_dir, devices, config, pid, count
+                    sub, broker_dir, devices, config, pid, count, profile
                 )
                 if i == len(workers) - 1:  # the raw rate on the last run's broker
                     raw = raw_rate(
@@ -413,7 +447,7 @@ def run_ingest_benchmark(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         results = ingest_benchmark(
-            args.sizes, config, args.raw_seconds, Path(tmp), tuple(args.workers)
+            args.sizes, config, args.raw_seconds, Path(tmp), tuple(args.workers), args.profile
         )
     publish(results, format_table(results), args.json)
     return 0

@@ -22,6 +22,7 @@ Never pickle, never msgpack-numpy. Every refusal raises ``Rejected`` with its re
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,35 +90,109 @@ def encode_tensor(value: np.ndarray, encoding: DeltaEncoding) -> dict[str, Any]:
 
 
 def _compress(doc: dict[str, Any], level: int) -> bytes:
-    raw = msgpack.packb(doc, use_bin_type=True)
-    # The checksum lets the decoder refuse a frame damaged in transit or storage (a bit
-    # flip in the data otherwise decodes to different, still plausible numbers).
-    return zstandard.ZstdCompressor(
-        level=level, write_content_size=True, write_checksum=True
-    ).compress(raw)
+    return _compress_packed(msgpack.packb(doc, use_bin_type=True), level)
+
+
+_local = threading.local()  # a zstd compressor per thread and level: not thread-safe, reused
+
+
+def _compress_packed(raw: bytes, level: int) -> bytes:
+    compressors: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zstd", None)
+    if compressors is None:
+        compressors = _local.zstd = {}
+    compressor = compressors.get(level)
+    if compressor is None:
+        # The checksum lets the decoder refuse a frame damaged in transit or storage (a bit
+        # flip in the data otherwise decodes to different, still plausible numbers).
+        compressor = compressors[level] = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=True
+        )
+    return compressor.compress(raw)
+
+
+def _packed_entries(entries: dict[str, Any]) -> bytes:
+    """Map entries as msgpack packs them, without the map's header: a map is its header
+    followed by its keys and values, so entries packed apart concatenate to the same bytes."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    return b"".join(pack(k) + pack(v) for k, v in entries.items())
+
+
+# An assignment's map: these fields, then its ids, then the rest (version, trainable,
+# train, tensors), the order its fields always had.
+_ASSIGN_HEAD = ("v", "kind", "job")
+_ASSIGN_IDS = ("device_id", "assignment_id")
 
 
 class ModelForms:
     """The wire forms of the model's tensors at one version, shared by every assignment of
     that version (the server's model changes only when the version does): a fleet answering
-    at once is sent the same tensors many times per version, each converted once."""
+    at once is sent the same tensors many times per version, each converted once; and each
+    assignment's packed fields but its ids, shared by the assignments of one slice."""
 
     def __init__(self) -> None:
         self.version = -1
         self._forms: dict[tuple[str, DeltaEncoding], dict[str, Any]] = {}
+        self._packed: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+
+    def _at(self, version: int) -> None:
+        if version != self.version:
+            self._forms.clear()
+            self._packed.clear()
+            self.version = version
 
     def form(
         self, name: str, version: int, value: np.ndarray, wanted: DeltaEncoding
     ) -> dict[str, Any]:
         """Tensor ``name`` of model ``version`` in its wire form (``value`` if not cached)."""
-        if version != self.version:
-            self._forms.clear()
-            self.version = version
+        self._at(version)
         key = (name, wanted)
         form = self._forms.get(key)
         if form is None:
             form = self._forms[key] = encode_tensor(value, _value_encoding(value, wanted))
         return form
+
+    def packed(self, a: Assignment, values: DeltaEncoding) -> tuple[bytes, bytes]:
+        """Assignment ``a``'s msgpack bytes before its ids (map header included) and after
+        them: the same for every assignment of one version, job, slice, tensor set and
+        training settings, so packed once for all of them."""
+        self._at(a.version)
+        key = (a.job, a.trainable, tuple(a.tensors), a.train, values)
+        parts = self._packed.get(key)
+        if parts is None:
+            doc = _assignment_doc(a, values, self)
+            header = msgpack.Packer(use_bin_type=True).pack_map_header(len(doc))
+            head = {k: doc.pop(k) for k in _ASSIGN_HEAD}
+            for k in _ASSIGN_IDS:
+                del doc[k]
+            parts = self._packed[key] = (header + _packed_entries(head), _packed_entries(doc))
+        return parts
+
+
+def _assignment_doc(a: Assignment, values: DeltaEncoding, forms: ModelForms) -> dict[str, Any]:
+    """The msgpack map of an assignment, its fields in wire order."""
+    t = a.train
+    train: dict[str, Any] = {
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "momentum": t.momentum,
+        "delta_encoding": t.delta_encoding.value,
+        "micro_batch": t.micro_batch,
+        "clip_norm": t.clip_norm,
+    }
+    if t.optimizer is not Optimizer.SGD:
+        train[_OPTIMIZER_FIELD] = t.optimizer.value
+    return {
+        "v": WIRE_VERSION,
+        "kind": "assign",
+        "job": a.job,
+        "device_id": a.device_id,
+        "assignment_id": a.assignment_id,
+        "version": a.version,
+        "trainable": list(a.trainable),
+        "train": train,
+        "tensors": {n: forms.form(n, a.version, v, values) for n, v in a.tensors.items()},
+    }
 
 
 def encode_assignment(
@@ -132,38 +207,16 @@ def encode_assignment(
     taken against them, so rounding never accumulates (each assignment carries absolute
     values). int8 would, and is refused. A tensor with values beyond float16's range is
     sent as float32. ``forms``: the model's tensors already converted at ``a.version``
-    (the caller guarantees ``a.tensors`` hold the model's values at that version).
+    (the caller guarantees ``a.tensors`` hold the model's values at that version), and
+    the packed fields of assignments of the same slice; the bytes are the same either way.
     """
     if values is DeltaEncoding.INT8:
         raise ValueError("model values travel as float32 or float16, not int8")
     if forms is None:
         forms = ModelForms()  # converted for this assignment only
-    t = a.train
-    train: dict[str, Any] = {
-        "epochs": t.epochs,
-        "batch_size": t.batch_size,
-        "lr": t.lr,
-        "momentum": t.momentum,
-        "delta_encoding": t.delta_encoding.value,
-        "micro_batch": t.micro_batch,
-        "clip_norm": t.clip_norm,
-    }
-    if t.optimizer is not Optimizer.SGD:
-        train[_OPTIMIZER_FIELD] = t.optimizer.value
-    return _compress(
-        {
-            "v": WIRE_VERSION,
-            "kind": "assign",
-            "job": a.job,
-            "device_id": a.device_id,
-            "assignment_id": a.assignment_id,
-            "version": a.version,
-            "trainable": list(a.trainable),
-            "train": train,
-            "tensors": {n: forms.form(n, a.version, v, values) for n, v in a.tensors.items()},
-        },
-        level,
-    )
+    before, after = forms.packed(a, values)
+    ids = _packed_entries({"device_id": a.device_id, "assignment_id": a.assignment_id})
+    return _compress_packed(before + ids + after, level)
 
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -177,9 +230,16 @@ def _value_encoding(value: np.ndarray, wanted: DeltaEncoding) -> DeltaEncoding:
 
 
 def encode_update(
-    u: Update, encoding: DeltaEncoding = DeltaEncoding.FLOAT32, level: int = 3
+    u: Update,
+    encoding: DeltaEncoding = DeltaEncoding.FLOAT32,
+    level: int = 3,
+    delta_forms: Mapping[str, dict[str, Any]] | None = None,
 ) -> bytes:
-    """Serialise an update, quantising its delta as ``encoding`` says."""
+    """Serialise an update, quantising its delta as ``encoding`` says. ``delta_forms``:
+    the delta's tensors already in wire form (``encode_tensor(u.delta[n], encoding)`` for
+    each), as a load generator sending the same values many times keeps them."""
+    if delta_forms is None:
+        delta_forms = {n: encode_tensor(v, encoding) for n, v in u.delta.items()}
     doc = {
         "v": WIRE_VERSION,
         "kind": "update",
@@ -190,7 +250,7 @@ def encode_update(
         "num_samples": u.num_samples,
         "loss": float(u.loss),
         "peak_mem_bytes": u.peak_mem_bytes,
-        "tensors": {n: encode_tensor(v, encoding) for n, v in u.delta.items()},
+        "tensors": {n: delta_forms[n] for n in u.delta},
     }
     doc |= _evaluation_field(u.evaluation)
     if u.buffers:  # absent otherwise: an update of a model without buffers is as before
@@ -316,7 +376,7 @@ def _float(value: Any, name: str) -> float:
     return float(value)
 
 
-def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
+def _decode_tensor(name: str, t: Any, limits: WireLimits, values: bool = True) -> np.ndarray:
     if not isinstance(t, dict) or not {"dtype", "shape", "data"} <= set(t):
         raise Rejected(RejectReason.MALFORMED, f"tensor {name!r} is not a dtype/shape/data map")
     dtype = _DTYPES.get(t["dtype"]) if isinstance(t["dtype"], str) else None
@@ -341,11 +401,15 @@ def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     if t["dtype"] == "int8":
         scale = np.float32(_float(t["scale"], f"tensor {name!r} scale"))
+        if not values:
+            return _unread(arr.shape)
         out = np.multiply(arr, scale, dtype=np.float32)
         # |q| <= 128: a scale within float32's range / 128 makes every value finite, so the
         # pass over the values is needed only for an absurd scale.
         if abs(scale) <= _INT8_FINITE_SCALE:
             return out
+    elif not values:
+        return _unread(arr.shape)
     else:
         out = arr.astype(np.float32)
     if not np.isfinite(out).all():
@@ -356,8 +420,17 @@ def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
 _INT8_FINITE_SCALE = np.float32(np.finfo(np.float32).max / 128)
 
 
+def _unread(shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only float32 array of ``shape`` standing for values not decoded: zeros, with
+    no memory behind them."""
+    return np.broadcast_to(np.float32(0.0), shape)
+
+
 def _decode_tensors(
-    tensors: Any, limits: WireLimits, expected: Mapping[str, tuple[int, ...]] | None
+    tensors: Any,
+    limits: WireLimits,
+    expected: Mapping[str, tuple[int, ...]] | None,
+    values: bool = True,
 ) -> TensorDict:
     if not isinstance(tensors, dict):
         raise Rejected(RejectReason.MALFORMED, "tensors must be a map")
@@ -371,7 +444,7 @@ def _decode_tensors(
         )
     out = {}
     for name, t in tensors.items():
-        arr = _decode_tensor(name, t, limits)
+        arr = _decode_tensor(name, t, limits, values)
         if expected is not None and tuple(arr.shape) != tuple(expected[name]):
             raise Rejected(
                 RejectReason.BAD_SHAPE, f"tensor {name!r}: {arr.shape} != {expected[name]}"
@@ -380,8 +453,12 @@ def _decode_tensors(
     return out
 
 
-def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignment:
-    """Parse and check an assignment from untrusted bytes."""
+def decode_assignment(
+    data: bytes, limits: WireLimits | None = None, values: bool = True
+) -> Assignment:
+    """Parse and check an assignment from untrusted bytes. ``values`` false: every check
+    but the model values' conversion and finiteness, and the tensors are read-only zeros
+    of their shapes (for a load generator, which answers with the slice's shapes only)."""
     limits = limits or WireLimits()
     doc = _unpack(data, limits)
     _check_fields(doc, "assign", _ASSIGN_FIELDS)
@@ -415,7 +492,7 @@ def decode_assignment(data: bytes, limits: WireLimits | None = None) -> Assignme
         assignment_id=_str(doc["assignment_id"], "assignment_id"),
         version=_int(doc["version"], "version", 0),
         trainable=tuple(_str(n, "trainable name") for n in trainable),
-        tensors=_decode_tensors(doc["tensors"], limits, None),
+        tensors=_decode_tensors(doc["tensors"], limits, None, values),
         train=train_config,
     )
 

@@ -10,6 +10,7 @@ from ftte.errors import RejectReason
 from ftte.tasks import load_task
 from ftte.wire import encode_update
 from ftte.wire.messages import Assignment, Evaluation
+from orchestrator import server as server_module
 from orchestrator.checkpoint import load_state, save_state
 from orchestrator.presets import make_server
 from orchestrator.server import ServerSettings, TrainingServer
@@ -298,3 +299,30 @@ def test_fedbuff_excluded_leaves_out_a_device_that_cannot_hold_the_whole_model()
     assert "small" not in assignments and len(assignments) == 4
     assert "whole model" in s.excluded_devices()["small"]
     assert all(len(a.trainable) == len(TASK_SHAPES) for a in assignments.values())
+
+
+# Dispatches at these times of the driver's clock, one version apart (rescore_every = 1).
+@pytest.mark.parametrize(("rescore_every_s", "scored_at"), [(0.0, [0, 1, 2, 6]), (5.0, [0, 6])])
+def test_the_planner_rescores_every_rescore_every_versions_and_rescore_every_s_seconds(
+    monkeypatch, rescore_every_s, scored_at
+):
+    s = make_server(
+        "ftte",
+        TASK,
+        settings=ServerSettings(rescore_every=1),
+        strategy_params={"buffer_size": 1},
+        rescore_every_s=rescore_every_s,
+    )
+    s.register("d0", s.full_model_peak())
+    clock = [0]
+    scored = []
+    real = server_module.gradient_scores
+    monkeypatch.setattr(
+        server_module,
+        "gradient_scores",
+        lambda *a, **kw: scored.append(clock[0]) or real(*a, **kw),
+    )
+    for clock[0] in (0, 1, 2, 6):
+        a = dispatch(s, float(clock[0]))["d0"]
+        assert s.ingest("d0", answer(a)).accepted  # a new version each time (K = 1)
+    assert scored == scored_at

@@ -16,6 +16,7 @@ from ftte.wire import (
     encode_assignment,
     encode_update,
 )
+from ftte.wire.codec import encode_tensor
 from ftte.wire.messages import Assignment, DeltaEncoding, ProcessMemory, TrainConfig, Update
 
 
@@ -172,6 +173,39 @@ def test_assignments_sharing_converted_tensors_carry_their_own_version_s_values(
     for got, values in zip(sent, (first, first, later), strict=True):
         for name, value in values.items():
             np.testing.assert_array_equal(got[name], value)
+
+
+def test_assignments_of_one_slice_share_packed_fields_yet_each_carries_its_own_ids():
+    forms = ModelForms()
+    values = {"0.weight": np.array([0.5, 2.0], np.float32), "0.bias": np.ones(2, np.float32)}
+    train = TrainConfig(delta_encoding=DeltaEncoding.INT8)
+    for device in ("dev-1", "dev-22"):
+        a = Assignment("demo", device, f"{device}.7", 7, ("0.weight",), values, train)
+        raw = zstandard.ZstdDecompressor().decompress(encode_assignment(a, forms=forms))
+        # The map msgpack packs from the whole document, fields in their order of old.
+        doc = msgpack.unpackb(raw, raw=False)
+        assert list(doc)[:6] == ["v", "kind", "job", "device_id", "assignment_id", "version"]
+        assert raw == msgpack.packb(doc, use_bin_type=True)
+        assert (doc["device_id"], doc["assignment_id"]) == (device, f"{device}.7")
+
+
+def test_an_update_from_its_delta_forms_is_the_same_bytes(delta):
+    update = make_update(delta)
+    forms = {n: encode_tensor(v, DeltaEncoding.INT8) for n, v in delta.items()}
+    got = encode_update(update, DeltaEncoding.INT8, delta_forms=forms)
+    assert got == encode_update(update, DeltaEncoding.INT8)
+
+
+def test_an_assignment_decoded_without_values_has_its_slice_but_no_values_checked():
+    values = {"0.weight": np.array([[np.nan, 1.0]], np.float32), "0.bias": np.ones(3, np.float32)}
+    a = Assignment("demo", "dev-1", "dev-1.7", 7, ("0.weight",), values)
+    payload = encode_assignment(a)
+    with pytest.raises(Rejected, match="NaN"):
+        decode_assignment(payload)
+    got = decode_assignment(payload, values=False)
+    assert {n: t.shape for n, t in got.tensors.items()} == {"0.weight": (1, 2), "0.bias": (3,)}
+    assert got.assignment_id == "dev-1.7" and got.trainable == ("0.weight",)
+    assert not got.tensors["0.bias"].any() and not got.tensors["0.bias"].flags.writeable
 
 
 def test_decoded_arrays_are_writable(delta):

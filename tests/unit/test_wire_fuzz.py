@@ -224,6 +224,7 @@ def test_any_update_payload_decodes_or_is_rejected_and_refused_ones_change_nothi
 )
 def test_any_assignment_or_release_payload_decodes_or_is_rejected(payload):
     decodes_or_is_rejected(decode_assignment, payload)
+    decodes_or_is_rejected(lambda p: decode_assignment(p, values=False), payload)
     decodes_or_is_rejected(lambda p: decode_release(p, expected_shapes=SERVER.shapes), payload)
 
 
