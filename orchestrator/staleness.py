@@ -60,7 +60,7 @@ class AgeVarianceStaleness:
 
     def __call__(self, age: int, variance_ratio: float) -> float:
         """Age decay divided by the variance penalty."""
-        return float(self.decay(age) / self.penalty(np.float64(variance_ratio)))
+        return float(self.decay(age) / self.penalty(np.asarray(variance_ratio, np.float64)))
 
     def decay(self, age: int) -> float:
         """The age factor (1 + age)^-a."""

@@ -339,7 +339,7 @@ def _decode_tensor(name: str, t: Any, limits: WireLimits) -> np.ndarray:
     fields = _TENSOR_FIELDS.get(dtype_name) if isinstance(dtype_name, str) else None
     if fields is None or t.keys() != fields:
         raise _field_refusal(name, t)
-    dtype = _DTYPES[dtype_name]
+    dtype = _DTYPES[t["dtype"]]
     shape, data = t["shape"], t["data"]
     if not isinstance(shape, list) or len(shape) > limits.max_rank:
         raise Rejected(RejectReason.BAD_SHAPE, f"tensor {name!r}: shape {shape!r}")
