@@ -277,10 +277,10 @@ class InfluenceBound:
             )
 
     def stack(self, rows: Sequence[np.ndarray]) -> np.ndarray:
-        """One tensor's flat deltas (equal sizes) as the matrix ``combine`` takes: float64 for the
-        weighted mean, whose product computes in float64 anyway (the cast made once, and
-        shared with the strategy's float64 statistics of the rows), float32 for the robust
-        rules, whose median and trimmed mean are float32's."""
+        """One tensor's flat deltas (of equal sizes) as the matrix ``combine`` takes: float64
+        for the weighted mean, whose product computes in float64 anyway (the cast made once,
+        and shared with the strategy's float64 statistics of the rows), float32 for the
+        robust rules, whose median and trimmed mean are float32's."""
         robust = self.settings.robust_rule is not RobustRule.MEAN and len(rows) >= 3
         # One concatenation of the flat rows: np.stack adds a Python step per row.
         flat = np.concatenate(rows, dtype=np.float32 if robust else np.float64)
