@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.latest_median import LatestMedian
 from orchestrator.strategies.base import ReceivedUpdate
 
 
@@ -141,9 +142,9 @@ class InfluenceBound:
         self.settings = settings
         # Per device, its latest value: a device's say in a median is one value, however
         # many updates it sends (a fast device sends far more than a straggler).
-        self._samples: dict[str, float] = {}
-        self._norms: dict[str, dict[str, float]] = {}  # tensor -> device -> latest norm
-        self._rms: dict[str, float] = {}  # device -> RMS of its latest whole delta
+        self._samples = LatestMedian()
+        self._norms: dict[str, LatestMedian] = {}  # tensor -> device -> latest norm
+        self._rms = LatestMedian()  # device -> RMS of its latest whole delta
         # Equal say: per device its rate of joining aggregations (a moving average) as of
         # the aggregation it last joined, decayed on use, so each costs O(its batch).
         self._aggregations = 0
@@ -159,20 +160,28 @@ class InfluenceBound:
         s = self.settings
         batch, merged = _one_per_device(batch)
         devices = [r.update.device_id for r in batch]
-        counts = {d: float(r.update.num_samples) for d, r in zip(devices, batch, strict=True)}
-        sample_cap = min(float(s.max_samples), s.sample_factor * _median(self._samples, counts))
+        # The medians are over the devices' latest values, the batch's being the latest:
+        # the batch is learnt first.
+        for d, r in zip(devices, batch, strict=True):
+            self._samples.set(d, float(r.update.num_samples))
+        sample_cap = min(float(s.max_samples), s.sample_factor * self._samples.median())
         squares = [{n: _square_sum(d) for n, d in r.update.delta.items()} for r in batch]
         norms = [{n: math.sqrt(q) for n, q in sq.items()} for sq in squares]
-        tensor_caps = {}
-        for name in {name for n in norms for name in n}:
-            now = {d: n[name] for d, n in zip(devices, norms, strict=True) if name in n}
-            tensor_caps[name] = s.clip_factor * _median(self._norms.get(name, {}), now)
+        for device_id, update_norms in zip(devices, norms, strict=True):
+            for name, norm in update_norms.items():
+                window = self._norms.get(name)
+                if window is None:
+                    window = self._norms[name] = LatestMedian()
+                window.set(device_id, norm)
+        tensor_caps = {
+            name: s.clip_factor * self._norms[name].median()
+            for name in {name for n in norms for name in n}
+        }
         # A tensor that only hostile devices hold has a hostile median norm; the fleet's
         # median RMS over whole deltas, one value per device, still bounds it.
-        rms = {
-            d: _rms(sq, r.update.delta) for d, r, sq in zip(devices, batch, squares, strict=True)
-        }
-        rms_cap = min(s.max_delta_rms, s.clip_factor * _median(self._rms, rms))
+        for d, r, sq in zip(devices, batch, squares, strict=True):
+            self._rms.set(d, _rms(sq, r.update.delta))
+        rms_cap = min(s.max_delta_rms, s.clip_factor * self._rms.median())
         bounded, clipped, capped = [], set(), set()
         for r, update_norms in zip(batch, norms, strict=True):
             update = r.update
@@ -196,12 +205,7 @@ class InfluenceBound:
         screened: set[str] = set()
         if s.screen:
             bounded, screened = self._screen(bounded)
-        self._samples.update(counts)
-        self._rms.update(rms)
         self._join(devices)
-        for device_id, update_norms in zip(devices, norms, strict=True):
-            for name, norm in update_norms.items():
-                self._norms.setdefault(name, {})[device_id] = norm
         return Bounded(bounded, frozenset(clipped), frozenset(capped), merged, frozenset(screened))
 
     def _screen(self, batch: list[ReceivedUpdate]) -> tuple[list[ReceivedUpdate], set[str]]:
@@ -242,9 +246,9 @@ class InfluenceBound:
         """The cap on one device's sample count now: ``sample_factor`` × the median of the
         devices' latest counts (after ``apply``, the cap it used), at most ``max_samples``."""
         s = self.settings
-        if not self._samples:
+        if not len(self._samples):
             return float(s.max_samples)
-        return min(float(s.max_samples), s.sample_factor * _median(self._samples, {}))
+        return min(float(s.max_samples), s.sample_factor * self._samples.median())
 
     def _say(self, device: str) -> float:
         """The factor on a device's delta: the fleet's mean join rate over its own, at most 1."""
@@ -272,6 +276,16 @@ class InfluenceBound:
                 self._aggregations,
             )
 
+    def stack(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        """One tensor's flat deltas (of equal sizes) as the matrix ``combine`` takes: float64
+        for the weighted mean, whose product computes in float64 anyway (the cast made once,
+        and shared with the strategy's float64 statistics of the rows), float32 for the
+        robust rules, whose median and trimmed mean are float32's."""
+        robust = self.settings.robust_rule is not RobustRule.MEAN and len(rows) >= 3
+        # One concatenation of the flat rows: np.stack adds a Python step per row.
+        flat = np.concatenate(rows, dtype=np.float32 if robust else np.float64)
+        return flat.reshape(len(rows), rows[0].size)
+
     def combine(self, stacked: np.ndarray, coefs: np.ndarray) -> np.ndarray:
         """One tensor's step from its holders' deltas (rows) and their weights.
 
@@ -293,9 +307,9 @@ class InfluenceBound:
     def state_dict(self) -> dict[str, Any]:
         """The windows, so bounds after a restart are those before it."""
         return {
-            "samples": dict(self._samples),
-            "norms": {n: dict(v) for n, v in self._norms.items()},
-            "rms": dict(self._rms),
+            "samples": dict(self._samples.latest),
+            "norms": {n: dict(v.latest) for n, v in self._norms.items()},
+            "rms": dict(self._rms.latest),
             "aggregations": self._aggregations,
             "joins": {d: [rate, at] for d, (rate, at) in self._joins.items()},
             "join_sum": self._join_sum,
@@ -305,12 +319,12 @@ class InfluenceBound:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state_dict``."""
-        self._samples = {d: float(v) for d, v in state["samples"].items()}
+        self._samples = LatestMedian({d: float(v) for d, v in state["samples"].items()})
         self._norms = {
-            name: {d: float(v) for d, v in values.items()}
+            name: LatestMedian({d: float(v) for d, v in values.items()})
             for name, values in state["norms"].items()
         }
-        self._rms = {d: float(v) for d, v in state["rms"].items()}
+        self._rms = LatestMedian({d: float(v) for d, v in state["rms"].items()})
         self._aggregations = int(state["aggregations"])
         self._joins = {d: (float(rate), int(at)) for d, (rate, at) in state["joins"].items()}
         self._join_sum = float(state["join_sum"])
@@ -377,8 +391,3 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     norms = float(np.linalg.norm(a64) * np.linalg.norm(b64))
     return float(a64 @ b64) / norms if norms > 0 else 0.0
-
-
-def _median(latest: dict[str, float], batch: dict[str, float]) -> float:
-    """Median over devices of their latest value, the batch's being the latest."""
-    return float(np.median(list((latest | batch).values())))

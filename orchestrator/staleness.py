@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 
 class StalenessWeight(Protocol):
     """Maps an update's age (versions since its base) and variance ratio to a weight."""
@@ -58,6 +60,14 @@ class AgeVarianceStaleness:
 
     def __call__(self, age: int, variance_ratio: float) -> float:
         """Age decay divided by the variance penalty."""
+        return float(self.decay(age) / self.penalty(np.asarray(variance_ratio, np.float64)))
+
+    def decay(self, age: int) -> float:
+        """The age factor (1 + age)^-a."""
         _check_age(age)
-        penalty = 1.0 + self.variance_coef * max(0.0, variance_ratio - 1.0)
-        return float((1.0 + age) ** -self.exponent / penalty)
+        return float((1.0 + age) ** -self.exponent)
+
+    def penalty(self, variance_ratios: np.ndarray) -> np.ndarray:
+        """The variance penalty 1 + b · max(0, r − 1) of each ratio, elementwise: a buffer's
+        weights for one tensor in one array operation (the aggregator's hot loop)."""
+        return 1.0 + self.variance_coef * np.fmax(0.0, variance_ratios - 1.0)

@@ -148,18 +148,21 @@ def raw_loop(batch: Batch) -> None:
 
 
 def _time(
-    make: Callable[[], Batch], run: Callable[[Batch], None], repeats: int
-) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds per run, each on a fresh batch (a server takes an assignment's
-    answer once)."""
-    wall, cpu = [], []
+    runs: dict[str, tuple[Callable[[], Batch], Callable[[Batch], None]]], repeats: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall and CPU seconds of each run, each on a fresh batch (a server takes an
+    assignment's answer once). The paths take turns, one run each per round: the load of a
+    shared box then weighs on every path alike, where a path's runs in a row met the load of
+    their own minutes (measured: ratios moving by a few hundredths between runs)."""
+    times: dict[str, tuple[list[float], list[float]]] = {path: ([], []) for path in runs}
     for _ in range(repeats):
-        batch = make()
-        started, started_cpu = time.perf_counter(), time.process_time()
-        run(batch)
-        wall.append(time.perf_counter() - started)
-        cpu.append(time.process_time() - started_cpu)
-    return wall, cpu
+        for path, (make, run) in runs.items():
+            batch = make()
+            started, started_cpu = time.perf_counter(), time.process_time()
+            run(batch)
+            times[path][0].append(time.perf_counter() - started)
+            times[path][1].append(time.process_time() - started_cpu)
+    return times
 
 
 def aggregator_benchmark(
@@ -173,20 +176,25 @@ def aggregator_benchmark(
         sizes = [len(p) for _, p in sample.payloads]
         with tempfile.TemporaryDirectory() as tmp:
             journal = Journal(Path(tmp))
-            paths: dict[str, Callable[[Batch], None]] = {
-                "raw_decode_axpy": raw_loop,
-                "aggregator": partial(ingest, journal=None),
-                "aggregator_with_journal": partial(ingest, journal=journal),
-                "aggregator_with_journal_fsync_each": partial(
-                    ingest, journal=journal, fsync_each=True
-                ),
-            }
             make = partial(make_batch, name, task, devices, seed)
-            both = {path: _time(make, run, repeats) for path, run in paths.items()}
-            both["worker"] = _time(make, worker, repeats)
             make_handoffs = partial(handoff_batch, name, task, devices, seed)
-            run_owner = partial(owner_from_workers, journal=journal)
-            both["owner_from_workers"] = _time(make_handoffs, run_owner, repeats)
+            both = _time(
+                {
+                    "raw_decode_axpy": (make, raw_loop),
+                    "aggregator": (make, partial(ingest, journal=None)),
+                    "aggregator_with_journal": (make, partial(ingest, journal=journal)),
+                    "aggregator_with_journal_fsync_each": (
+                        make,
+                        partial(ingest, journal=journal, fsync_each=True),
+                    ),
+                    "worker": (make, worker),
+                    "owner_from_workers": (
+                        make_handoffs,
+                        partial(owner_from_workers, journal=journal),
+                    ),
+                },
+                repeats,
+            )
             journal.close()
         n = len(sample.payloads)
         timings = {path: wall for path, (wall, _) in both.items()}

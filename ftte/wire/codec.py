@@ -376,15 +376,30 @@ def _float(value: Any, name: str) -> float:
     return float(value)
 
 
+_TENSOR_FIELDS = {
+    name: frozenset({"dtype", "shape", "data"} | ({"scale"} if name == "int8" else set()))
+    for name in _DTYPES
+}
+
+
+def _field_refusal(name: str, t: Any) -> Rejected:
+    """Why ``t`` is not a tensor map with exactly its dtype's fields."""
+    if not isinstance(t, dict) or not {"dtype", "shape", "data"} <= t.keys():
+        return Rejected(RejectReason.MALFORMED, f"tensor {name!r} is not a dtype/shape/data map")
+    if not isinstance(t["dtype"], str) or t["dtype"] not in _DTYPES:
+        return Rejected(RejectReason.BAD_DTYPE, f"tensor {name!r}: dtype {t['dtype']!r}")
+    fields = sorted(_TENSOR_FIELDS[t["dtype"]])
+    return Rejected(RejectReason.MALFORMED, f"tensor {name!r}: fields must be {fields}")
+
+
 def _decode_tensor(name: str, t: Any, limits: WireLimits, values: bool = True) -> np.ndarray:
-    if not isinstance(t, dict) or not {"dtype", "shape", "data"} <= set(t):
-        raise Rejected(RejectReason.MALFORMED, f"tensor {name!r} is not a dtype/shape/data map")
-    dtype = _DTYPES.get(t["dtype"]) if isinstance(t["dtype"], str) else None
-    if dtype is None:
-        raise Rejected(RejectReason.BAD_DTYPE, f"tensor {name!r}: dtype {t['dtype']!r}")
-    fields = {"dtype", "shape", "data"} | ({"scale"} if t["dtype"] == "int8" else set())
-    if set(t) != fields:
-        raise Rejected(RejectReason.MALFORMED, f"tensor {name!r}: fields must be {sorted(fields)}")
+    # One lookup and one comparison of the keys accept a well-formed map (the hot path:
+    # about 8 tensors per update); anything else is told apart by _field_refusal.
+    dtype_name = t.get("dtype") if isinstance(t, dict) else None
+    fields = _TENSOR_FIELDS.get(dtype_name) if isinstance(dtype_name, str) else None
+    if fields is None or t.keys() != fields:
+        raise _field_refusal(name, t)
+    dtype = _DTYPES[t["dtype"]]
     shape, data = t["shape"], t["data"]
     if not isinstance(shape, list) or len(shape) > limits.max_rank:
         raise Rejected(RejectReason.BAD_SHAPE, f"tensor {name!r}: shape {shape!r}")
@@ -399,11 +414,14 @@ def _decode_tensor(name: str, t: Any, limits: WireLimits, values: bool = True) -
             RejectReason.BAD_SHAPE, f"tensor {name!r}: {len(data)} B do not fit shape {shape}"
         )
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if t["dtype"] == "int8":
+    if dtype_name == "int8":
         scale = np.float32(_float(t["scale"], f"tensor {name!r} scale"))
         if not values:
             return _unread(arr.shape)
-        out = np.multiply(arr, scale, dtype=np.float32)
+        # The same values as np.multiply(arr, scale, dtype=float32), whose mixed-type loop
+        # casts in buffered chunks: measured 1.4x slower than a cast and a float32 multiply.
+        out = arr.astype(np.float32)
+        out *= scale
         # |q| <= 128: a scale within float32's range / 128 makes every value finite, so the
         # pass over the values is needed only for an absurd scale.
         if abs(scale) <= _INT8_FINITE_SCALE:

@@ -90,7 +90,7 @@ class FedAvgStrategy(Strategy):
         names = sorted({n for r in taken for n in r.update.delta})
         for name in names:
             holders = [r for r in taken if name in r.update.delta]
-            stacked = np.stack([r.update.delta[name].ravel() for r in holders])
+            stacked = bound.stack([r.update.delta[name].ravel() for r in holders])
             coefs = np.array([r.update.num_samples for r in holders], dtype=np.float64)
             step = bound.combine(stacked, coefs * (self.server_lr / total))
             params[name] += step.reshape(params[name].shape).astype(np.float32)

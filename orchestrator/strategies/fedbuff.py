@@ -53,7 +53,7 @@ class FedBuffStrategy(BufferedStrategy):
         names = sorted({n for r in taken for n in r.update.delta})
         for name in names:
             holders = [r for r in taken if name in r.update.delta]
-            stacked = np.stack([r.update.delta[name].ravel() for r in holders])
+            stacked = bound.stack([r.update.delta[name].ravel() for r in holders])
             coefs = np.array([weights[r.update.update_id] for r in holders])
             step = bound.combine(stacked, coefs * (self.server_lr / len(taken)))
             params[name] += step.reshape(params[name].shape).astype(np.float32)

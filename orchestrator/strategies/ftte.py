@@ -72,23 +72,26 @@ class FTTEStrategy(BufferedStrategy):
         bounded = bound.apply(devices) if devices else None  # no medians of nothing
         taken = (bounded.updates if bounded else []) + sites
         per_update: dict[str, list[float]] = {r.update.update_id: [] for r in taken}
+        # The age factor is per row; the variance penalty per (row, tensor), taken for all
+        # of a tensor's holders in one array operation: the models are small, so per-call
+        # overhead, not arithmetic, bounds the aggregator's throughput.
+        decay = np.array([self.staleness.decay(r.age) for r in taken])
         names = sorted({n for r in taken for n in r.update.delta})
         for name in names:
-            holders = [r for r in taken if name in r.update.delta]
-            # One (holders × values) matrix per tensor: a variance call and a weighted sum
-            # over all holders at once, rather than per update (the models are small, so
-            # per-call overhead, not arithmetic, bounds the aggregator's throughput).
-            stacked = np.stack([r.update.delta[name].ravel() for r in holders])
+            held = [i for i, r in enumerate(taken) if name in r.update.delta]
+            holders = [taken[i] for i in held]
+            stacked = bound.stack([r.update.delta[name].ravel() for r in holders])
             variances = stacked.var(axis=1, dtype=np.float64)
             mean_var = float(variances.mean())
-            weighted = np.empty(len(holders))
-            for i, r in enumerate(holders):
-                ratio = variances[i] / mean_var if mean_var > 0 and len(holders) > 1 else 1.0
-                s = self.staleness(r.age, float(ratio))
+            if mean_var > 0 and len(holders) > 1:
+                weights = decay[held] / self.staleness.penalty(variances / mean_var)
+            else:
+                weights = decay[held]  # a penalty of exactly 1
+            for r, s in zip(holders, weights.tolist(), strict=True):
                 per_update[r.update.update_id].append(s)
-                weighted[i] = s * r.samples(name)
-            samples = sum(r.samples(name) for r in holders)
-            step = bound.combine(stacked, weighted * (self.server_lr / samples))
+            counts = [r.samples(name) for r in holders]
+            weighted = weights * np.array(counts, dtype=np.float64)
+            step = bound.combine(stacked, weighted * (self.server_lr / sum(counts)))
             params[name] += step.reshape(params[name].shape).astype(np.float32)
         return AggregationReport(
             weights={uid: float(np.mean(w)) for uid, w in per_update.items()},

@@ -246,3 +246,54 @@ def test_k_grows_with_the_devices_training(make):
     restored = make(buffer_size=10)
     restored.load_state_dict(s.state_dict())
     assert restored.k == 30  # a checkpoint restores K with the devices training
+
+
+def test_ftte_steps_are_the_per_holder_formula_to_the_bit():
+    # The aggregator takes each tensor's weights in array operations on a float64 matrix;
+    # the model must be exactly what the formula, holder by holder, gives.
+    rng = np.random.default_rng(3)
+    shapes = {"a": (7, 5), "b": (300,), "c": (2,)}
+    buffer = [
+        upd(
+            f"u{i}",
+            {
+                n: rng.standard_normal(s) * rng.uniform(0.1, 3)
+                for n, s in shapes.items()
+                if n != "a" or i % 3
+            },
+            n=int(rng.integers(1, 90)),
+            age=int(rng.integers(0, 6)),
+        )
+        for i in range(12)
+    ]
+    strategy = FTTEStrategy(buffer_size=12)
+    staleness = strategy.staleness
+    expected = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    got = {n: v.copy() for n, v in expected.items()}
+    for name in shapes:
+        holders = [r for r in buffer if name in r.update.delta]
+        stacked = np.stack([r.update.delta[name].ravel() for r in holders])
+        variances = stacked.var(axis=1, dtype=np.float64)
+        mean_var = float(variances.mean())
+        weighted = np.array(
+            [
+                staleness(r.age, float(v / mean_var)) * r.update.num_samples
+                for r, v in zip(holders, variances, strict=True)
+            ]
+        )
+        coefs = weighted / sum(r.update.num_samples for r in holders)
+        expected[name] += (coefs @ stacked).reshape(shapes[name]).astype(np.float32)
+    for r in buffer:
+        strategy.add(r)
+    strategy.aggregate(got, unbounded())
+    for name in shapes:
+        assert np.array_equal(got[name], expected[name]), name
+
+
+def test_the_variance_penalty_of_an_array_is_the_weights_one_by_one():
+    staleness = AgeVarianceStaleness(0.5, 0.7)
+    ratios = np.array([0.0, 0.5, 1.0, 1.0 + 1e-12, 1.7, 42.0])
+    penalties = staleness.penalty(ratios)
+    for age in (0, 3):
+        for ratio, penalty in zip(ratios, penalties, strict=True):
+            assert staleness.decay(age) / penalty == staleness(age, float(ratio))

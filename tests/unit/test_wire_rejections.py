@@ -147,6 +147,32 @@ def test_unknown_dtype():
     assert reason_of(pack(update_doc(tensors={"8.bias": t}))) == RejectReason.BAD_DTYPE
 
 
+INT8 = {"dtype": "int8", "shape": [10], "data": bytes(10), "scale": 0.1}
+FLOAT32 = {"dtype": "float32", "shape": [10], "data": bytes(40)}
+
+
+@pytest.mark.parametrize(
+    ("tensor", "reason"),
+    [
+        ([1, 2], RejectReason.MALFORMED),  # not a map
+        ({k: v for k, v in FLOAT32.items() if k != "data"}, RejectReason.MALFORMED),
+        ({k: v for k, v in INT8.items() if k != "scale"}, RejectReason.MALFORMED),
+        (FLOAT32 | {"scale": 0.1}, RejectReason.MALFORMED),  # a scale only int8 has
+        (FLOAT32 | {"extra": 1}, RejectReason.MALFORMED),
+        (FLOAT32 | {"dtype": 7}, RejectReason.BAD_DTYPE),
+        (FLOAT32 | {"dtype": b"float32"}, RejectReason.BAD_DTYPE),
+        (
+            {"dtype": "float64", "shape": [10], "data": bytes(80), "scale": 1.0},
+            RejectReason.BAD_DTYPE,
+        ),
+    ],
+)
+def test_a_tensor_map_without_exactly_its_dtypes_fields_is_refused_for_the_first_fault(
+    tensor, reason
+):
+    assert reason_of(pack(update_doc(tensors={"8.bias": tensor}))) == reason
+
+
 def test_data_length_not_matching_shape():
     t = {"dtype": "float32", "shape": [11], "data": np.ones(10, np.float32).tobytes()}
     assert reason_of(pack(update_doc(tensors={"8.bias": t}))) == RejectReason.BAD_SHAPE
