@@ -13,8 +13,8 @@ epochs, batch order and the ``steps`` cap as ``edge_agent.runtime.epoch_batches`
 works on copies of the slice's tensors, so the model keeps the global values it was
 assigned. Batch norms from the first trainable layer on normalise with each chunk's
 statistics and move copies of their running statistics as torch does (momentum, unbiased
-variance), returned with the
-delta; those of the frozen prefix, and every one at prediction, use the running statistics.
+variance), returned with the delta; those of the frozen prefix, and every one at
+prediction, use the running statistics.
 
 What a layer keeps for backward is chosen for memory: a convolution keeps its padded input
 and rebuilds its im2col matrix in backward (the matrix is kernel-size times larger), a ReLU
