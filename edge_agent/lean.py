@@ -9,11 +9,12 @@ keeps what its backward needs; backward stops at the first trainable layer; each
 gradient is the mean over the batch, accumulated over ``micro_batch`` chunks; the gradient
 norm over the slice is clipped to ``clip_norm``; SGD with momentum as ``torch.optim.SGD``, or
 Adam as ``torch.optim.Adam`` (its single-tensor rule, the one torch runs on CPU);
-epochs and batch order as ``edge_agent.runtime.epoch_orders``. Training works on copies of
-the slice's tensors, so the model keeps the global values it was assigned. Batch norms
-from the first trainable layer on normalise with each chunk's statistics and move copies of
-their running statistics as torch does (momentum, unbiased variance), returned with the
-delta; those of the frozen prefix, and every one at prediction, use the running statistics.
+epochs, batch order and the ``steps`` cap as ``edge_agent.runtime.epoch_batches``. Training
+works on copies of the slice's tensors, so the model keeps the global values it was
+assigned. Batch norms from the first trainable layer on normalise with each chunk's
+statistics and move copies of their running statistics as torch does (momentum, unbiased
+variance), returned with the delta; those of the frozen prefix, and every one at
+prediction, use the running statistics.
 
 What a layer keeps for backward is chosen for memory: a convolution keeps its padded input
 and rebuilds its im2col matrix in backward (the matrix is kernel-size times larger), a ReLU
@@ -38,7 +39,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edge_agent.lean_optim import LeanAdam, LeanSGD, make_optimizer
-from edge_agent.runtime import TrainResult, epoch_orders
+from edge_agent.runtime import TrainResult, epoch_batches
 from ftte.memory import FLOAT_BYTES
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import (
@@ -368,13 +369,13 @@ class LeanModel:
         # and the working copy of the running statistics training moves.
         per_value = FLOAT_BYTES * (2 + config.optimizer_slots)
         meter = _Meter(weights + slice_numel * per_value + sum(b.nbytes for b in stats.values()))
-        delta, loss = self._train(list(trainable), data, config, seed, meter, stats)
+        delta, loss, processed = self._train(list(trainable), data, config, seed, meter, stats)
         return TrainResult(
             delta=delta,
             num_samples=len(data),
             loss=loss,
             peak_mem_bytes=meter.peak,
-            samples_processed=len(data) * config.epochs,
+            samples_processed=processed,
             buffers=stats,
         )
 
@@ -395,16 +396,16 @@ class LeanModel:
         seed: int,
         meter: _Meter,
         stats: dict[str, Array],
-    ) -> tuple[dict[str, Array], float]:
+    ) -> tuple[dict[str, Array], float, int]:
         first = min(int(name.split(".", 1)[0]) for name in trainable)
         work = {n: self.params[n].copy() for n in trainable}
         optimizer = make_optimizer(config)
         epoch_loss = 0.0
         targets = self.objective.targets(data)
-        for order in epoch_orders(len(data), config.epochs, seed):
+        processed = 0
+        for batches in epoch_batches(len(data), config, seed):
             total, count = 0.0, 0
-            for start in range(0, len(order), config.batch_size):
-                batch = order[start : start + config.batch_size]
+            for batch in batches:
                 grads = {n: np.zeros_like(v) for n, v in work.items()}
                 step = config.micro_batch or len(batch)
                 for chunk_start in range(0, len(batch), step):
@@ -419,7 +420,8 @@ class LeanModel:
                 self._step(work, grads, optimizer, config)
                 count += len(batch)
             epoch_loss = total / count
-        return {n: work[n] - self.params[n] for n in trainable}, epoch_loss
+            processed += count
+        return {n: work[n] - self.params[n] for n in trainable}, epoch_loss, processed
 
     def _value(self, name: str, work: Mapping[str, Array]) -> Array:
         return work[name] if name in work else self.params[name]

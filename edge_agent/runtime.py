@@ -65,12 +65,22 @@ class SliceTrainer(Protocol):
         ...
 
 
-def epoch_orders(num_samples: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
-    """The sample order of each epoch: one torch-free source, so both runtimes see the
-    same batches for the same seed and their deltas can be compared."""
+def epoch_batches(num_samples: int, settings: TrainConfig, seed: int) -> Iterator[list[np.ndarray]]:
+    """Each epoch's batches of sample indices, a new order every epoch, stopping after
+    ``settings.steps`` batches when that is set: one torch-free source, so both runtimes
+    see the same batches for the same seed and their deltas can be compared."""
     rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        yield rng.permutation(num_samples)
+    left = settings.steps or settings.epochs * -(-num_samples // settings.batch_size)
+    for _ in range(settings.epochs):
+        if left <= 0:
+            return
+        order = rng.permutation(num_samples)
+        batches = [
+            order[start : start + settings.batch_size]
+            for start in range(0, num_samples, settings.batch_size)
+        ][:left]
+        left -= len(batches)
+        yield batches
 
 
 def single_threaded(runtime: str) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_agent.runtime import TrainResult, epoch_orders
+from edge_agent.runtime import TrainResult, epoch_batches
 from ftte.memory import FLOAT_BYTES, FROZEN_PREFIX_CHUNK
 from ftte.tasks.base import Dataset, ModelSpec
 from ftte.tasks.layers import BUFFERS
@@ -111,9 +111,11 @@ def train_slice(
     epoch_loss = 0.0
     model.train()
     frozen_prefix.eval()  # inference: batch norms there use, and keep, the running statistics
-    for order in epoch_orders(len(data), config.epochs, seed):
+    processed = 0
+    for batches in epoch_batches(len(data), config, seed):
         total, count = 0.0, 0
-        for batch in torch.from_numpy(order).split(config.batch_size):
+        for indices in batches:
+            batch = torch.from_numpy(indices)
             optimizer.zero_grad(set_to_none=True)
             # Summed chunk losses over the batch size: the accumulated gradient is the
             # batch's mean gradient, whatever the chunking.
@@ -129,6 +131,7 @@ def train_slice(
             optimizer.step()
             count += len(batch)
         epoch_loss = total / count
+        processed += count
     delta = {}
     with torch.no_grad():
         for name in trainable:
@@ -149,7 +152,7 @@ def train_slice(
         num_samples=len(data),
         loss=epoch_loss,
         peak_mem_bytes=meter.peak,
-        samples_processed=len(data) * config.epochs,
+        samples_processed=processed,
         buffers=buffers,
     )
 

@@ -102,6 +102,12 @@ def _add_sim(commands: Any) -> None:
     )
     p.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
     p.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.steps,
+        help="at most this many local steps per assignment (0: every batch of every epoch)",
+    )
+    p.add_argument(
         "--runtime",
         choices=RUNTIMES,
         default=REFERENCE,
@@ -181,6 +187,7 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
             lr=args.lr,
             optimizer=Optimizer(args.optimizer),
             momentum=args.momentum,
+            steps=args.steps,
         ),
         strategy_params={} if args.buffer_size is None else {"buffer_size": args.buffer_size},
     )

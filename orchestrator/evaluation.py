@@ -18,7 +18,7 @@ the fleet's measure nor pulls it toward zero. The state is one report per device
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ftte.wire.messages import Evaluation
@@ -34,6 +34,16 @@ class FleetMetrics:
     metrics: dict[str, float]  # each over the devices that reported it
     samples: int  # over every device counted
     devices: int
+    by_device: dict[str, Evaluation] = field(default_factory=dict)  # the reports counted
+
+    def by_device_of(self, metric: str) -> dict[str, tuple[int, float]]:
+        """Each counted device's (samples, value) of ``metric``, if it reported it: what
+        releases compare on (``orchestrator.releases``)."""
+        return {
+            d: (e.samples, e.metrics[metric])
+            for d, e in self.by_device.items()
+            if metric in e.metrics
+        }
 
 
 class FleetEvaluation:
@@ -57,7 +67,8 @@ class FleetEvaluation:
         if not self._reports:
             return None
         newest = max(version for version, _ in self._reports.values())
-        recent = [e for version, e in self._reports.values() if version >= newest - SPAN]
+        counted = {d: e for d, (v, e) in self._reports.items() if v >= newest - SPAN}
+        recent = list(counted.values())
         if len(recent) < min_devices:
             return None
         weighted: dict[str, float] = {}
@@ -67,7 +78,8 @@ class FleetEvaluation:
                 weighted[name] = weighted.get(name, 0.0) + e.samples * value
                 weights[name] = weights.get(name, 0) + e.samples
         metrics = {name: weighted[name] / weights[name] for name in sorted(weighted)}
-        return FleetMetrics(newest, metrics, sum(e.samples for e in recent), len(recent))
+        samples = sum(e.samples for e in recent)
+        return FleetMetrics(newest, metrics, samples, len(recent), counted)
 
     def state_dict(self) -> dict[str, Any]:
         """The reports, for the engine's checkpoint."""

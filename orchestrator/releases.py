@@ -7,6 +7,15 @@ The store keeps the best version by the job's metric (the task objective's prima
 in its direction: ``for_objective``) and the last one offered, plus the ``keep`` newest
 others; everything else is deleted as it falls out.
 
+Without a validation set a release's metrics are the fleet's measure (``orchestrator.
+evaluation``): each device's newest report, over whichever devices reported on recent
+versions. Those are not the same devices from one release to the next (a straggler reports
+rarely), so two releases are compared on the devices both were measured by, each device
+weighted by its samples in the newer measure; only with no device in common (or no
+per-device reports: a validation set's metrics) are their overall values compared. A fast
+subset's measure then cannot make an older version look better than a newer one that the
+same devices measured as better (docs/architecture.md, releases).
+
 The index is written after the artifact, both atomically, so a crash leaves either the old
 index (and a stray file the next offer removes) or the new one, never an index naming a
 file that is not there.
@@ -16,7 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,9 @@ class StoredRelease:
     file: str
     sha256: str
     metrics: dict[str, float]
+    # The devices whose reports made the job's metric, each (samples, value); empty when
+    # it is a validation set's.
+    by_device: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 class ReleaseStore:
@@ -74,14 +87,20 @@ class ReleaseStore:
         """Every release on disk, oldest first."""
         return [s for s in map(self._stored, self._index.get("kept", [])) if s is not None]
 
-    def keep_if_best(self, release: Release) -> StoredRelease | None:
-        """Store ``release`` if it beats the best one; return it if so."""
+    def keep_if_best(
+        self, release: Release, by_device: Mapping[str, tuple[int, float]] | None = None
+    ) -> StoredRelease | None:
+        """Store ``release`` if it beats the best one; return it if so. ``by_device``: the
+        devices whose reports made its metric, each (samples, value)."""
         best = self.best
-        if best is not None and not self._better_value(release.metrics[self.metric], best):
+        candidate = dict(by_device or {})
+        if best is not None and not self._better(release.metrics[self.metric], candidate, best):
             return None
-        return self.offer(release)
+        return self.offer(release, by_device)
 
-    def offer(self, release: Release) -> StoredRelease:
+    def offer(
+        self, release: Release, by_device: Mapping[str, tuple[int, float]] | None = None
+    ) -> StoredRelease:
         """Store ``release`` as the last one (and the best, if it beats the best); return it."""
         if self.metric not in release.metrics:
             raise ValueError(f"release has no metric {self.metric!r}: {sorted(release.metrics)}")
@@ -91,10 +110,11 @@ class ReleaseStore:
             file=f"v{release.version}.release",
             sha256=hashlib.sha256(payload).hexdigest(),
             metrics=dict(release.metrics),
+            by_device={d: (int(n), float(v)) for d, (n, v) in (by_device or {}).items()},
         )
         atomic_write(self.folder / stored.file, payload)
         best = self.best
-        if best is None or self._better(stored, best):
+        if best is None or self._better(stored.metrics[self.metric], stored.by_device, best):
             best = stored
         kept = [s for s in self.kept() if s.version != stored.version][-(self.keep - 1) :]
         kept = [*kept, stored] if self.keep > 1 else [stored]
@@ -120,11 +140,17 @@ class ReleaseStore:
             raise ValueError(f"{self.folder / stored.file}: content does not match its hash")
         return decode_release(payload, limits)
 
-    def _better(self, a: StoredRelease, b: StoredRelease) -> bool:
-        return self._better_value(a.metrics[self.metric], b)
-
-    def _better_value(self, value: float, than: StoredRelease) -> bool:
+    def _better(
+        self, value: float, by_device: Mapping[str, tuple[int, float]], than: StoredRelease
+    ) -> bool:
+        """Whether a release measured ``value`` (``by_device``) beats ``than``: on the
+        devices both were measured by, weighted by the newer samples, else overall."""
         other = than.metrics[self.metric]
+        common = by_device.keys() & than.by_device.keys()
+        if common:
+            total = sum(by_device[d][0] for d in common)
+            value = sum(by_device[d][0] * by_device[d][1] for d in common) / total
+            other = sum(by_device[d][0] * than.by_device[d][1] for d in common) / total
         return value < other if self.lower_is_better else value > other
 
     def _read_index(self) -> dict[str, Any]:
@@ -136,4 +162,7 @@ class ReleaseStore:
 
     @staticmethod
     def _stored(entry: dict[str, Any] | None) -> StoredRelease | None:
-        return None if entry is None else StoredRelease(**entry)
+        if entry is None:
+            return None
+        by_device = {d: (int(n), float(v)) for d, (n, v) in entry.get("by_device", {}).items()}
+        return StoredRelease(**(entry | {"by_device": by_device}))

@@ -650,10 +650,14 @@ class OrchestratorService:
             server.model_state(),
             time.time(),
         )
+        by_device = {}
+        if server.task.validation is None:
+            fleet = server.fleet_evaluation.latest(self.config.job.fleet_min_devices)
+            by_device = {} if fleet is None else fleet.by_device_of(primary)
         if only_if_best:
-            stored = self.releases.keep_if_best(release)
+            stored = self.releases.keep_if_best(release, by_device)
         else:
-            stored = self.releases.offer(release)
+            stored = self.releases.offer(release, by_device)
         if stored is not None:
             log.info(
                 "release of version %d kept (%s %.4g)", stored.version, primary, metrics[primary]

@@ -5,9 +5,19 @@ trains the whole model from the global one on its own training windows (the lean
 the job's optimizer made fresh as in an assignment), the deltas are averaged by sample
 count (``--int8``: each quantized as the ftte preset sends it) and applied with
 ``--server-lr``; ``--pooled`` trains one "device" on every pump's windows instead (central
-training with the optimizer's state reset every assignment). Prints the pooled held-out
-MSE every 10 rounds. Used to find why the simulated autoencoder stays above the central
-model (docs/benchmarks.md, objectives):
+training with the optimizer's state reset every assignment), ``--iid`` five devices on a
+random split of the pooled windows. Prints the pooled held-out MSE every ``--every``
+rounds and, at the end, each pump's. Used to find why the simulated autoencoder stays
+above the central model, and what helps (docs/benchmarks.md, objectives); the candidate
+remedies measured:
+
+- ``--steps N``: the ``[train] steps`` cap, N local steps per assignment;
+- ``--lr-decay T``: the local lr divided by 1 + round / T (local SGD's bias vanishes as
+  the lr does);
+- ``--prox MU``: FedProx's proximal term (Li et al., arXiv:1812.06127), MU (w − w_global)
+  added to every local gradient;
+- ``--server-adam LR``: FedAdam (Reddi et al., arXiv:2003.00295), the averaged delta as
+  the pseudo-gradient of a server Adam (betas 0.9/0.99, tau 1e-3) with this lr.
 
     python examples/pump/drift_check.py --optimizer adam --lr 0.003 --rounds 80
 """
@@ -24,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_agent.lean import LeanModel
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -38,6 +50,12 @@ def main() -> None:
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--pooled", action="store_true")
+    parser.add_argument("--iid", action="store_true")
+    parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--lr-decay", type=float, default=0.0)
+    parser.add_argument("--prox", type=float, default=0.0)
+    parser.add_argument("--server-adam", type=float, default=0.0)
+    parser.add_argument("--every", type=int, default=10)
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp()) / "logs"
     sys.path.insert(0, str(HERE))
@@ -48,8 +66,7 @@ def main() -> None:
     os.environ["PUMP_LOGS"] = str(logs)
     import pump_task
 
-    from edge_agent.runtime import make_trainer
-    from ftte.tasks.base import hold_out
+    from ftte.tasks.base import Dataset, hold_out
     from ftte.training import Optimizer
     from ftte.wire.messages import TrainConfig
 
@@ -59,17 +76,24 @@ def main() -> None:
     parts = [s[0] for s in splits]
     if args.pooled:
         parts = [_pool(parts)]
+    if args.iid:
+        pooled = _pool(parts)
+        split = np.array_split(np.random.default_rng(1).permutation(len(pooled)), len(parts))
+        parts = [Dataset(pooled.x[i], pooled.y[i]) for i in split]
     torch.manual_seed(0)
     start = task.model.make_model()
     values = {n: p.detach().numpy().copy() for n, p in start.named_parameters()}
-    model = make_trainer(task.model, "lean")
-    config = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        optimizer=Optimizer(args.optimizer),
-        momentum=args.momentum,
-    )
+    model = _Proximal(task.model, args.prox)
+    first = {n: np.zeros_like(v) for n, v in values.items()}  # the server Adam's moments
+    second = {n: np.zeros_like(v) for n, v in values.items()}
     for r in range(args.rounds):
+        config = TrainConfig(
+            epochs=args.epochs,
+            lr=args.lr / (1 + r / args.lr_decay) if args.lr_decay else args.lr,
+            optimizer=Optimizer(args.optimizer),
+            momentum=args.momentum,
+            steps=args.steps,
+        )
         deltas = []
         for i, part in enumerate(parts):
             model.load(values)
@@ -80,10 +104,30 @@ def main() -> None:
         total = sum(n for n, _ in deltas)
         for name in values:
             step = sum(n * d[name] for n, d in deltas) / total
+            if args.server_adam:
+                first[name] = 0.9 * first[name] + 0.1 * step
+                second[name] = 0.99 * second[name] + 0.01 * step * step
+                step = args.server_adam * first[name] / (np.sqrt(second[name]) + 1e-3)
             values[name] = values[name] + np.float32(args.server_lr) * step
-        if (r + 1) % 10 == 0:
+        if (r + 1) % args.every == 0:
             model.load(values)
             print(r + 1, model.evaluate(held).metrics["mse"], flush=True)
+    model.load(values)
+    print("each pump:", [round(model.evaluate(s[1]).metrics["mse"], 5) for s in splits])
+
+
+class _Proximal(LeanModel):
+    """The lean runtime with FedProx's term: ``mu`` (w − w_global) added to each gradient."""
+
+    def __init__(self, spec: Any, mu: float) -> None:
+        super().__init__(spec)
+        self.mu = np.float32(mu)
+
+    def _step(self, work: Any, grads: Any, optimizer: Any, config: Any) -> None:
+        if self.mu:
+            for name, g in grads.items():
+                g += self.mu * (work[name] - self.params[name])
+        LeanModel._step(work, grads, optimizer, config)
 
 
 def _pool(parts: list[Any]) -> Any:

@@ -119,9 +119,16 @@ def simulate(
             server.config.job, server.version, model, metrics, server.model_state(), time.time()
         )
 
+    def measured_by() -> dict[str, tuple[int, float]]:
+        """The devices whose reports made the fleet's measure now (none with validation)."""
+        if task.validation is not None:
+            return {}
+        fleet = server.fleet_evaluation.latest(simulator.fleet_min_devices)
+        return {} if fleet is None else fleet.by_device_of(task.objective.primary)
+
     def seen(point: CurvePoint) -> None:
         if releases is not None and task.objective.primary in point.metrics:
-            releases.keep_if_best(release(point.metrics))
+            releases.keep_if_best(release(point.metrics), measured_by())
         if progress is not None:
             progress(point)
 
@@ -137,7 +144,7 @@ def simulate(
         releases.last is None or releases.last.version != server.version
     )
     if releases is not None and fresh and task.objective.primary in last:
-        releases.offer(release(server.evaluate() or last))
+        releases.offer(release(server.evaluate() or last), measured_by())
     budgets = {p.device_id: p.budget_bytes for p in profiles}
     summary = summarize(result, server, budgets, full_peak, target, config.min_time_s)
     summary["bytes_central_up"] = int(sum(result.bytes_central))

@@ -71,6 +71,10 @@ _TRAIN_FIELDS |= {"clip_norm"}
 # assignment stays what an older agent decodes, and an older agent, which trains only SGD,
 # refuses an Adam one rather than training it with the wrong optimizer.
 _OPTIMIZER_FIELD = "optimizer"
+# The same for the local steps cap, written only when set: an uncapped assignment stays
+# what an older agent decodes, and an older agent refuses a capped one.
+_STEPS_FIELD = "steps"
+_OPTIONAL_TRAIN_FIELDS = {_OPTIMIZER_FIELD, _STEPS_FIELD}
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -182,6 +186,8 @@ def _assignment_doc(a: Assignment, values: DeltaEncoding, forms: ModelForms) -> 
     }
     if t.optimizer is not Optimizer.SGD:
         train[_OPTIMIZER_FIELD] = t.optimizer.value
+    if t.steps:
+        train[_STEPS_FIELD] = t.steps
     return {
         "v": WIRE_VERSION,
         "kind": "assign",
@@ -481,7 +487,7 @@ def decode_assignment(
     doc = _unpack(data, limits)
     _check_fields(doc, "assign", _ASSIGN_FIELDS)
     train = doc["train"]
-    if not isinstance(train, dict) or set(train) - {_OPTIMIZER_FIELD} != _TRAIN_FIELDS:
+    if not isinstance(train, dict) or set(train) - _OPTIONAL_TRAIN_FIELDS != _TRAIN_FIELDS:
         raise Rejected(RejectReason.MALFORMED, "train must hold " + ", ".join(_TRAIN_FIELDS))
     try:
         encoding = DeltaEncoding(train["delta_encoding"])
@@ -501,6 +507,7 @@ def decode_assignment(
             delta_encoding=encoding,
             micro_batch=_int(train["micro_batch"], "micro_batch", 0),
             clip_norm=_float(train["clip_norm"], "clip_norm"),
+            steps=_int(train.get(_STEPS_FIELD, 0), _STEPS_FIELD, 0),
         )
     except ValueError as exc:  # out-of-range settings
         raise Rejected(RejectReason.MALFORMED, f"train: {exc}") from None

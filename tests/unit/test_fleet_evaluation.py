@@ -18,6 +18,7 @@ def test_the_fleets_measure_is_sample_weighted_over_each_devices_newest_report()
     latest = fleet.latest(min_devices=2)
     assert (latest.version, latest.devices, latest.samples) == (5, 2, 40)
     assert latest.metrics == pytest.approx({"accuracy": 0.85, "loss": 0.35})
+    assert latest.by_device_of("accuracy") == {"a": (10, 0.7), "b": (30, 0.9)}
     assert fleet.latest(min_devices=3) is None
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,24 @@ def test_lean_delta_equals_the_torch_delta_under_the_squared_error_objectives(
         np.testing.assert_allclose(got.delta[name], expected.delta[name], rtol=RTOL, atol=ATOL)
     assert got.loss == pytest.approx(expected.loss, rel=RTOL)
     assert lean.evaluate(data).metrics == pytest.approx(reference.evaluate(data).metrics, rel=RTOL)
+
+
+def test_a_steps_cap_stops_both_runtimes_after_the_same_batches():
+    rng = np.random.default_rng(4)
+    data = Dataset(rng.normal(size=(SAMPLES, 2, 16)).astype(np.float32), np.full(SAMPLES, -1))
+    reference, lean = _pair(AUTOENCODER)
+    names = tuple(AUTOENCODER.parameter_shapes())
+    # 3 batches of 16 per epoch: 4 steps end one batch into the second epoch.
+    capped = train_config("adam", epochs=3, batch_size=16, lr=0.005, steps=4)
+    expected = reference.train(names, data, capped, seed=5)
+    got = lean.train(names, data, capped, seed=5)
+    whole = lean.train(names, data, replace(capped, steps=0), seed=5)
+    assert got.samples_processed == expected.samples_processed == SAMPLES + 16
+    assert whole.samples_processed == 3 * SAMPLES
+    for name in names:
+        np.testing.assert_allclose(got.delta[name], expected.delta[name], rtol=RTOL, atol=ATOL)
+        assert not np.allclose(got.delta[name], whole.delta[name])
+    assert got.loss == pytest.approx(expected.loss, rel=RTOL)
 
 
 def test_lean_training_leaves_the_assigned_values(tasks):

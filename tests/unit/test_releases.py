@@ -60,3 +60,21 @@ def test_a_lower_is_better_metric_picks_the_lowest(tmp_path):
     store.offer(Release("j", 2, "m", {"loss": 0.2}, {}, 0.0))
     store.offer(Release("j", 3, "m", {"loss": 0.4}, {}, 0.0))
     assert store.best.version == 2
+
+
+def test_releases_are_compared_on_the_devices_both_were_measured_by(tmp_path):
+    store = ReleaseStore(tmp_path, metric="mse", lower_is_better=True)
+    fast = {"fast-0": (100, 0.010), "fast-1": (100, 0.012)}
+    store.offer(Release("j", 1, "m", {"mse": 0.011}, {}, 0.0), fast)
+    # A straggler's report (its pump unknown to the model) joins the fleet's measure:
+    # overall 0.043 is worse than 0.011, yet the fast devices measure version 2 as better.
+    with_slow = {"fast-0": (100, 0.008), "fast-1": (100, 0.010), "slow": (100, 0.110)}
+    assert store.keep_if_best(Release("j", 2, "m", {"mse": 0.043}, {}, 0.0), with_slow)
+    assert store.best.version == 2
+    # Worse on the devices in common is not kept, though better overall (no straggler).
+    worse = {"fast-0": (100, 0.009), "fast-1": (100, 0.011)}
+    assert store.keep_if_best(Release("j", 3, "m", {"mse": 0.010}, {}, 0.0), worse) is None
+    # No device in common (or no per-device reports): the overall values decide.
+    assert store.keep_if_best(Release("j", 4, "m", {"mse": 0.040}, {}, 0.0), {"other": (9, 0.04)})
+    reopened = ReleaseStore(tmp_path, metric="mse", lower_is_better=True)
+    assert reopened.best == store.best and reopened.best.by_device == {"other": (9, 0.04)}

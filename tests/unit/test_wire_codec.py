@@ -124,15 +124,25 @@ def test_an_adam_assignment_round_trips_and_an_sgd_one_stays_as_older_agents_dec
     assert _train_table(adam)["optimizer"] == "adam"
 
 
+def test_a_steps_cap_round_trips_and_an_uncapped_assignment_stays_as_older_agents_decode_it():
+    uncapped = Assignment("demo", "dev-02", "dev-02.7", 1, ("0.bias",), {})
+    capped = replace(uncapped, train=TrainConfig(steps=10))
+    assert decode_assignment(encode_assignment(capped)).train.steps == 10
+    assert "steps" not in _train_table(uncapped)
+    assert decode_assignment(encode_assignment(uncapped)).train.steps == 0
+
+
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
+        ({"steps": -1}, "steps must be an integer"),
+        ({"steps": 2.5}, "steps must be an integer"),
         ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam"),
         ({"optimizer": b"adam"}, "optimizer must be one of"),
         ({"optimizer": "adam", "momentum": 0.9}, "momentum is SGD's"),
     ],
 )
-def test_an_unknown_optimizer_or_adam_with_momentum_is_rejected(changes, reason):
+def test_a_bad_steps_cap_an_unknown_optimizer_or_adam_with_momentum_are_rejected(changes, reason):
     a = Assignment("demo", "dev-02", "dev-02.7", 1, ("0.bias",), {})
     with pytest.raises(Rejected, match=reason):
         decode_assignment(_with_train(a, **changes))
