@@ -66,26 +66,70 @@ class UnsupportedModel(ValueError):
 
 
 class _Meter:
-    """The peak bytes of the arrays training holds: static state + held + a transient."""
+    """The peak bytes of the arrays training holds: static state + held + a transient.
+
+    Arrays are counted by the buffer they view, once however many views of it are held or
+    seen (a flattened input, the ReLU output the next layer keeps as its input): memory is
+    the buffers, as torch's allocator counts storages, which the memory model is profiled on.
+    """
 
     def __init__(self, static: int) -> None:
         self.static = static
-        self.held = 0  # the chunk's input and what is kept for backward so far
+        self.held = 0  # bytes of the chunk's input and what is kept for backward so far
+        self._held: dict[int, tuple[Array, int]] = {}  # buffer id -> (buffer, holders)
         self.peak = static
+
+    def hold(self, array: Array | None) -> None:
+        """``array`` is kept until ``release`` (or ``drop_all``)."""
+        if array is None:
+            return
+        root = _buffer(array)
+        _, holders = self._held.get(id(root), (root, 0))
+        if not holders:
+            self.held += root.nbytes
+        self._held[id(root)] = (root, holders + 1)
+
+    def release(self, array: Array | None) -> None:
+        """One holder of ``array`` lets it go; its buffer is freed with the last."""
+        if array is None:
+            return
+        root = _buffer(array)
+        _, holders = self._held[id(root)]
+        if holders == 1:
+            del self._held[id(root)]
+            self.held -= root.nbytes
+        else:
+            self._held[id(root)] = (root, holders - 1)
+
+    def drop_all(self) -> None:
+        """Nothing is held any more (a new chunk)."""
+        self._held.clear()
+        self.held = 0
 
     def see(self, *transient: Array | None) -> None:
         """Arrays live beside the held ones right now (a layer's input, output, scratch)."""
-        live = sum(a.nbytes for a in transient if a is not None)
-        self.peak = max(self.peak, self.static + self.held + live)
+        live = {
+            id(root): root.nbytes
+            for root in (_buffer(a) for a in transient if a is not None)
+            if id(root) not in self._held
+        }
+        self.peak = max(self.peak, self.static + self.held + sum(live.values()))
 
 
-def _nbytes(cache: Any) -> int:
-    """Bytes a layer keeps for backward (arrays, or shapes that cost nothing)."""
+def _buffer(array: Array) -> Array:
+    """The array that owns the memory ``array`` views (``array`` itself if it owns it)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _kept(cache: Any) -> Array | None:
+    """The array a layer keeps for backward, if any (a shape costs nothing)."""
     if isinstance(cache, np.ndarray):
-        return int(cache.nbytes)
+        return cache
     if isinstance(cache, tuple) and cache and isinstance(cache[0], np.ndarray):
-        return int(cache[0].nbytes)
-    return 0
+        return cache[0]
+    return None
 
 
 @dataclass
@@ -105,6 +149,23 @@ class _Grads:
 # whole-batch matrices (digits, whole model: 0.21 s against 0.11 s per assignment).
 IM2COL_SAMPLES = 1
 LEAN_FROZEN_CHUNK = 1
+
+
+def _add_weight_grad(
+    grad: Array, dout: Array, x: Array, first: bool, dx: Array | None, meter: _Meter
+) -> None:
+    """Add a linear layer's weight gradient ``dout.T @ x`` to ``grad`` with no transient of
+    the weight's size (the memory model, profiled on torch, has none): the batch's first
+    chunk writes it in place, a later chunk adds it in blocks of output rows no larger
+    than ``dout``."""
+    if first:
+        np.matmul(dout.T, x, out=grad)
+        return
+    rows = max(1, dout.nbytes // (x.shape[1] * x.itemsize))
+    for start in range(0, grad.shape[0], rows):
+        block = dout[:, start : start + rows].T @ x
+        meter.see(dout, block, dx)
+        grad[start : start + rows] += block
 
 
 class _Conv:
@@ -407,15 +468,19 @@ class LeanModel:
             total, count = 0.0, 0
             for batch in batches:
                 grads = {n: np.zeros_like(v) for n, v in work.items()}
+                fresh = set(grads)  # gradients no chunk of this batch has added to yet
                 step = config.micro_batch or len(batch)
                 for chunk_start in range(0, len(batch), step):
                     chunk = batch[chunk_start : chunk_start + step]
                     x = data.x[chunk]
-                    meter.held = x.nbytes
+                    meter.drop_all()
+                    meter.hold(x)
                     h = self._frozen_forward(x, first, meter)
-                    meter.held = x.nbytes + (h.nbytes if h is not x else 0)
+                    meter.drop_all()
+                    meter.hold(x)
+                    meter.hold(h)
                     total += self._accumulate(
-                        h, targets[chunk], first, work, grads, len(batch), meter, stats
+                        h, targets[chunk], first, work, grads, fresh, len(batch), meter, stats
                     )
                 self._step(work, grads, optimizer, config)
                 count += len(batch)
@@ -436,7 +501,7 @@ class LeanModel:
             for position in range(first):
                 h, _ = self._forward(position, h, self.params, meter)
             parts.append(h)
-            meter.held += h.nbytes
+            meter.hold(h)
         out = np.concatenate(parts)
         meter.see(out)
         return out
@@ -468,8 +533,10 @@ class LeanModel:
         elif isinstance(op, _MaxPool):
             out, cache = op.forward(h)
         elif isinstance(layer, ReLU):
-            cache = h > 0
-            out = h * cache
+            # It keeps its output, which the next layer keeps as its input anyway (torch's
+            # ReLU saves its result too): a mask would be a buffer of its own.
+            out = h * (h > 0)
+            cache = out
         elif isinstance(layer, Flatten):
             out, cache = h.reshape(h.shape[0], -1), h.shape
         elif isinstance(layer, Linear):
@@ -488,6 +555,7 @@ class LeanModel:
         first: int,
         work: Mapping[str, Array],
         grads: dict[str, Array],
+        fresh: set[str],
         batch_len: int,
         meter: _Meter,
         stats: dict[str, Array],
@@ -500,13 +568,13 @@ class LeanModel:
         for i in range(first, len(self.layers)):
             h, cache = self._forward(i, h, work, meter, stats)
             caches.append(cache)
-            meter.held += _nbytes(cache)
+            meter.hold(_kept(cache))
         loss, grad = self.objective.loss_sum(h, y)
         grad /= batch_len
         for i in reversed(range(first, len(self.layers))):
             cache = caches.pop()
-            grad = self._backward(i, grad, cache, work, grads, i > first, meter)
-            meter.held -= _nbytes(cache)
+            grad = self._backward(i, grad, cache, work, grads, fresh, i > first, meter)
+            meter.release(_kept(cache))
         return loss
 
     def _backward(
@@ -516,6 +584,7 @@ class LeanModel:
         cache: Any,
         work: Mapping[str, Array],
         grads: dict[str, Array],
+        fresh: set[str],
         need_input: bool,
         meter: _Meter,
     ) -> Array:
@@ -532,14 +601,21 @@ class LeanModel:
             meter.see(dout, dx)
             return dx
         elif isinstance(layer, ReLU):
-            return dout * cache
+            return dout * (cache > 0)
         elif isinstance(layer, Flatten):
             return dout.reshape(cache)
         else:  # Linear
-            dw = dout.T @ cache if need.weight else None
-            db = dout.sum(axis=0) if need.bias else None
             dx = dout @ self._value(weight, work) if need_input else None
-            meter.see(dout, dw, dx)
+            dw = db = None
+            if need.weight:
+                _add_weight_grad(grads[weight], dout, cache, weight in fresh, dx, meter)
+                fresh.discard(weight)
+            if need.bias and bias in fresh:
+                np.sum(dout, axis=0, out=grads[bias])
+                fresh.discard(bias)
+            elif need.bias:
+                db = dout.sum(axis=0)
+            meter.see(dout, db, dx)
         if dw is not None:
             grads[weight] += dw
         if db is not None:
