@@ -36,7 +36,7 @@ def _earlier_and_jobs():
     return earlier, jobs
 
 
-@pytest.mark.parametrize("rerun_acc, reused_seeds", [(0.9, {1, 2}), (0.91, set())])
+@pytest.mark.parametrize(("rerun_acc", "reused_seeds"), [(0.9, {1, 2}), (0.91, set())])
 def test_earlier_runs_are_reused_only_if_one_rerun_gives_the_same_accuracy(
     monkeypatch, rerun_acc, reused_seeds
 ):
