@@ -4,13 +4,14 @@ For FTTE, FedBuff and FedAvg on the same simulated fleet (digits, 20 devices, 90
 stragglers), each strategy runs honest with the default influence profile and with f = 0,
 1, 2, 3 hostile devices doing every attack of ``ftte.sim.attacks`` at once (2**53 samples and
 the delta flipped and scaled to 1e30) under the recommended profile (direction screening),
-over ``SEEDS`` (each seed draws its own data partition, fleet and hostile devices). A run's
+and, as the control, with the same f devices absent (the honest devices alone), over
+``SEEDS`` (each seed draws its own data partition, fleet and hostile devices). A run's
 accuracy is the mean of the curve over the last ``TAIL`` of the strategy's horizon, where
 honest runs have levelled off: one aggregation's jitter averages out. Each cell is the gap
-in points to the honest default run of the same seed (positive: worse), as the median over
-seeds and its range. The noise floor is the same gap between honest default runs of two
-different seeds (seed s against seed s + 1, cyclically): how far two honest runs drift
-apart.
+in points to the honest default run of the same seed (positive: worse), and for attacks
+also to the honest-alone control, as the median over seeds and its range. The noise floor
+is the same gap between honest default runs of two different seeds (seed s against seed
+s + 1, cyclically): how far two honest runs drift apart.
 """
 
 from __future__ import annotations
