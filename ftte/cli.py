@@ -273,6 +273,20 @@ def _add_bench(commands: Any) -> None:
         help="the strategies to run (default: all three)",
     )
     attack.add_argument("--json", type=Path, default=Path("bench-attack.json"))
+    attack.add_argument(
+        "--hostile",
+        nargs="+",
+        type=int,
+        choices=[1, 2, 3],
+        default=[1, 2, 3],
+        help="the numbers of hostile devices to run (default: 1 2 3)",
+    )
+    attack.add_argument(
+        "--reuse",
+        type=Path,
+        help="an earlier JSON of this benchmark: its runs of the same jobs are taken, not run "
+        "again, if one of them rerun now gives the same accuracy",
+    )
     attack.set_defaults(run=_run_bench_attack)
     batchnorm = which.add_parser(
         "batchnorm",

@@ -4,21 +4,24 @@ For FTTE, FedBuff and FedAvg on the same simulated fleet (digits, 20 devices, 90
 stragglers), each strategy runs honest with the default influence profile and with f = 0,
 1, 2, 3 hostile devices doing every attack of ``ftte.sim.attacks`` at once (2**53 samples and
 the delta flipped and scaled to 1e30) under the recommended profile (direction screening),
-over ``SEEDS`` (each seed draws its own data partition, fleet and hostile devices). A run's
+and, as the control, with the same f devices absent (the honest devices alone), over
+``SEEDS`` (each seed draws its own data partition, fleet and hostile devices). A run's
 accuracy is the mean of the curve over the last ``TAIL`` of the strategy's horizon, where
 honest runs have levelled off: one aggregation's jitter averages out. Each cell is the gap
-in points to the honest default run of the same seed (positive: worse), as the median over
-seeds and its range. The noise floor is the same gap between honest default runs of two
-different seeds (seed s against seed s + 1, cyclically): how far two honest runs drift
-apart.
+in points to the honest default run of the same seed (positive: worse), and for attacks
+also to the honest-alone control, as the median over seeds and its range. The noise floor
+is the same gap between honest default runs of two different seeds (seed s against seed
+s + 1, cyclically): how far two honest runs drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -38,7 +41,7 @@ DEVICES = 20
 HORIZON_S = {"ftte": 60.0, "fedbuff": 150.0, "fedavg": 500.0}
 TAIL = 1 / 3  # share of the horizon, at its end, over which accuracy is averaged
 SEEDS = (0, 1, 2)
-HOSTILE = (0, 1, 2, 3)
+HOSTILE = (1, 2, 3)  # hostile devices of the attacked runs (and of the controls)
 KIND = Attack.ALL
 
 # The influence settings compared: the defaults (bounds only) and direction screening.
@@ -48,71 +51,149 @@ PROFILES = {
 }
 BASELINE = "default"  # run honest only: the all-honest run every cell is compared with
 RECOMMENDED = "screen"  # run with every f (the old bench's default-profile attacks: git log)
-Job = tuple[str, int, str, int]  # strategy, seed, profile, hostile devices
+CONTROL = Attack.ABSENT  # the control: the same f devices absent, the honest ones alone
+Job = tuple[str, int, str, int, Attack]  # strategy, seed, profile, hostile devices, kind
 
 
 def run_attack_benchmark(args: argparse.Namespace) -> int:
     """Run the grid, print the table and write the JSON."""
     started = time.perf_counter()
-    results = attack_benchmark(args.strategies, workers=os.cpu_count() or 1)
+    earlier = json.loads(args.reuse.read_text()) if args.reuse else None
+    workers = os.cpu_count() or 1
+    results = attack_benchmark(args.strategies, workers, earlier, tuple(args.hostile))
     results["wall_time_s"] = time.perf_counter() - started
     publish(results, format_table(results), args.json)
     return 0
 
 
-def attack_benchmark(strategies: list[str], workers: int = 1) -> dict[str, Any]:
-    """Every (strategy, profile, f) over the seeds; gaps in points to the honest default
-    run of the same seed, and the noise floor between honest seeds."""
+def attack_benchmark(
+    strategies: list[str],
+    workers: int = 1,
+    earlier: dict[str, Any] | None = None,
+    hostile: tuple[int, ...] = HOSTILE,
+) -> dict[str, Any]:
+    """Every (strategy, profile, f, attack or control) over the seeds; gaps in points to
+    the honest default run of the same seed (and, for attacks, to the honest devices alone),
+    and the noise floor between honest seeds. With ``earlier`` (this benchmark's JSON),
+    its runs of the same jobs are taken instead of run again (``_reused``); ``hostile``:
+    the numbers of hostile devices to run (a part of the grid, when time is short)."""
+    counts = (0, *hostile)
     jobs: list[Job] = [
-        (strategy, seed, profile, f)
+        (strategy, seed, profile, f, kind)
         for strategy in strategies
         for profile in PROFILES
-        for f in (HOSTILE if profile == RECOMMENDED else (0,))
+        for f in (counts if profile == RECOMMENDED else (0,))
+        for kind in ((KIND, CONTROL) if f else (KIND,))
         for seed in SEEDS
     ]
-    runs = dict(zip(jobs, run_all(_run_one, jobs, workers), strict=True))
-    tail = {job: tail_accuracy(run, HORIZON_S[job[0]]) for job, run in runs.items()}
+    reused = _reused(earlier, jobs, workers) if earlier else {}
+    fresh = [job for job in jobs if job not in reused]
+    runs = reused | dict(
+        zip(fresh, map(_measured, fresh, run_all(_run_one, fresh, workers)), strict=True)
+    )
+    tail = {job: runs[job]["tail_acc"] for job in jobs}
     rows = []
     for strategy in strategies:
-        honest = [tail[(strategy, seed, BASELINE, 0)] for seed in SEEDS]
+        honest = [tail[(strategy, seed, BASELINE, 0, KIND)] for seed in SEEDS]
         shifted = honest[1:] + honest[:1]
-        rows.append(_row(strategy, "noise floor", 0, honest, shifted))
+        rows.append(_row(strategy, "noise floor", 0, "all honest", honest, shifted))
         for profile in PROFILES:
-            for f in HOSTILE if profile == RECOMMENDED else ():
-                runs_f = [tail[(strategy, seed, profile, f)] for seed in SEEDS]
-                rows.append(_row(strategy, profile, f, honest, runs_f))
+            for f in counts if profile == RECOMMENDED else ():
+                attacked = [tail[(strategy, seed, profile, f, KIND)] for seed in SEEDS]
+                rows.append(_row(strategy, profile, f, "all honest", honest, attacked))
+                if not f:
+                    continue
+                alone = [tail[(strategy, seed, profile, f, CONTROL)] for seed in SEEDS]
+                rows.append(_row(strategy, profile, f, "honest alone", alone, attacked))
+                rows.append(_row(strategy, f"{profile}, absent", f, "all honest", honest, alone))
     return {
         "devices": DEVICES,
         "horizon_s": {strategy: HORIZON_S[strategy] for strategy in strategies},
         "tail": TAIL,
         "seeds": list(SEEDS),
+        "hostile": list(hostile),
         "attack": KIND.value,
         "profiles": {name: repr(settings) for name, settings in PROFILES.items()},
         "rows": rows,
-        "runs": [
-            {
-                "strategy": job[0],
-                "seed": job[1],
-                "profile": job[2],
-                "hostile": job[3],
-                "tail_acc": tail[job],
-                "acc_at_horizon": run["acc_at_budget"],
-                "rejected": run["rejected"],
-            }
-            for job, run in runs.items()
-        ],
+        "reused_runs": sum(1 for run in reused.values() if run.get("reused")),
+        "runs": [runs[job] for job in jobs],
     }
 
 
+def _measured(job: Job, run: dict[str, Any]) -> dict[str, Any]:
+    """What the JSON keeps of one run."""
+    strategy, seed, profile, hostile, kind = job
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "profile": profile,
+        "hostile": hostile,
+        "kind": kind.value,
+        "tail_acc": tail_accuracy(run, HORIZON_S[strategy]),
+        "acc_at_horizon": run["acc_at_budget"],
+        "rejected": run["rejected"],
+    }
+
+
+def _reused(earlier: dict[str, Any], jobs: list[Job], workers: int) -> dict[Job, dict[str, Any]]:
+    """The earlier JSON's runs of ``jobs``, where it measured them as this grid does (same
+    horizon, tail and profile settings, fields added since at their defaults) and where its
+    first honest run of the strategy, run again now, gives the same accuracy to the last digit
+    (a run is a function of its config and seed: the check that the engine under it has
+    not changed). That check run is kept as measured now."""
+    if earlier["tail"] != TAIL:
+        return {}
+    profiles = earlier["profiles"]
+    same = {
+        n for n, p in PROFILES.items() if _repr_before(p, profiles.get(n, "")) == profiles.get(n)
+    }
+    found = {}
+    for run in earlier["runs"]:
+        kind = Attack(run.get("kind", KIND.value))
+        job = (run["strategy"], run["seed"], run["profile"], run["hostile"], kind)
+        horizon = earlier["horizon_s"].get(job[0])
+        if job in jobs and job[2] in same and horizon == HORIZON_S[job[0]]:
+            found[job] = {**run, "kind": kind.value, "reused": True}
+    checks = [j for j in found if j[1:] == (SEEDS[0], BASELINE, 0, KIND)]
+    checked = dict(
+        zip(checks, map(_measured, checks, run_all(_run_one, checks, workers)), strict=True)
+    )
+    reproduced = {
+        job[0] for job, run in checked.items() if run["tail_acc"] == found[job]["tail_acc"]
+    }
+    for job in checks:
+        print(
+            f"[attack] reuse check {job[0]}: {checked[job]['tail_acc']!r} now, "
+            f"{found[job]['tail_acc']!r} before",
+            file=sys.stderr,
+            flush=True,
+        )
+    kept = {job: run for job, run in found.items() if job[0] in reproduced}
+    return kept | {job: checked[job] for job in checks}
+
+
+def _repr_before(settings: InfluenceSettings, earlier_repr: str) -> str:
+    """``repr(settings)`` without the fields an earlier repr lacks, if they are at their
+    defaults (then the earlier run had the same settings); else the full repr."""
+    defaults = InfluenceSettings()
+    kept = [
+        f"{f.name}={getattr(settings, f.name)!r}"
+        for f in fields(settings)
+        if f"{f.name}=" in earlier_repr or getattr(settings, f.name) != getattr(defaults, f.name)
+    ]
+    return f"InfluenceSettings({', '.join(kept)})"
+
+
 def _row(
-    strategy: str, profile: str, f: int, honest: list[float], other: list[float]
+    strategy: str, profile: str, f: int, against: str, baseline: list[float], other: list[float]
 ) -> dict[str, Any]:
-    gaps = [100 * (h - o) for h, o in zip(honest, other, strict=True)]
+    gaps = [100 * (h - o) for h, o in zip(baseline, other, strict=True)]
     return {
         "strategy": strategy,
         "profile": profile,
         "hostile": f,
-        "honest_tail_acc": honest,
+        "against": against,
+        "baseline_tail_acc": baseline,
         "tail_acc": other,
         "gap_points": gaps,
         "median_gap_points": float(np.median(gaps)),
@@ -137,9 +218,13 @@ def tail_accuracy(run: dict[str, Any], horizon_s: float) -> float:
 
 
 def _run_one(job: Job) -> dict[str, Any]:
-    strategy, seed, profile, hostile = job
+    strategy, seed, profile, hostile, kind = job
     torch.set_num_threads(1)  # one process per core; more threads only contend
-    print(f"[attack] {strategy} seed {seed} {profile} f={hostile}", file=sys.stderr, flush=True)
+    print(
+        f"[attack] {strategy} seed {seed} {profile} f={hostile} {kind.value}",
+        file=sys.stderr,
+        flush=True,
+    )
     horizon = HORIZON_S[strategy]
     config = SimConfig(
         strategy=strategy,
@@ -149,7 +234,7 @@ def _run_one(job: Job) -> dict[str, Any]:
         time_limit_s=horizon,
         min_time_s=horizon,
         max_updates=1_000_000,
-        attack=AttackSpec(KIND, hostile) if hostile else None,
+        attack=AttackSpec(kind, hostile) if hostile else None,
         influence=PROFILES[profile],
     )
     return simulate(config)
@@ -158,13 +243,13 @@ def _run_one(job: Job) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     """One line per (strategy, profile, f): median gap over the seeds and its range."""
     lines = [
-        f"{'strategy':9} {'profile':12} {'f':>2} {'median gap pts':>14} {'range':>15} "
-        f"{'tail acc':>20}"
+        f"{'strategy':9} {'profile':17} {'f':>2} {'against':12} {'median gap pts':>14} "
+        f"{'range':>15} {'tail acc':>20}"
     ]
     for r in results["rows"]:
         accs = " ".join(f"{a:.3f}" for a in r["tail_acc"])
         lines.append(
-            f"{r['strategy']:9} {r['profile']:12} {r['hostile']:2d} "
+            f"{r['strategy']:9} {r['profile']:17} {r['hostile']:2d} {r['against']:12} "
             f"{r['median_gap_points']:+14.1f} "
             f"{r['min_gap_points']:+7.1f}..{r['max_gap_points']:+6.1f} {accs:>20}"
         )

@@ -3,7 +3,8 @@
 A hostile device trains like any other (so its update answers its assignment and passes
 every wire check) and then corrupts what it sends. The kinds are the ones issue #13 probed
 with real credentials: a huge sample count, a huge delta, a flipped (and boosted) delta,
-and all three at once.
+and all three at once; and, as the control run they are measured against, the same devices
+absent (never online), so the fleet loses their data but suffers no attack.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Attack(Enum):
     SCALE = "scale"  # scales the delta up to 1e30
     FLIP = "flip"  # sends -4 × the delta
     ALL = "all"  # 2**53 samples and -1e30-scaled delta
+    ABSENT = "absent"  # never comes online: the fleet without these devices (a control)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class AttackSpec:
 
 def corrupt(update: Update, attack: Attack) -> Update:
     """The update a hostile device sends instead of ``update``."""
+    if attack is Attack.ABSENT:
+        raise ValueError("an absent device sends nothing")
     samples = HUGE_SAMPLES if attack in (Attack.SAMPLES, Attack.ALL) else update.num_samples
     if attack is Attack.SAMPLES:
         return replace(update, num_samples=samples)

@@ -146,8 +146,11 @@ class FleetSimulator:
         """Advance the clock until the objective's primary metric reaches ``target`` (but at
         least ``min_time_s``), the time limit or the update limit."""
         for device_id, profile in self.profiles.items():
+            online_s = self.rng.exponential(self.spec.mean_online_s)  # drawn alike either way
+            if self.hostile.get(device_id) is Attack.ABSENT:
+                continue  # never registers, never comes online: its data is not the fleet's
             self.server.register(device_id, profile.budget_bytes)
-            self._go_offline_later(device_id, self.rng.exponential(self.spec.mean_online_s))
+            self._go_offline_later(device_id, online_s)
         self._dispatch()
         while self._queue and self.server.accepted < max_updates:
             event = heapq.heappop(self._queue)

@@ -181,7 +181,7 @@ def test_the_screen_judges_a_device_by_its_recent_mean_not_one_disagreement():
     bound.apply([upd(f"{d}0", [1.0, 1.0], device=d) for d in "pqr"])
     for i in range(3):
         assert not bound.apply([upd(f"h{i}", [1.0, 0.8], device="h")]).screened
-    # One opposing update: its mean cosine over four judged tensors is still positive.
+    # One opposing update: its mean score over four judged updates is still positive.
     assert not bound.apply([upd("h3", [-1.0, -0.8], device="h")]).screened
     assert bound.apply([upd("x0", [-1.0, -0.8], device="x")]).screened == {"x0"}
 
@@ -202,3 +202,18 @@ def test_screen_settings_name_the_field():
         InfluenceSettings(screen_min_voters=0)
     with pytest.raises(ValueError, match="screen_window"):
         InfluenceSettings(screen_window=0)
+
+
+def test_the_screen_weighs_a_tensor_by_its_size_so_an_agreeing_bias_hides_nothing():
+    """A device flipping its large weight tensor while its 2-value bias agrees is screened:
+    with one vote per tensor (before) its mean cosine was 0, and it was kept."""
+
+    def update(uid: str, device: str, sign: float) -> ReceivedUpdate:
+        w = np.linspace(0.5, 1.5, 64, dtype=np.float32) * sign
+        delta = {"w": w, "b": np.asarray([0.1, 0.1], dtype=np.float32)}
+        return ReceivedUpdate(Update(device, uid, f"{device}.1", 0, 60, 0.1, 0, delta), 0)
+
+    bound = InfluenceBound(InfluenceSettings(screen=True))
+    bound.apply([update(f"{d}0", d, 1.0) for d in "pqr"])
+    judged = bound.apply([update("x0", "x", -1.0), update("h0", "h", 1.0)])
+    assert judged.screened == {"x0"} and [r.update.update_id for r in judged.updates] == ["h0"]

@@ -9,6 +9,7 @@ import pytest
 import ftte.sim.simulator as simulator_module
 from edge_agent.runtime import RUNTIMES, make_trainer
 from ftte.cli import build_parser, main, sim_config
+from ftte.sim.attacks import Attack
 from ftte.sim.fleet import FleetSpec, make_fleet
 from ftte.sim.run import SimConfig, build_task, simulate
 from ftte.sim.simulator import FleetSimulator
@@ -224,3 +225,19 @@ def test_ftte_sim_takes_the_optimizer_and_the_buffer_size_and_refuses_adam_with_
     assert sim_config(build_parser().parse_args(["sim"])).strategy_params == {}
     assert main(["sim", "--optimizer", "adam", "--momentum", "0.9"]) == 2
     assert "momentum is SGD's" in capsys.readouterr().err
+
+
+def test_an_absent_device_never_joins_and_the_others_keep_their_data_and_fleet():
+    """The attack benchmark's control run: the hostile devices offline, the rest as before."""
+    config = replace(SMALL, max_updates=12, strategy_params={"buffer_size": 2})
+    task = dense_task(config.fleet.devices, config.seed)
+    server = make_server(config.strategy, task, strategy_params=config.strategy_params)
+    profiles = make_fleet(config.fleet, server.full_model_peak(), config.seed)
+    absent = {profiles[1].device_id: Attack.ABSENT, profiles[4].device_id: Attack.ABSENT}
+    sim = FleetSimulator(server, profiles, config.fleet, config.seed, absent)
+    result = sim.run(time_limit_s=config.time_limit_s, max_updates=config.max_updates)
+    assert server.accepted == 12
+    assert set(server.devices) == {p.device_id for p in profiles} - set(absent)
+    trained = set(result.peak_mem_bytes)
+    assert trained <= set(server.devices) and len(trained) >= 3  # only the others trained
+    assert sim.data[profiles[2].device_id] is task.devices[2]  # partitions stay with devices
