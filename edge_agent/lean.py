@@ -151,6 +151,14 @@ IM2COL_SAMPLES = 1
 LEAN_FROZEN_CHUNK = 1
 
 
+def _keeps_its_input(layers: tuple[Layer, ...], i: int) -> bool:
+    """Whether layer ``i`` (past any flatten, a view) keeps its input as is for backward."""
+    while i < len(layers) and isinstance(layers[i], Flatten):
+        i += 1
+    layer = layers[i] if i < len(layers) else None
+    return isinstance(layer, Linear) or (isinstance(layer, Conv1d | Conv2d) and not layer.padding)
+
+
 def _add_weight_grad(
     grad: Array, dout: Array, x: Array, first: bool, dx: Array | None, meter: _Meter
 ) -> None:
@@ -398,6 +406,12 @@ class LeanModel:
                 self._ops.append(_BatchNorm(layer))
             else:
                 self._ops.append(None)
+        # ReLUs whose output the next layer keeps as its input anyway (see _forward).
+        self._relu_shares = {
+            i
+            for i, layer in enumerate(self.layers)
+            if isinstance(layer, ReLU) and _keeps_its_input(self.layers, i + 1)
+        }
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's name and shape."""
@@ -533,10 +547,12 @@ class LeanModel:
         elif isinstance(op, _MaxPool):
             out, cache = op.forward(h)
         elif isinstance(layer, ReLU):
-            # It keeps its output, which the next layer keeps as its input anyway (torch's
-            # ReLU saves its result too): a mask would be a buffer of its own.
-            out = h * (h > 0)
-            cache = out
+            # Before a layer that keeps its input (a linear layer), the ReLU keeps its output,
+            # the same buffer (torch's ReLU saves its result too); elsewhere (before a
+            # max-pool, which keeps only the argmax) a mask, a quarter of the output's bytes.
+            mask = h > 0
+            out = h * mask
+            cache = out if i in self._relu_shares else mask
         elif isinstance(layer, Flatten):
             out, cache = h.reshape(h.shape[0], -1), h.shape
         elif isinstance(layer, Linear):
@@ -601,7 +617,7 @@ class LeanModel:
             meter.see(dout, dx)
             return dx
         elif isinstance(layer, ReLU):
-            return dout * (cache > 0)
+            return dout * (cache if cache.dtype == np.bool_ else cache > 0)
         elif isinstance(layer, Flatten):
             return dout.reshape(cache)
         else:  # Linear
