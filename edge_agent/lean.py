@@ -18,7 +18,8 @@ prediction, use the running statistics.
 
 What a layer keeps for backward is chosen for memory: a convolution keeps its padded input
 and rebuilds its im2col matrix in backward (the matrix is kernel-size times larger), a ReLU
-keeps a boolean mask, a max-pool the index of each window's maximum.
+keeps its output where the next layer keeps that as its input anyway and a boolean mask
+elsewhere, a max-pool the index of each window's maximum.
 
 The reported peak is accounted from the arrays themselves, as the torch runtime accounts
 its tensors: weights, the slice's working copy, gradients and optimizer state, then at every layer
