@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from edge_agent.predict import Predictor
-from edge_agent.runtime import make_trainer
+from edge_agent.runtime import REFERENCE, RUNTIMES, make_trainer
 from edge_agent.trainer import TorchModel
 from ftte.sim.fleet import FleetSpec
 from ftte.sim.run import SimConfig, build_task, simulate
@@ -156,7 +156,12 @@ def _anomaly_test(
 
 
 def run_example(
-    name: str, work: Path, seed: int, central_epochs: int, sim: bool = True
+    name: str,
+    work: Path,
+    seed: int,
+    central_epochs: int,
+    sim: bool = True,
+    runtime: str = REFERENCE,
 ) -> dict[str, Any]:
     """Federated (unless not ``sim``) and central training of one example; their measures
     side by side."""
@@ -177,6 +182,7 @@ def run_example(
         max_updates=example["updates"],
         train=example["train"],
         strategy_params={"buffer_size": BUFFER_SIZE},
+        runtime=runtime,
     )
     task = build_task(config)
     spec = task.model
@@ -193,6 +199,7 @@ def run_example(
         "metric": primary,
         "devices": DEVICES,
         "holdout": HOLDOUT,
+        "runtime": runtime,
         "train_windows": len(train),
         "held_out_windows": len(held),
         "train": asdict(example["train"]),
@@ -260,13 +267,21 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(EXAMPLES), default=None)
     parser.add_argument("--central-epochs", type=int, default=40)
     parser.add_argument("--central-only", action="store_true", help="no simulated run")
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default=REFERENCE, help="the simulated devices' runtime"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in [args.only] if args.only else list(EXAMPLES):
             results[name] = run_example(
-                name, Path(tmp), args.seed, args.central_epochs, sim=not args.central_only
+                name,
+                Path(tmp),
+                args.seed,
+                args.central_epochs,
+                sim=not args.central_only,
+                runtime=args.runtime,
             )
             print(json.dumps({name: results[name]}, indent=1), flush=True)
     args.out.write_text(json.dumps({"seed": args.seed, "examples": results}, indent=1) + "\n")
