@@ -12,6 +12,7 @@ from ftte.errors import RejectReason
 from ftte.tasks import load_task
 from ftte.wire import decode_update, encode_update
 from ftte.wire.codec import decode_combined, encode_combined
+from ftte.wire.messages import CombinedUpdate
 from orchestrator.gateway import FlushPolicy, SiteCombiner
 from orchestrator.gateway_service import GatewayService, load_gateway_config
 from orchestrator.presets import make_server
@@ -65,6 +66,16 @@ def gateway_service(tmp_path: Path) -> GatewayService:
 
 def combiner(**policy) -> SiteCombiner:
     return SiteCombiner("farm", SHAPES, FlushPolicy(**policy), run_tag="g")
+
+
+def combined_answers(s: TrainingServer) -> CombinedUpdate:
+    """Every device's answer to ``s``'s first dispatch, through one site gateway that saw the
+    assignments go down: the one combined update it sends up."""
+    site = combiner()
+    for d, payload in answers(s, site).items():
+        site.add(d, payload, 0.0)
+    (combined,) = site.flush(0.0)
+    return combined
 
 
 def test_a_combined_update_moves_the_model_as_its_members_would_apart():
@@ -125,10 +136,7 @@ def test_the_gateway_flushes_at_g_updates_or_t_seconds_whichever_first():
 
 def test_a_combined_update_with_weights_unlike_the_members_slices_is_refused():
     s = server()
-    site = combiner()
-    for d, payload in answers(s, site).items():
-        site.add(d, payload, 0.0)
-    (combined,) = site.flush(0.0)
+    combined = combined_answers(s)
     name = next(iter(combined.weights))
     forged = replace(combined, weights=combined.weights | {name: combined.weights[name] + 1})
     outcome = s.ingest_combined("farm", encode_combined(forged))
@@ -140,10 +148,7 @@ def test_a_combined_update_with_weights_unlike_the_members_slices_is_refused():
 def test_a_gateway_answers_only_for_its_own_sites_devices_and_only_once():
     s = server(buffer_size=8)
     s.set_site("other", ["d0"])
-    site = combiner()
-    for d, payload in answers(s, site).items():
-        site.add(d, payload, 0.0)
-    (combined,) = site.flush(0.0)
+    combined = combined_answers(s)
     payload = encode_combined(combined)
     assert s.ingest_combined("other", payload).reason is RejectReason.UNKNOWN_DEVICE
     assert s.ingest_combined("nowhere", payload).reason is RejectReason.UNKNOWN_DEVICE
@@ -155,10 +160,7 @@ def test_a_gateway_answers_only_for_its_own_sites_devices_and_only_once():
 
 def test_a_combined_row_survives_a_checkpoint_in_the_buffer():
     s = server(buffer_size=8)
-    site = combiner()
-    for d, payload in answers(s, site).items():
-        site.add(d, payload, 0.0)
-    s.ingest_combined("farm", encode_combined(site.flush(0.0)[0]))
+    s.ingest_combined("farm", encode_combined(combined_answers(s)))
     restored = server(buffer_size=8)
     restored.load_state_dict(s.state_dict(), now=0.0)
     (row,) = restored.strategy.buffered()
@@ -176,10 +178,7 @@ def test_combined_updates_of_different_base_versions_go_up_apart():
 
 
 def test_a_combined_update_round_trips_the_wire():
-    site = combiner()
-    for d, payload in answers(server(), site).items():
-        site.add(d, payload, 0.0)
-    (combined,) = site.flush(0.0)
+    combined = combined_answers(server())
     decoded = decode_combined(encode_combined(combined), model_shapes=SHAPES)
     assert decoded.members == combined.members and decoded.weights == combined.weights
     for name, value in combined.sums.items():
@@ -188,10 +187,7 @@ def test_a_combined_update_round_trips_the_wire():
 
 def test_a_combined_update_moving_a_tensor_beyond_any_device_bound_is_refused():
     s = server()
-    site = combiner()
-    for d, payload in answers(s, site).items():
-        site.add(d, payload, 0.0)
-    (combined,) = site.flush(0.0)
+    combined = combined_answers(s)
     name = next(iter(combined.sums))
     huge = combined.sums[name] + 10.0 * combined.weights[name]  # mean delta up by 10
     forged = replace(combined, sums=combined.sums | {name: huge})
