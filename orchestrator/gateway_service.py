@@ -141,7 +141,9 @@ class GatewayService:
                 log.warning("retained update from %s ignored", device_id)
                 return
             if ref.kind == "assign":
-                assignment = decode_assignment(payload)  # as the device itself decodes it
+                # Only its ids, version and slice count here: the model values, the bulk of
+                # the message, are left unconverted.
+                assignment = decode_assignment(payload, values=False)
                 if assignment.device_id != device_id:
                     raise ValueError(f"assignment on {topic} names {assignment.device_id}")
                 self.combiner.assigned(assignment, now)

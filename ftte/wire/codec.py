@@ -482,7 +482,8 @@ def decode_assignment(
 ) -> Assignment:
     """Parse and check an assignment from untrusted bytes. ``values`` false: every check
     but the model values' conversion and finiteness, and the tensors are read-only zeros
-    of their shapes (for a load generator, which answers with the slice's shapes only)."""
+    of their shapes (for a load generator, which answers with the slice's shapes only, and a
+    site gateway, which reads only which answer the orchestrator awaits)."""
     limits = limits or WireLimits()
     doc = _unpack(data, limits)
     _check_fields(doc, "assign", _ASSIGN_FIELDS)
