@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -416,10 +417,15 @@ def _snapshot(out_dir: Path) -> dict[Path, tuple[bytes, int]]:
     return {p: (p.read_bytes(), p.stat().st_mode) for p in out_dir.rglob("*") if p.is_file()}
 
 
-def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
+def init_broker(
+    fleet: Fleet, out_dir: Path, gateway_job: Mapping[str, Mapping[str, Any]] | None = None
+) -> BrokerFiles:
     """Write (or bring up to date) the broker's and the agents' files under ``out_dir``.
 
-    ``changed`` lists what this run altered, so a deploy tool can report "no change".
+    ``gateway_job``: tables of each site gateway's ``gateway.toml`` that must match the
+    job (``orchestrator.gateway_service.job_tables``); without it a gateway keeps what its
+    file holds. ``changed`` lists what this run altered, so a deploy tool can report "no
+    change".
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     before = _snapshot(out_dir)
@@ -472,7 +478,16 @@ def init_broker(fleet: Fleet, out_dir: Path) -> BrokerFiles:
         folder = _site_dir(out_dir, site.name)
         password = _existing_password(folder / "bridge.toml") or secrets.token_urlsafe(24)
         hashes_.append(f"{site_user(site)}:{_hash_for(site_user(site), password, old_hashes)}")
-        _write_site(fleet, site, folder, ca, ca_key, password, device_hashes.get(site.name, []))
+        _write_site(
+            fleet,
+            site,
+            folder,
+            ca,
+            ca_key,
+            password,
+            device_hashes.get(site.name, []),
+            gateway_job or {},
+        )
         sites[site.name] = folder
     for stale in (out_dir / "sites").glob("*") if (out_dir / "sites").exists() else ():
         if stale.name not in sites:
@@ -562,6 +577,26 @@ def site_conf(
     )
 
 
+def _gateway_config(
+    path: Path,
+    gateway: dict[str, Any],
+    broker: dict[str, Any],
+    job: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """``gateway.toml``: what the file already holds (the operator's ``[flush]``, an
+    earlier job's settings), under the fleet's names and the site broker's account, under
+    the tables ``job`` gives."""
+    try:
+        config = read_toml(path)
+    except (FileNotFoundError, ConfigError):
+        config = {}
+    for name, values in [*job.items(), ("gateway", gateway)]:  # the fleet's names win
+        held = config.get(name)
+        config[name] = {**(held if isinstance(held, dict) else {}), **values}
+    config["broker"] = broker  # init's account, whole
+    return config
+
+
 def _write_site(
     fleet: Fleet,
     site: SiteEntry,
@@ -570,6 +605,7 @@ def _write_site(
     ca_key: ec.EllipticCurvePrivateKey,
     password: str,
     hashes_: list[str],
+    gateway_job: Mapping[str, Mapping[str, Any]],
 ) -> None:
     """A site gateway's folder: its config, TLS, passwords and ACL, and the bridge's secret."""
     certs = folder / "certs"
@@ -582,17 +618,15 @@ def _write_site(
         user = gateway_user(site)
         old = _existing_hashes(folder / "passwd")
         hashes_ = [*hashes_, f"{user}:{_hash_for(user, secret, old)}"]
-        config = {
-            "gateway": {"site": site.name, "fleet": fleet.fleet.name, "task": fleet.fleet.task},
-            "broker": {
-                "host": site.host,
-                "port": site.port,
-                "username": user,
-                "password": secret,
-                "ca_file": "certs/ca.crt",
-            },
+        broker = {
+            "host": site.host,
+            "port": site.port,
+            "username": user,
+            "password": secret,
+            "ca_file": "certs/ca.crt",
         }
-        _write_toml_if_changed(path, config, 0o600)
+        ours = {"site": site.name, "fleet": fleet.fleet.name, "task": fleet.fleet.task}
+        _write_toml_if_changed(path, _gateway_config(path, ours, broker, gateway_job), 0o600)
     _write_if_changed(folder / "passwd", "\n".join(hashes_) + "\n", 0o640)
     _write_if_changed(folder / "acl", acl_text(fleet, site.name), 0o640)
     _write_toml_if_changed(folder / "bridge.toml", {"broker": {"password": password}}, 0o600)

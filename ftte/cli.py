@@ -408,6 +408,13 @@ def _add_broker(commands: Any) -> None:
     init = which.add_parser("init", help="config, TLS, passwords, ACL and agent configs")
     init.add_argument("--fleet", type=Path, required=True, help="fleet inventory (TOML)")
     init.add_argument("--out", type=Path, required=True, help="output folder")
+    init.add_argument(
+        "--job",
+        type=Path,
+        default=None,
+        help="job.toml: its timeout, delta encoding and [influence] go into each site "
+        "gateway's gateway.toml (without it a gateway keeps what its file holds)",
+    )
     init.set_defaults(run=_run_broker_init)
     wait = which.add_parser("wait-online", help="wait for a device's retained online status")
     wait.add_argument("--fleet", type=Path, required=True)
@@ -433,7 +440,13 @@ def _run_broker_init(args: argparse.Namespace) -> int:
     from broker.fleet import load_fleet
     from broker.generate import init_broker
 
-    files = init_broker(load_fleet(args.fleet), args.out)
+    fleet = load_fleet(args.fleet)
+    gateway_job = None
+    if args.job is not None and any(site.pre_aggregate for site in fleet.sites):
+        from orchestrator.config import load_job_config
+
+        gateway_job = load_job_config(args.job).gateway_tables()
+    files = init_broker(fleet, args.out, gateway_job)
     print(f"broker config: {files.config}")
     print(f"agent configs: {len(files.device_configs)} in {args.out / 'devices'}")
     print(f"orchestrator credentials: {files.orchestrator_credentials}")

@@ -7,14 +7,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ftte.config import load_section, read_toml, resolve
+from ftte.config import dump_section, load_section, read_toml, resolve
 from ftte.ids import validate_id
 from ftte.tasks.base import Task
 from ftte.training import TrainSettings
 from ftte.transport.mqtt import BrokerSettings
 from orchestrator.influence import InfluenceSettings
 from orchestrator.ingest.workers import IngestSettings
-from orchestrator.presets import PRESETS, preset_strategy
+from orchestrator.presets import PRESETS, preset, preset_strategy
 from orchestrator.server import ServerSettings
 from orchestrator.telemetry import InfluxConfig
 
@@ -143,6 +143,24 @@ class JobConfig:
             validate_id(site, "sites: a site name")
             for device in devices:
                 validate_id(device, f"sites.{site}: a device id")
+
+    def gateway_tables(self) -> dict[str, dict[str, Any]]:
+        """What a site gateway's ``gateway.toml`` must share with this job: the assignment
+        timeout, the devices' delta encoding and the influence bounds (equal say is the
+        orchestrator's alone), for ``ftte broker init --job``."""
+        if not preset_strategy(self.job.strategy, self.strategy).combines_site_rows:
+            raise ValueError(
+                f"job.strategy = {self.job.strategy!r} takes no combined updates from site "
+                "gateways: set pre_aggregate = false on the fleet's [[sites]], or run an "
+                "ftte strategy"
+            )
+        return {
+            "gateway": {
+                "assignment_timeout_s": self.server.assignment_timeout_s,
+                "delta_encoding": preset(self.job.strategy).delta_encoding.value,
+            },
+            "influence": dump_section(replace(self.influence, equal_say_window=0)),
+        }
 
 
 def load_job_config(path: Path) -> JobConfig:

@@ -43,6 +43,7 @@ import yaml
 from broker.fleet import load_fleet
 from broker.generate import init_broker
 from broker.launcher import free_port, start_dev_broker
+from orchestrator.gateway_service import load_gateway_config
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -113,6 +114,28 @@ def _counters(run: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]
     return hosts
 
 
+JOB_TOML = """
+[job]
+name = "season-1"
+fleet = "test-fleet"
+run_dir = "run"
+
+[broker]
+host = "gateway"
+port = 8883
+username = "ftte-orchestrator"
+password = "unused"
+ca_file = "ca.crt"
+
+[server]
+assignment_timeout_s = 900.0
+
+[influence]
+clip_factor = 1.5
+screen = true
+"""
+
+
 class Deployment:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -171,6 +194,8 @@ def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProces
         timeout=300,
     )
     task_wheel = _task_package_wheel(d.root)
+    job = d.root / "job.toml"  # the job whose bounds the site gateway must share
+    job.write_text(JOB_TOML)
     # The example inventory's fleet-wide settings, with this machine's overrides.
     example = yaml.safe_load((ANSIBLE / "inventories/example/group_vars/all.yml").read_text())
     inventory = {
@@ -187,6 +212,7 @@ def deployment(tmp_path_factory) -> tuple[Deployment, subprocess.CompletedProces
                 "ftte_task": "digits",
                 "ftte_task_wheels": [str(task_wheel)],
                 "fleet_files_ftte_cli": str(BIN / "ftte"),
+                "fleet_files_job": str(job),
                 # This machine has no ftte-agent account; nobody proves ownership is applied.
                 "edge_agent_user": "nobody",
                 "edge_agent_group": "nogroup",
@@ -258,6 +284,9 @@ def test_site_gateway_gets_its_broker_files_and_its_gateway_process(deployment):
     config = d.prefix(SITE_HOST) / "etc/ftte-gateway/gateway.toml"
     assert config.read_bytes() == (site_files / "gateway.toml").read_bytes()
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    gateway = load_gateway_config(config)  # with the job's bounds (fleet_files_job)
+    assert gateway.gateway.assignment_timeout_s == 900.0
+    assert (gateway.influence.clip_factor, gateway.influence.screen) == (1.5, True)
     unit = (d.prefix(SITE_HOST) / "etc/systemd/system/ftte-gateway.service").read_text()
     assert (
         "ExecStart=/opt/ftte-gateway/venv/bin/ftte gateway --config /etc/ftte-gateway/gateway.toml"

@@ -25,7 +25,12 @@ from broker.generate import (
 )
 from edge_agent.config import DataSection, load_agent_config
 from ftte.config import ConfigError
+from ftte.transport.mqtt import BrokerSettings
+from ftte.wire.messages import DeltaEncoding
+from orchestrator.config import JobConfig, JobSection
 from orchestrator.gateway_service import load_gateway_config
+from orchestrator.influence import InfluenceSettings
+from orchestrator.server import ServerSettings
 from tests.fixtures.mosquitto import make_fleet
 
 
@@ -258,6 +263,37 @@ def test_a_pre_aggregating_site_bridges_its_gateways_sums_instead_of_device_upda
     site_users = {line.split(":")[0] for line in (site / "passwd").read_text().split()}
     assert site_users == {"pi-101", "ftte_gateway_north"}
     assert stat.S_IMODE((site / "gateway.toml").stat().st_mode) & 0o077 == 0
+
+
+def job_config(tmp_path: Path, strategy: str = "ftte") -> JobConfig:
+    return JobConfig(
+        JobSection("j", "farm", tmp_path, strategy=strategy),
+        BrokerSettings("central.example", 8883, "ftte-orchestrator", "x", tmp_path / "ca.crt"),
+        server=ServerSettings(assignment_timeout_s=900.0),
+        influence=InfluenceSettings(clip_factor=1.5, screen=True, equal_say_window=20),
+    )
+
+
+def test_a_gateway_takes_the_jobs_bounds_and_keeps_the_operators_settings_on_rerun(tmp_path):
+    fleet = site_fleet()
+    fleet = Fleet(fleet.fleet, fleet.devices, [replace(fleet.sites[0], pre_aggregate=True)])
+    tables = job_config(tmp_path).gateway_tables()
+    path = init_broker(fleet, tmp_path / "out", tables).sites["north"] / "gateway.toml"
+    secret = load_gateway_config(path).broker.password
+    with path.open("a") as f:
+        f.write("\n[flush]\nmax_wait_s = 3.0\n")  # the operator's, by hand
+    init_broker(fleet, tmp_path / "out")  # a later run without the job keeps its settings
+    gateway = load_gateway_config(path)
+    assert (gateway.gateway.site, gateway.gateway.fleet) == ("north", "farm")
+    assert gateway.influence == InfluenceSettings(clip_factor=1.5, screen=True)
+    assert gateway.gateway.assignment_timeout_s == 900.0
+    assert gateway.gateway.delta_encoding is DeltaEncoding.INT8
+    assert (gateway.flush.max_wait_s, gateway.broker.password) == (3.0, secret)
+
+
+def test_a_job_whose_strategy_takes_no_combined_updates_is_refused_for_gateways(tmp_path):
+    with pytest.raises(ValueError, match=r"job\.strategy = 'fedavg'.*pre_aggregate = false"):
+        job_config(tmp_path, "fedavg").gateway_tables()
 
 
 def test_a_rerun_keeps_a_sites_secrets_and_a_removed_site_is_gone(tmp_path):
