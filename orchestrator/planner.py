@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -133,6 +133,25 @@ class SlicePlanner:
             )
         value, micro, peak, names = best
         return SlicePlan(names, peak, value, micro)
+
+    def cover(self, budget_bytes: int, scores: Mapping[str, float]) -> list[SlicePlan]:
+        """Slices for a device to train in turn, so that its data reaches every tensor some
+        slice within ``budget_bytes`` can hold: the best slice first, then each next best
+        with the tensors already covered scored as filler only, until one adds nothing."""
+        plans = [self.plan(budget_bytes, scores)]
+        covered = set(plans[0].trainable)
+        # Filler weights sum below the smallest positive score: any uncovered tensor that
+        # fits outweighs every covered one together.
+        positive = [v for v in scores.values() if v > 0]
+        filler = min(positive, default=1.0) / (2.0 * sum(positive) + 1.0)
+        while len(covered) < len(self.memory.order):
+            discounted = {n: v * filler if n in covered else v for n, v in scores.items()}
+            plan = self.plan(budget_bytes, discounted)
+            if covered.issuperset(plan.trainable):
+                break
+            plans.append(replace(plan, score=sum(scores[n] for n in plan.trainable)))
+            covered.update(plan.trainable)
+        return plans
 
     def _best_slice(
         self, budget_bytes: int, scores: Mapping[str, float], micro: int

@@ -41,7 +41,7 @@ from orchestrator.planner import BudgetTooSmall, PlanMode, SlicePlan, SlicePlann
 from orchestrator.scoring import gradient_scores, size_scores
 from orchestrator.strategies.base import AggregationReport, ReceivedUpdate, Strategy
 
-STATE_FORMAT = 7  # bump when the state_dict schema changes
+STATE_FORMAT = 8  # bump when the state_dict schema changes
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,7 @@ class DeviceRecord:
     last_update: str | None = None
     plan: SlicePlan | None = None
     excluded: str | None = None  # why this device cannot take part, if it cannot
+    turns: int = 0  # assignments dispatched to it: which of its class's plans comes next
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,11 @@ class TrainingServer:
         self._scores_at = 0.0  # the driver's time of the last rescoring
         # Plans by budget class (None: the class floor holds no slice), and the smallest
         # budget for the weakest-device mode: planning never walks the registry per event.
-        self._plans: dict[int, SlicePlan | None] = {}
+        # A class's plans are its best slice, or, when the scores are the tensors' sizes
+        # (no validation data), the planner's cover, which its devices take in turn: sizes
+        # never change, so a fixed slice would keep each device's data off every tensor
+        # outside it for the whole job (docs/architecture.md, "Slice rotation").
+        self._plans: dict[int, list[SlicePlan] | None] = {}
         self._weakest_budget: int | None = None
         # Assignment ids carry a tag drawn when a job starts afresh (kept across restarts):
         # the counter restarts at 1 in every job, and agents still holding an earlier job's
@@ -408,6 +413,7 @@ class TrainingServer:
             device = self.devices[device_id]
             device.open = OpenAssignment.restored(opened, now)
             device.synced_version = opened["version"]
+            device.turns += 1
             self._time(device, now)
         self._next_assignment = max(self._next_assignment, int(record["next_assignment"]))
         self.strategy.load_selection_state(record["selection"])
@@ -417,7 +423,7 @@ class TrainingServer:
         times the rescoring when ``rescore_every_s`` is set)."""
         record = self.devices[device_id]
         self._refresh_scores(now)
-        record.plan = self._plan_budget(self._planning_budget(record))
+        record.plan = self._plan_budget(self._planning_budget(record), record.turns)
         return record.plan
 
     def _assign(self, record: DeviceRecord, now: float, sent: TensorDict) -> Assignment | None:
@@ -447,6 +453,7 @@ class TrainingServer:
             train=replace(self.config.train, micro_batch=plan.micro_batch),
         )
         self._next_assignment += 1
+        record.turns += 1
         record.open = OpenAssignment(
             assignment.assignment_id, self.version, plan.trainable, plan.micro_batch, now
         )
@@ -478,7 +485,7 @@ class TrainingServer:
             return self._weakest_budget
         return record.budget_bytes
 
-    def _plan_budget(self, budget: int) -> SlicePlan:
+    def _plan_budget(self, budget: int, turn: int) -> SlicePlan:
         if self.config.plan_mode is PlanMode.FULL:
             return self.planner.full()
         if self.config.plan_mode is PlanMode.FULL_IN_BUDGET:
@@ -486,12 +493,18 @@ class TrainingServer:
         floor = budget_class(budget)
         if floor not in self._plans:
             try:
-                self._plans[floor] = self.planner.plan(floor, self._scores)
+                self._plans[floor] = (
+                    self.planner.cover(floor, self._scores)
+                    if self.task.validation is None
+                    else [self.planner.plan(floor, self._scores)]
+                )
             except BudgetTooSmall:
                 self._plans[floor] = None
-        plan = self._plans[floor]
+        plans = self._plans[floor]
         # A budget within a class of the smallest slice: planned on its own (rare, uncached).
-        return plan if plan is not None else self.planner.plan(budget, self._scores)
+        if plans is None:
+            return self.planner.plan(budget, self._scores)
+        return plans[turn % len(plans)]
 
     def _refresh_scores(self, now: float) -> None:
         # A gradient pass over the validation data (65 ms on digits): at tens of versions
@@ -506,6 +519,8 @@ class TrainingServer:
             return
         validation = self.task.validation
         if validation is None:
+            if self._scores:  # sizes never change, nor the plans made of them
+                return
             self._scores = size_scores(self.model)
         else:
             self._scores = gradient_scores(self.model, validation, self.task.objective)
@@ -867,6 +882,7 @@ class TrainingServer:
                 last_closed=saved["last_closed"],
                 last_update=saved.get("last_update"),  # absent from older checkpoints
                 excluded=saved["excluded"],
+                turns=saved["turns"],
             )
             self.devices[record.device_id] = record
             self._order[record.device_id] = len(self._order)
@@ -903,5 +919,6 @@ def _record_state(d: DeviceRecord) -> dict[str, Any]:
         "last_closed": d.last_closed,
         "last_update": d.last_update,
         "excluded": d.excluded,
+        "turns": d.turns,
         "open": None if d.open is None else d.open.saved(),
     }

@@ -127,3 +127,29 @@ def test_a_budget_class_floor_is_at_most_the_budget_and_within_one_class_of_it()
         floor = budget_class(budget)
         assert floor <= budget < (floor + 1) * BUDGET_CLASS_RATIO
         assert budget_class(floor) == floor
+
+
+def test_a_cover_reaches_every_tensor_the_budget_can_hold_each_slice_within_it(planner):
+    # Size scores, as without validation data: the best slice alone would keep the
+    # device's data off the tensors outside it for the whole job.
+    sizes = {n: float(planner.memory.tensors[n].numel) for n in planner.memory.order}
+    rng = np.random.default_rng(3)
+    low, high = planner.minimum_bytes(), planner.full().predicted_peak_bytes
+    rotated = 0
+    for _ in range(40):
+        budget = int(rng.uniform(low, high))
+        cover = planner.cover(budget, sizes)
+        assert cover[0] == planner.plan(budget, sizes)
+        seen: set[str] = set()
+        for plan in cover:
+            assert planner.peak(plan.trainable, plan.micro_batch) <= budget
+            assert not seen.issuperset(plan.trainable)  # each adds a tensor
+            seen.update(plan.trainable)
+        holdable = {
+            n
+            for n in planner.memory.order
+            if min(planner.peak((n,), m) for m in planner.micro_batches()) <= budget
+        }
+        assert seen == holdable
+        rotated += len(cover) > 1
+    assert rotated > 0  # budgets below the whole model: some need more than one slice

@@ -12,7 +12,9 @@ from ftte.wire import encode_update
 from ftte.wire.messages import Assignment, Evaluation
 from orchestrator import server as server_module
 from orchestrator.checkpoint import load_state, save_state
+from orchestrator.planner import budget_class
 from orchestrator.presets import make_server
+from orchestrator.scoring import size_scores
 from orchestrator.server import ServerSettings, TrainingServer
 
 TASK = load_task("digits", num_devices=4, seed=0)
@@ -326,3 +328,31 @@ def test_the_planner_rescores_every_rescore_every_versions_and_rescore_every_s_s
         a = dispatch(s, float(clock[0]))["d0"]
         assert s.ingest("d0", answer(a)).accepted  # a new version each time (K = 1)
     assert scored == scored_at
+
+
+def slices_of_one_small_device(task, turns: int) -> tuple[TrainingServer, list[tuple[str, ...]]]:
+    s = make_server("ftte", task, settings=ServerSettings(assignment_timeout_s=100.0))
+    s.register("d0", 2 * s.planner.minimum_bytes())  # holds the last layers or the convs
+    slices = []
+    for t in range(turns):
+        (a,) = s.dispatch(np.random.default_rng(RNG_SEED), float(t))
+        slices.append(a.trainable)
+        assert s.ingest("d0", answer(a)).accepted
+    return s, slices
+
+
+def test_without_validation_data_a_device_takes_its_classs_slices_in_turn(tmp_path):
+    task = replace(TASK, validation=None)  # scores are the tensors' sizes: they never move
+    s, slices = slices_of_one_small_device(task, turns=6)
+    cover = s.planner.cover(budget_class(s.devices["d0"].budget_bytes), size_scores(s.model))
+    assert len(cover) > 1
+    assert slices == [cover[t % len(cover)].trainable for t in range(6)]
+    save_state(tmp_path, s.state_dict())  # the turn survives a restart
+    restored = make_server("ftte", task, settings=ServerSettings(assignment_timeout_s=100.0))
+    restored.load_state_dict(load_state(tmp_path), now=0.0)
+    assert restored.plan_for("d0") == s.plan_for("d0") == cover[6 % len(cover)]
+
+
+def test_with_validation_data_a_device_keeps_the_best_slice_until_the_scores_move():
+    _, slices = slices_of_one_small_device(TASK, turns=3)
+    assert len(set(slices)) == 1
