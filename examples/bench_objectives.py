@@ -162,6 +162,9 @@ def run_example(
     central_epochs: int,
     sim: bool = True,
     runtime: str = REFERENCE,
+    stragglers: float = FleetSpec.stragglers,
+    weakest: float = WEAKEST,
+    strategy_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Federated (unless not ``sim``) and central training of one example; their measures
     side by side."""
@@ -174,14 +177,14 @@ def run_example(
     config = SimConfig(
         task=example["task"],
         strategy="ftte",
-        fleet=FleetSpec(devices=DEVICES, weakest_fraction=WEAKEST),
+        fleet=FleetSpec(devices=DEVICES, weakest_fraction=weakest, stragglers=stragglers),
         seed=seed,
         holdout=HOLDOUT,
         target=0.0,  # never reached (a perfect model): every run takes all its updates
         time_limit_s=30 * 24 * 3600.0,
         max_updates=example["updates"],
         train=example["train"],
-        strategy_params={"buffer_size": BUFFER_SIZE},
+        strategy_params={"buffer_size": BUFFER_SIZE} | (strategy_params or {}),
         runtime=runtime,
     )
     task = build_task(config)
@@ -193,6 +196,11 @@ def run_example(
     started = time.monotonic()
     central, central_values = _central(spec, train, held, example["train"], central_epochs)
     central_wall_s = time.monotonic() - started
+    central_model = make_trainer(spec, "lean")
+    central_model.load(central_values)
+    # Each device's own held-out windows: how much of the federated model's error per
+    # device is the device's data (hard for any model), not its participation.
+    central_by_device = [central_model.evaluate(s[1]).metrics[primary] for s in splits]
     out: dict[str, Any] = {
         "task": example["task"],
         "objective": spec.objective.name,
@@ -200,11 +208,15 @@ def run_example(
         "devices": DEVICES,
         "holdout": HOLDOUT,
         "runtime": runtime,
+        "stragglers": stragglers,
+        "weakest_fraction": weakest,
+        "strategy_params": config.strategy_params,
         "train_windows": len(train),
         "held_out_windows": len(held),
         "train": asdict(example["train"]),
         "central_epochs": central_epochs,
         "central_held_out": central,
+        "central_held_out_by_device": central_by_device,
         "central_wall_s": central_wall_s,
     }
     test: list[Dataset] = []
@@ -239,6 +251,8 @@ def run_example(
         "sim_virtual_time_s": report["end_time_s"],
         "sim_versions": report["versions"],
         "sim_updates_accepted": report["updates_accepted"],
+        "sim_accepted_by_device": report["accepted_by_device"],
+        "sim_rejected": report["rejected"],
         "sim_all_within_budget": report["all_within_budget"],
         "sim_excluded_devices": report["excluded_devices"],
         "sim_devices_trained": report["devices_trained"],
@@ -270,6 +284,21 @@ def main() -> None:
     parser.add_argument(
         "--runtime", choices=RUNTIMES, default=REFERENCE, help="the simulated devices' runtime"
     )
+    parser.add_argument(
+        "--stragglers", type=float, default=FleetSpec.stragglers, help="share of stragglers"
+    )
+    parser.add_argument(
+        "--weakest",
+        type=float,
+        default=WEAKEST,
+        help="smallest memory budget, a fraction of whole-model training (1: no slices)",
+    )
+    parser.add_argument(
+        "--staleness-exponent", type=float, default=None, help="a in (1 + age)^-a (strategy's)"
+    )
+    parser.add_argument(
+        "--variance-coef", type=float, default=None, help="b of the variance penalty (strategy's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
@@ -282,6 +311,16 @@ def main() -> None:
                 args.central_epochs,
                 sim=not args.central_only,
                 runtime=args.runtime,
+                stragglers=args.stragglers,
+                weakest=args.weakest,
+                strategy_params={
+                    name: value
+                    for name, value in (
+                        ("staleness_exponent", args.staleness_exponent),
+                        ("variance_coef", args.variance_coef),
+                    )
+                    if value is not None
+                },
             )
             print(json.dumps({name: results[name]}, indent=1), flush=True)
     args.out.write_text(json.dumps({"seed": args.seed, "examples": results}, indent=1) + "\n")

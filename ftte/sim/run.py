@@ -182,6 +182,7 @@ def summarize(
         "end_time_s": result.end_time_s,
         "versions": server.version,
         "updates_accepted": server.accepted,
+        "accepted_by_device": dict(sorted(result.accepted_by_device.items())),
         "rejected": dict(server.rejected),
         "dropouts": result.dropouts,
         "peak_mem_bytes_max": max(peaks.values(), default=0),

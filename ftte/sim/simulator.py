@@ -53,6 +53,9 @@ class SimResult:
     bytes_central: list[int] = field(default_factory=list)
     bytes_down: list[int] = field(default_factory=list)  # per assignment sent
     peak_mem_bytes: dict[str, int] = field(default_factory=dict)  # device -> largest measured
+    # Device -> its updates the server accepted directly (not through a site gateway): how
+    # evenly asynchronous aggregation hears the fleet.
+    accepted_by_device: dict[str, int] = field(default_factory=dict)
     arrivals: list[tuple[float, float]] = field(default_factory=list)  # (dispatched, arrived)
     dropouts: int = 0
     end_time_s: float = 0.0
@@ -216,6 +219,9 @@ class FleetSimulator:
             return self._at_gateway(site, event)
         self.result.bytes_central.append(len(event.payload))
         outcome = self.server.ingest(event.device_id, event.payload)
+        if outcome.accepted:
+            counts = self.result.accepted_by_device
+            counts[event.device_id] = counts.get(event.device_id, 0) + 1
         if outcome.aggregation is None:
             return None
         return self._curve_point()

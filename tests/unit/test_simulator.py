@@ -241,3 +241,6 @@ def test_an_absent_device_never_joins_and_the_others_keep_their_data_and_fleet()
     trained = set(result.peak_mem_bytes)
     assert trained <= set(server.devices) and len(trained) >= 3  # only the others trained
     assert sim.data[profiles[2].device_id] is task.devices[2]  # partitions stay with devices
+    # Participation is counted per device, accepted updates only, and none for the absent.
+    assert sum(result.accepted_by_device.values()) == 12
+    assert set(result.accepted_by_device) <= set(server.devices)
