@@ -282,6 +282,11 @@ def _add_bench(commands: Any) -> None:
         help="the numbers of hostile devices to run (default: 1 2 3)",
     )
     attack.add_argument(
+        "--without-control",
+        action="store_true",
+        help="skip the control runs (the hostile devices absent), when time is short",
+    )
+    attack.add_argument(
         "--reuse",
         type=Path,
         help="an earlier JSON of this benchmark: its runs of the same jobs are taken, not run "

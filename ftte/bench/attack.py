@@ -7,7 +7,9 @@ the delta flipped and scaled to 1e30) under the recommended profile (direction s
 and, as the control, with the same f devices absent (the honest devices alone), over
 ``SEEDS`` (each seed draws its own data partition, fleet and hostile devices). A run's
 accuracy is the mean of the curve over the last ``TAIL`` of the strategy's horizon, where
-honest runs have levelled off: one aggregation's jitter averages out. Each cell is the gap
+honest runs have levelled off (``tail_drift``, recorded per run): there a fleet slowed by
+losing its fast devices reads as slower, not as less accurate, and one aggregation's
+jitter averages out. Each cell is the gap
 in points to the honest default run of the same seed (positive: worse), and for attacks
 also to the honest-alone control, as the median over seeds and its range. The noise floor
 is the same gap between honest default runs of two different seeds (seed s against seed
@@ -34,12 +36,16 @@ from ftte.sim.run import SimConfig, simulate
 from orchestrator.influence import InfluenceSettings
 
 DEVICES = 20
-# Virtual seconds each strategy runs. Honest, seed 0, on this fleet: FTTE 0.93 at 60 s,
-# FedBuff 0.92 at 120 s and 0.94 at 180 s, FedAvg (waiting for its stragglers) 0.95 at
-# 300 s and 0.97 at 400 s: each tail is where the honest curve has slowed to a few points
-# per tail. Longer horizons would not fit the grid in ~30 min on 2 shared cores.
-HORIZON_S = {"ftte": 60.0, "fedbuff": 150.0, "fedavg": 500.0}
+# Virtual seconds each strategy runs: where the all-honest curves have levelled off. Honest,
+# seed 0, on this fleet, the tail's second half over its first (``tail_drift``): FTTE +2.49
+# points at 60 s, +0.95 at 120 s, +0.45 at 150 s; FedBuff +1.96 at 150 s, +1.16 at 200 s,
+# +0.51 at 300 s; FedAvg +0.28 at 500 s (docs/benchmarks.md). The earlier 60 s and 150 s
+# measured FTTE and FedBuff mid-climb, where losing a fast device to the attack read as lost
+# accuracy.
+HORIZON_S = {"ftte": 150.0, "fedbuff": 300.0, "fedavg": 500.0}
 TAIL = 1 / 3  # share of the horizon, at its end, over which accuracy is averaged
+PLATEAU_POINTS = 0.5  # an all-honest curve whose tail climbs less than this has levelled off
+CURVE_POINTS = 60  # the JSON keeps each run's accuracy at this many steps of the horizon
 SEEDS = (0, 1, 2)
 HOSTILE = (1, 2, 3)  # hostile devices of the attacked runs (and of the controls)
 KIND = Attack.ALL
@@ -60,7 +66,9 @@ def run_attack_benchmark(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     earlier = json.loads(args.reuse.read_text()) if args.reuse else None
     workers = os.cpu_count() or 1
-    results = attack_benchmark(args.strategies, workers, earlier, tuple(args.hostile))
+    results = attack_benchmark(
+        args.strategies, workers, earlier, tuple(args.hostile), not args.without_control
+    )
     results["wall_time_s"] = time.perf_counter() - started
     publish(results, format_table(results), args.json)
     return 0
@@ -71,19 +79,21 @@ def attack_benchmark(
     workers: int = 1,
     earlier: dict[str, Any] | None = None,
     hostile: tuple[int, ...] = HOSTILE,
+    control: bool = True,
 ) -> dict[str, Any]:
     """Every (strategy, profile, f, attack or control) over the seeds; gaps in points to
     the honest default run of the same seed (and, for attacks, to the honest devices alone),
     and the noise floor between honest seeds. With ``earlier`` (this benchmark's JSON),
     its runs of the same jobs are taken instead of run again (``_reused``); ``hostile``:
-    the numbers of hostile devices to run (a part of the grid, when time is short)."""
+    the numbers of hostile devices to run (a part of the grid, when time is short);
+    without ``control``, no honest-alone runs (nor their rows)."""
     counts = (0, *hostile)
     jobs: list[Job] = [
         (strategy, seed, profile, f, kind)
         for strategy in strategies
         for profile in PROFILES
         for f in (counts if profile == RECOMMENDED else (0,))
-        for kind in ((KIND, CONTROL) if f else (KIND,))
+        for kind in ((KIND, CONTROL) if f and control else (KIND,))
         for seed in SEEDS
     ]
     reused = _reused(earlier, jobs, workers) if earlier else {}
@@ -101,17 +111,26 @@ def attack_benchmark(
             for f in counts if profile == RECOMMENDED else ():
                 attacked = [tail[(strategy, seed, profile, f, KIND)] for seed in SEEDS]
                 rows.append(_row(strategy, profile, f, "all honest", honest, attacked))
-                if not f:
+                if not f or not control:
                     continue
                 alone = [tail[(strategy, seed, profile, f, CONTROL)] for seed in SEEDS]
                 rows.append(_row(strategy, profile, f, "honest alone", alone, attacked))
                 rows.append(_row(strategy, f"{profile}, absent", f, "all honest", honest, alone))
+    drift = {
+        strategy: [
+            runs[(strategy, seed, BASELINE, 0, KIND)].get("tail_drift_points") for seed in SEEDS
+        ]
+        for strategy in strategies
+    }
     return {
         "devices": DEVICES,
         "horizon_s": {strategy: HORIZON_S[strategy] for strategy in strategies},
         "tail": TAIL,
+        "plateau_points": PLATEAU_POINTS,
+        "honest_tail_drift_points": drift,
         "seeds": list(SEEDS),
         "hostile": list(hostile),
+        "control": control,
         "attack": KIND.value,
         "profiles": {name: repr(settings) for name, settings in PROFILES.items()},
         "rows": rows,
@@ -130,6 +149,8 @@ def _measured(job: Job, run: dict[str, Any]) -> dict[str, Any]:
         "hostile": hostile,
         "kind": kind.value,
         "tail_acc": tail_accuracy(run, HORIZON_S[strategy]),
+        "tail_drift_points": tail_drift(run, HORIZON_S[strategy]),
+        "curve": sampled_curve(run, HORIZON_S[strategy]),
         "acc_at_horizon": run["acc_at_budget"],
         "rejected": run["rejected"],
     }
@@ -137,10 +158,11 @@ def _measured(job: Job, run: dict[str, Any]) -> dict[str, Any]:
 
 def _reused(earlier: dict[str, Any], jobs: list[Job], workers: int) -> dict[Job, dict[str, Any]]:
     """The earlier JSON's runs of ``jobs``, where it measured them as this grid does (same
-    horizon, tail and profile settings, fields added since at their defaults) and where its
-    first honest run of the strategy, run again now, gives the same accuracy to the last digit
+    horizon, tail and profile settings, fields added since at their defaults) and where the
+    strategy's all-honest runs, run again now, each give the same accuracy to the last digit
     (a run is a function of its config and seed: the check that the engine under it has
-    not changed). That check run is kept as measured now."""
+    not changed). The all-honest runs are kept as measured now: they are the baselines,
+    and their curves (which an earlier JSON may lack) show where they level off."""
     if earlier["tail"] != TAIL:
         return {}
     profiles = earlier["profiles"]
@@ -154,13 +176,12 @@ def _reused(earlier: dict[str, Any], jobs: list[Job], workers: int) -> dict[Job,
         horizon = earlier["horizon_s"].get(job[0])
         if job in jobs and job[2] in same and horizon == HORIZON_S[job[0]]:
             found[job] = {**run, "kind": kind.value, "reused": True}
-    checks = [j for j in found if j[1:] == (SEEDS[0], BASELINE, 0, KIND)]
+    checks = [j for j in found if j[2:] == (BASELINE, 0, KIND)]
     checked = dict(
         zip(checks, map(_measured, checks, run_all(_run_one, checks, workers)), strict=True)
     )
-    reproduced = {
-        job[0] for job, run in checked.items() if run["tail_acc"] == found[job]["tail_acc"]
-    }
+    differ = {j[0] for j, run in checked.items() if run["tail_acc"] != found[j]["tail_acc"]}
+    reproduced = {j[0] for j in checks} - differ
     for job in checks:
         print(
             f"[attack] reuse check {job[0]}: {checked[job]['tail_acc']!r} now, "
@@ -203,18 +224,40 @@ def _row(
 
 
 def tail_accuracy(run: dict[str, Any], horizon_s: float) -> float:
-    """Time-weighted mean accuracy over the last ``TAIL`` of the horizon: each value counts
-    for as long as it was the model's (the curve is a step function of the versions)."""
-    start = horizon_s * (1 - TAIL)
-    curve = [(p["t"], p["acc"]) for p in run["curve"]]
-    before = [acc for t, acc in curve if t <= start]
+    """Time-weighted mean accuracy over the last ``TAIL`` of the horizon."""
+    return mean_accuracy(run["curve"], horizon_s * (1 - TAIL), horizon_s)
+
+
+def tail_drift(run: dict[str, Any], horizon_s: float) -> float:
+    """How far the curve still climbs in its tail, in points: the mean accuracy over the
+    tail's second half minus that over its first half. Under ``PLATEAU_POINTS`` on every
+    all-honest run, the horizon is past the curve's climb (a slower fleet would otherwise
+    read as a less accurate one)."""
+    middle = horizon_s * (1 - TAIL / 2)
+    late = mean_accuracy(run["curve"], middle, horizon_s)
+    return 100 * (late - mean_accuracy(run["curve"], horizon_s * (1 - TAIL), middle))
+
+
+def mean_accuracy(curve: list[dict[str, Any]], start: float, end: float) -> float:
+    """Time-weighted mean accuracy from ``start`` to ``end``: each value counts for as long
+    as it was the model's (the curve is a step function of the versions; no model yet
+    counts 0)."""
+    steps = [(p["t"], p["acc"]) for p in curve]
+    before = [acc for t, acc in steps if t <= start]
     points = [(start, before[-1] if before else 0.0)]
-    points += [(t, acc) for t, acc in curve if start < t <= horizon_s]
-    ends = [t for t, _ in points[1:]] + [horizon_s]
+    points += [(t, acc) for t, acc in steps if start < t <= end]
+    ends = [t for t, _ in points[1:]] + [end]
     return float(
-        sum(acc * (end - t) for (t, acc), end in zip(points, ends, strict=True))
-        / (horizon_s - start)
+        sum(acc * (stop - t) for (t, acc), stop in zip(points, ends, strict=True)) / (end - start)
     )
+
+
+def sampled_curve(run: dict[str, Any], horizon_s: float) -> list[float]:
+    """The accuracy at ``CURVE_POINTS`` + 1 evenly spaced times from 0 to the horizon, for the
+    JSON (the full curve has a point per aggregation)."""
+    steps = [(p["t"], p["acc"]) for p in run["curve"]]
+    times = [horizon_s * i / CURVE_POINTS for i in range(CURVE_POINTS + 1)]
+    return [round(([0.0] + [acc for t, acc in steps if t <= at])[-1], 4) for at in times]
 
 
 def _run_one(job: Job) -> dict[str, Any]:
@@ -253,4 +296,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"{r['median_gap_points']:+14.1f} "
             f"{r['min_gap_points']:+7.1f}..{r['max_gap_points']:+6.1f} {accs:>20}"
         )
+    for strategy, drifts in results["honest_tail_drift_points"].items():
+        shown = " ".join("-" if d is None else f"{d:+.1f}" for d in drifts)
+        lines.append(f"{strategy}: all-honest tail drift (points, per seed): {shown}")
     return "\n".join(lines)

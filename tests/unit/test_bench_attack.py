@@ -21,30 +21,48 @@ def test_points_past_the_horizon_do_not_count_and_no_model_counts_zero():
 
 
 def _earlier_and_jobs():
-    settings = attack.PROFILES[attack.BASELINE]
-    jobs = [("fedavg", seed, attack.BASELINE, 0, attack.KIND) for seed in attack.SEEDS]
+    honest = [("fedavg", seed, attack.BASELINE, 0, attack.KIND) for seed in attack.SEEDS]
+    attacked = [("fedavg", seed, attack.RECOMMENDED, 1, attack.KIND) for seed in attack.SEEDS]
     runs = [
-        {"strategy": s, "seed": seed, "profile": p, "hostile": f, "tail_acc": 0.9 + seed / 100}
-        for s, seed, p, f, _ in jobs
+        {"strategy": s, "seed": seed, "profile": p, "hostile": f, "tail_acc": 0.9 - f / 10}
+        for s, seed, p, f, _ in honest + attacked
     ]
     earlier = {
         "tail": attack.TAIL,
         "horizon_s": {"fedavg": attack.HORIZON_S["fedavg"]},
-        "profiles": {attack.BASELINE: repr(settings)},
+        "profiles": {name: repr(settings) for name, settings in attack.PROFILES.items()},
         "runs": runs,
     }
-    return earlier, jobs
+    return earlier, honest + attacked
 
 
-@pytest.mark.parametrize(("rerun_acc", "reused_seeds"), [(0.9, {1, 2}), (0.91, set())])
-def test_earlier_runs_are_reused_only_if_one_rerun_gives_the_same_accuracy(
-    monkeypatch, rerun_acc, reused_seeds
+@pytest.mark.parametrize(("rerun_acc", "reused"), [(0.9, 3), (0.91, 0)])
+def test_earlier_runs_are_reused_only_if_the_honest_ones_rerun_give_the_same_accuracy(
+    monkeypatch, rerun_acc, reused
 ):
     earlier, jobs = _earlier_and_jobs()
     horizon = attack.HORIZON_S["fedavg"]
     run = {"curve": [{"t": 0.0, "acc": rerun_acc}], "acc_at_budget": rerun_acc, "rejected": {}}
     monkeypatch.setattr(attack, "run_all", lambda fn, jobs, workers: [run] * len(jobs))
-    reused = attack._reused(earlier, jobs, workers=1)
-    assert reused[jobs[0]]["tail_acc"] == pytest.approx(rerun_acc)  # the check, run now
-    assert {job[1] for job, r in reused.items() if r.get("reused")} == reused_seeds
+    found = attack._reused(earlier, jobs, workers=1)
+    for honest in jobs[:3]:  # the checks, run now
+        assert found[honest]["tail_acc"] == pytest.approx(rerun_acc)
+        assert "reused" not in found[honest]
+    assert sum(1 for r in found.values() if r.get("reused")) == reused
     assert tail_accuracy(run, horizon) == pytest.approx(rerun_acc)
+
+
+def test_the_tail_drift_is_the_second_half_of_the_tail_against_the_first():
+    # Horizon 120 s: the tail is 80-120 s, its halves 80-100 s and 100-120 s.
+    curve = [{"t": 0.0, "acc": 0.5}, {"t": 90.0, "acc": 0.9}, {"t": 110.0, "acc": 0.95}]
+    first = (0.5 * 10 + 0.9 * 10) / 20
+    second = (0.9 * 10 + 0.95 * 10) / 20
+    assert attack.tail_drift({"curve": curve}, 120.0) == pytest.approx(100 * (second - first))
+    assert attack.tail_drift({"curve": curve[:1]}, 120.0) == pytest.approx(0.0)
+
+
+def test_the_sampled_curve_is_the_models_accuracy_at_each_step_of_the_horizon():
+    curve = [{"t": 1.5, "acc": 0.3}, {"t": 2.0, "acc": 0.6}]
+    sampled = attack.sampled_curve({"curve": curve}, float(attack.CURVE_POINTS))
+    assert sampled[:4] == [0.0, 0.0, 0.6, 0.6]
+    assert len(sampled) == attack.CURVE_POINTS + 1
