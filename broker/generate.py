@@ -423,7 +423,7 @@ def init_broker(
     """Write (or bring up to date) the broker's and the agents' files under ``out_dir``.
 
     ``gateway_job``: tables of each site gateway's ``gateway.toml`` that must match the
-    job (``orchestrator.gateway_service.job_tables``); without it a gateway keeps what its
+    job (``orchestrator.config.JobConfig.gateway_tables``); without it a gateway keeps what its
     file holds. ``changed`` lists what this run altered, so a deploy tool can report "no
     change".
     """

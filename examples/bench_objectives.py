@@ -155,6 +155,31 @@ def _anomaly_test(
     }
 
 
+def sim_config(
+    name: str,
+    fleet: FleetSpec,
+    seed: int,
+    runtime: str,
+    strategy_params: dict[str, Any] | None = None,
+) -> SimConfig:
+    """The simulated job of example ``name`` on ``fleet``: the FTTE preset with K = the
+    fleet's size, the example's training settings, all of its updates."""
+    example = EXAMPLES[name]
+    return SimConfig(
+        task=example["task"],
+        strategy="ftte",
+        fleet=fleet,
+        seed=seed,
+        holdout=HOLDOUT,
+        target=0.0,  # never reached (a perfect model): every run takes all its updates
+        time_limit_s=30 * 24 * 3600.0,
+        max_updates=example["updates"],
+        train=example["train"],
+        strategy_params={"buffer_size": BUFFER_SIZE} | (strategy_params or {}),
+        runtime=runtime,
+    )
+
+
 def run_example(
     name: str,
     work: Path,
@@ -174,18 +199,12 @@ def run_example(
     logs = work / name / "logs"
     _make_logs(name, logs, example["make_logs"], seed)
     os.environ[example["logs_env"]] = str(logs)
-    config = SimConfig(
-        task=example["task"],
-        strategy="ftte",
-        fleet=FleetSpec(devices=DEVICES, weakest_fraction=weakest, stragglers=stragglers),
-        seed=seed,
-        holdout=HOLDOUT,
-        target=0.0,  # never reached (a perfect model): every run takes all its updates
-        time_limit_s=30 * 24 * 3600.0,
-        max_updates=example["updates"],
-        train=example["train"],
-        strategy_params={"buffer_size": BUFFER_SIZE} | (strategy_params or {}),
-        runtime=runtime,
+    config = sim_config(
+        name,
+        FleetSpec(devices=DEVICES, weakest_fraction=weakest, stragglers=stragglers),
+        seed,
+        runtime,
+        strategy_params,
     )
     task = build_task(config)
     spec = task.model

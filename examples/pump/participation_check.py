@@ -72,19 +72,7 @@ def run(seed: int, equal: bool, whole: bool) -> dict[str, Any]:
         fleet = FleetSpec(devices=bench.DEVICES, weakest_fraction=1.0 if whole else bench.WEAKEST)
         if equal:
             fleet = dataclasses.replace(fleet, mean_online_s=1e9, mean_work_s_to_dropout=None)
-        config = sim_run.SimConfig(
-            task=example["task"],
-            strategy="ftte",
-            fleet=fleet,
-            seed=seed,
-            holdout=bench.HOLDOUT,
-            target=0.0,
-            time_limit_s=30 * 24 * 3600.0,
-            max_updates=example["updates"],
-            train=example["train"],
-            strategy_params={"buffer_size": bench.BUFFER_SIZE},
-            runtime="lean",
-        )
+        config = bench.sim_config("pump", fleet, seed, "lean")
         task = sim_run.build_task(config)
         splits = [hold_out(d, bench.HOLDOUT) for d in task.devices]
         servers: list[Any] = []
@@ -109,8 +97,8 @@ def run(seed: int, equal: bool, whole: bool) -> dict[str, Any]:
             "whole": whole,
             "virtual_time_s": report["end_time_s"],
             "accepted_by_device": report["accepted_by_device"],
-            # Without a validation set tensors are scored by size, so each device keeps
-            # the slice it was first planned.
+            # The slice each device was planned last (without a validation set, one of
+            # its budget class's slices, which it takes in turn).
             "trainable_by_device": {
                 d: list(r.plan.trainable) for d, r in servers[0].devices.items() if r.plan
             },
