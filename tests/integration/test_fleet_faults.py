@@ -10,9 +10,11 @@ import re
 import signal
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
+from ftte.config import dump_section, write_toml
 from ftte.wire import decode_update
 from orchestrator.checkpoint import CHECKPOINT, DISPATCH, Journal, load_state
 from orchestrator.localfleet import LocalFleet
@@ -55,6 +57,8 @@ def stop_with_unapplied_journal(process, run_dir, min_version, timeout):
             if unapplied(entries, meta):
                 return meta, entries
             process.send_signal(signal.SIGCONT)
+        if process.poll() is not None:
+            raise AssertionError(f"the orchestrator ended (exit {process.returncode}) first")
         time.sleep(0.05)
     raise TimeoutError(f"no unapplied journal entries past version {min_version} in {timeout} s")
 
@@ -74,8 +78,13 @@ def unapplied(entries, state):
 def test_orchestrator_sigkill_replays_the_journal_and_resumes_from_checkpoint(tmp_path):
     fleet = LocalFleet(spec(tmp_path, target_accuracy=UNREACHABLE, max_versions=14, **SMALL))
     fleet.start_broker()
-    job_file = fleet.write_job_file()
-    run_dir = fleet.job_config().job.run_dir
+    # A checkpoint every 3 versions, never on the clock: a fast machine finishing the job
+    # inside the default 5 s would leave only the final checkpoint, and no journal past it.
+    config = fleet.job_config()
+    config = replace(config, job=replace(config.job, checkpoint_every=3, checkpoint_every_s=3600))
+    job_file = tmp_path / "job.toml"
+    write_toml(job_file, dump_section(config), mode=0o600)
+    run_dir = config.job.run_dir
     log = tmp_path / "orchestrator.log"
     first = start_orchestrator_process(job_file, log)
     second = None
