@@ -26,34 +26,34 @@ FedAvg and FedAsync share one policy:
   scaled down to that rate, so a fast device counts like an average one over time. It
   costs honest fast devices their lead, so it is off by default; docs/security.md has the
   measured trade-off.
-- **Direction screening** (optional, ``screen``): clipping bounds how far an update
-  pushes, not which way, so a flipped delta clipped to the bound still pulls the model
-  back by a bounded step every aggregation it joins (a fast device joins nearly all; with
-  FTTE's slices an early tensor has one or two holders per aggregation, so that pull
-  outweighs theirs). Each tensor of an update is compared with a reference direction: the
-  coordinate-wise median over the *other* devices of their latest delta of that tensor,
-  each scaled to unit norm (one vote per device, whatever its size or speed; Yin et al.,
-  below). An update's score is its tensors' cosines with their references weighted by
-  their sizes (each judged parameter value one vote, as in FLTrust's cosine over the whole
-  update, while each tensor is still scaled on its own); a device's trust is its mean score
-  over its last ``screen_window`` judged updates; while it is below ``min_cosine`` its
-  updates are left out of the aggregation. This is FLTrust's ReLU-cosine trust score (Cao
-  et al., "FLTrust: Byzantine-robust Federated Learning via Trust Bootstrapping", NDSS
-  2021, arXiv:2012.13995) with two changes of ours: the reference comes from the fleet's
-  own history by the median instead of from a root dataset on the server, which the field
-  rarely has, and the score is averaged over a device's recent updates before it gates
-  them, because one honest update's cosine with the median of non-IID devices is noisy.
-  Small tensors (biases) are the noisiest: measured on ftte with three hostile devices,
-  the honest cosines of the 10-value output bias were below 0 more often than not, those
-  of the large weight matrices one time in six (docs/security.md), so a mean with one vote
-  per tensor left out 22 % of honest updates and let 6 % of hostile ones in, while a
-  flipped device's size-weighted mean is reliably negative. The reference spans devices
-  across aggregations, not just the batch, so it has a voice for every device that trained the
-  tensor recently, and a tensor is judged only when at least ``screen_min_voters`` other
-  devices have a latest delta of it (fewer cannot outvote a hostile one). It holds while
-  fewer than half of those devices are hostile. Its state is each device's latest delta
-  direction of each tensor it trains, O(devices × model values), kept only when on, and
-  one trust value per device.
+- **Direction screening** (optional, ``screen``): clipping bounds how far an update pushes,
+  not which way, so a flipped delta clipped to the bound still pulls the model back by a
+  bounded step every aggregation it joins (a fast device joins nearly all; with FTTE's
+  slices an early tensor has one or two holders per aggregation, so that pull outweighs
+  theirs). Each tensor of an update is compared with a reference direction: the
+  coordinate-wise median over the *other* devices of their latest delta of that tensor, each
+  scaled to unit norm (one vote per device, whatever its size or speed; Yin et al., below).
+  An update's score is its tensors' cosines with their references weighted by their sizes
+  (each judged parameter value one vote, as in FLTrust's cosine over the whole update, while
+  each tensor is still scaled on its own); a device's trust is its moving average score over
+  about its last ``screen_window`` judged updates; while it is below ``min_cosine`` its
+  updates are left out of the aggregation. This is FLTrust's ReLU-cosine trust score (Cao et
+  al., "FLTrust: Byzantine-robust Federated Learning via Trust Bootstrapping", NDSS 2021,
+  arXiv:2012.13995) with two changes of ours: the reference comes from the fleet's own
+  history by the median instead of from a root dataset on the server, which the field rarely
+  has, and the score is averaged over a device's recent updates before it gates them,
+  because one honest update's cosine with the median of non-IID devices is noisy. Small
+  tensors (biases) are the noisiest: measured on ftte with three hostile devices, the honest
+  cosines of the 10-value output bias were below 0 more often than not, those of the large
+  weight matrices one time in six (docs/security.md), so a mean with one vote per tensor
+  left out 22 % of honest updates and let 6 % of hostile ones in, while a flipped device's
+  size-weighted mean is reliably negative. The reference spans devices across aggregations,
+  not just the batch, so it has a voice for every device that trained the tensor recently,
+  and a tensor is judged only when at least ``screen_min_voters`` other devices have a
+  latest delta of it (fewer cannot outvote a hostile one). It holds while fewer than half of
+  those devices are hostile. Its state is each device's latest delta direction of each
+  tensor it trains, O(devices × model values), kept only when on, and one trust value per
+  device.
 - **An optional robust rule per tensor** replaces the weighted mean by a coordinate-wise
   median or trimmed mean of the holders' deltas, scaled by the sum of the weights the
   strategy gave them (Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
@@ -106,7 +106,7 @@ class InfluenceSettings:
     screen: bool = False
     min_cosine: float = 0.0
     screen_min_voters: int = 3
-    screen_window: int = 5  # judged updates a device's trust is averaged over
+    screen_window: int = 20  # judged updates a device's trust is averaged over
 
     def __post_init__(self) -> None:
         if not self.sample_factor >= 1:
@@ -245,9 +245,9 @@ class InfluenceBound:
         return kept, screened
 
     def _agree(self, device: str, cosine: float) -> None:
-        """Fold one judged update's score into the device's trust: the mean of its scores
-        over its last ``screen_window`` judged updates (a running mean until it has that
-        many)."""
+        """Fold one judged update's score into the device's trust: a running mean of its
+        scores over its first ``screen_window`` judged updates, then a moving average that
+        gives each new score the weight ``1 / screen_window``."""
         trust, judged = self._trust.get(device, (0.0, 0))
         judged += 1
         trust += (cosine - trust) / min(judged, self.settings.screen_window)

@@ -46,7 +46,7 @@ HORIZON_S = {"ftte": 150.0, "fedbuff": 300.0, "fedavg": 500.0}
 TAIL = 1 / 3  # share of the horizon, at its end, over which accuracy is averaged
 PLATEAU_POINTS = 0.5  # an all-honest curve whose tail climbs less than this has levelled off
 CURVE_POINTS = 60  # the JSON keeps each run's accuracy at this many steps of the horizon
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 HOSTILE = (1, 2, 3)  # hostile devices of the attacked runs (and of the controls)
 KIND = Attack.ALL
 

@@ -36,19 +36,21 @@ def _earlier_and_jobs():
     return earlier, honest + attacked
 
 
-@pytest.mark.parametrize(("rerun_acc", "reused"), [(0.9, 3), (0.91, 0)])
+@pytest.mark.parametrize(("rerun_acc", "reproduced"), [(0.9, True), (0.91, False)])
 def test_earlier_runs_are_reused_only_if_the_honest_ones_rerun_give_the_same_accuracy(
-    monkeypatch, rerun_acc, reused
+    monkeypatch, rerun_acc, reproduced
 ):
     earlier, jobs = _earlier_and_jobs()
+    seeds = len(attack.SEEDS)
     horizon = attack.HORIZON_S["fedavg"]
     run = {"curve": [{"t": 0.0, "acc": rerun_acc}], "acc_at_budget": rerun_acc, "rejected": {}}
     monkeypatch.setattr(attack, "run_all", lambda fn, jobs, workers: [run] * len(jobs))
     found = attack._reused(earlier, jobs, workers=1)
-    for honest in jobs[:3]:  # the checks, run now
+    for honest in jobs[:seeds]:  # the checks, run now
         assert found[honest]["tail_acc"] == pytest.approx(rerun_acc)
         assert "reused" not in found[honest]
-    assert sum(1 for r in found.values() if r.get("reused")) == reused
+    # The attacked runs, one per seed, are taken only if every check reproduced.
+    assert sum(1 for r in found.values() if r.get("reused")) == (seeds if reproduced else 0)
     assert tail_accuracy(run, horizon) == pytest.approx(rerun_acc)
 
 
