@@ -134,3 +134,15 @@ def test_job_file_takes_adam_and_refuses_it_with_sgd_momentum_naming_the_fix(tmp
     path.write_text(text.replace("momentum = 0.0", "momentum = 0.9"))
     with pytest.raises(ConfigError, match=r"train: momentum is SGD's: set momentum = 0"):
         load_job_config(path)
+
+
+def test_the_job_toml_of_the_operations_guide_loads_as_documented(tmp_path):
+    guide = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = guide[guide.index("## 3. The orchestrator") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
+    path = tmp_path / "job.toml"
+    path.write_text(example)
+    config = load_job_config(path)
+    assert config.job.name == "vib-1"
+    assert config.influence == InfluenceSettings(clip_factor=3.0, sample_factor=2.0)
+    assert config.train.steps == 0
