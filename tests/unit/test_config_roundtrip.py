@@ -139,7 +139,8 @@ def test_job_file_takes_adam_and_refuses_it_with_sgd_momentum_naming_the_fix(tmp
 def test_the_job_toml_of_the_operations_guide_loads_as_documented(tmp_path):
     guide = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
     section = guide[guide.index("## 3. The orchestrator") :]
-    example = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
+    start = section.index("```toml\n") + len("```toml\n")
+    example = section[start : section.index("```\n", start)]
     path = tmp_path / "job.toml"
     path.write_text(example)
     config = load_job_config(path)
